@@ -1,0 +1,57 @@
+//! Brokers carry published messages between nodes: the embedded in-process broker for a
+//! single node, Redis for many.
+//!
+//! The hub owns reference counts: it calls [`Broker::subscribe`] when a channel gets its
+//! first local subscriber and [`Broker::unsubscribe`] when its last one leaves, always in
+//! the order the changes happened. Messages come back on the [`Incoming`] stream.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+pub mod memory;
+
+/// A message that arrived from the broker for this node.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Client-facing channel name (any prefix removed).
+    pub channel: Arc<str>,
+    /// Payload as published: JSON text for gateway publishers, anything for external ones.
+    pub payload: Bytes,
+}
+
+/// The stream of messages a broker delivers to this node.
+pub type IncomingRx = mpsc::Receiver<Incoming>;
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker is unreachable right now; the operation was not performed.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker has shut down.
+    #[error("broker closed")]
+    Closed,
+}
+
+/// A pub/sub backend.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes `payload` on `channel`; resolves once the broker has accepted it.
+    fn publish(&self, channel: &str, payload: Bytes)
+    -> BoxFuture<'static, Result<(), BrokerError>>;
+
+    /// Makes sure this node receives `channel`; resolves once it does. Called in order with
+    /// [`Broker::unsubscribe`], for every local subscribe (idempotent).
+    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>>;
+
+    /// This node no longer needs `channel`.
+    fn unsubscribe(&self, channel: &str);
+
+    /// Whether the broker is connected and serving.
+    fn is_ready(&self) -> bool;
+
+    /// Short backend name for logs and metrics.
+    fn kind(&self) -> &'static str;
+}

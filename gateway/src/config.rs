@@ -1,0 +1,418 @@
+//! Configuration: defaults, TOML file, `SWITCHYARD__SECTION__KEY` environment overrides and
+//! command-line flags, in rising order of precedence, validated once at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// Where the text came from (file path or environment).
+        origin: String,
+        /// The parser's explanation, with line and column when known.
+        message: String,
+    },
+    /// A value is out of its allowed range or inconsistent with another.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `limits.max_subscriptions`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Command-line interface of the `switchyard` binary.
+#[derive(Debug, Clone, Parser, Default)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Real-time WebSocket message gateway with WebAssembly channel plugins"
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(short, long, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides `server.listen`).
+    #[arg(long, env = "SWITCHYARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Redis URL; setting it switches from the embedded broker to Redis (overrides `broker.redis_url`).
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Node identity in logs, metrics and presence (overrides `server.node_id`).
+    #[arg(long, env = "SWITCHYARD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Log format (overrides `log.format`).
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `switchyard=debug` (overrides `log.filter`; `RUST_LOG` also works).
+    #[arg(long, env = "SWITCHYARD_LOG")]
+    pub log: Option<String>,
+    /// Validate the configuration (and everything it references), print the result and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The whole gateway configuration. Every key is documented in `examples/switchyard.toml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener and node identity.
+    pub server: ServerConfig,
+    /// Per-connection and per-node limits.
+    pub limits: Limits,
+    /// Message broker selection.
+    pub broker: BrokerConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listener and node identity.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP/WebSocket listener binds.
+    pub listen: SocketAddr,
+    /// Node id; derived from the host name and port when unset.
+    pub node_id: Option<String>,
+    /// Seconds to wait for clients to close during graceful shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            node_id: None,
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+/// Limits protecting the node from any one client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted client frame in bytes; larger publishes get `message_too_large`.
+    pub max_message_bytes: usize,
+    /// Frames beyond this many bytes are not even read: the connection is closed with 1009.
+    pub max_frame_bytes: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Longest channel name in bytes.
+    pub max_channel_len: usize,
+    /// Characters allowed in channel names besides ASCII letters and digits.
+    pub channel_chars: String,
+    /// Seconds without any frame from the client (pongs included) before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds between server pings; 0 disables them.
+    pub ping_interval_secs: u64,
+    /// Frames queued for one client before it counts as a slow consumer and is closed.
+    pub outbound_queue: usize,
+    /// Concurrent WebSocket connections per node; further upgrades get HTTP 503.
+    pub max_connections: usize,
+    /// Publishes per second per connection; 0 means unlimited.
+    pub publish_rate: u32,
+    /// Publishes a connection may burst above the rate.
+    pub publish_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 1024 * 1024,
+            max_subscriptions: 256,
+            max_channel_len: 128,
+            channel_chars: ":_-.@/=".to_owned(),
+            idle_timeout_secs: 90,
+            ping_interval_secs: 30,
+            outbound_queue: 1024,
+            max_connections: 100_000,
+            publish_rate: 0,
+            publish_burst: 100,
+        }
+    }
+}
+
+/// Which broker carries messages between nodes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Redis URL (`redis://host:port/db`); unset means the embedded single-node broker.
+    pub redis_url: Option<String>,
+    /// Prefix for Redis pub/sub channel names.
+    pub prefix: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// Filter directives (`RUST_LOG` syntax).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Environment variables of the form `SWITCHYARD__SECTION__KEY=value` override file keys.
+const ENV_PREFIX: &str = "SWITCHYARD__";
+
+impl Config {
+    /// Loads the configuration the binary runs with: file (if any), environment, then flags.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let text = match &cli.config {
+            Some(path) => read(path)?,
+            None => String::new(),
+        };
+        let origin = cli
+            .config
+            .as_ref()
+            .map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
+        let mut config = Self::from_toml_with_env(&text, &origin, std::env::vars())?;
+        config.apply_cli(cli);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text and applies `SWITCHYARD__…` overrides from `env`; does not validate.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            set_path(&mut table, path, &value).map_err(|message| ConfigError::Parse {
+                origin: format!("from environment variable {name}"),
+                message,
+            })?;
+        }
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Parses and validates TOML text alone (no environment, no flags).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config = Self::from_toml_with_env(text, "(text)", std::iter::empty())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_cli(&mut self, cli: &Cli) {
+        if let Some(listen) = cli.listen {
+            self.server.listen = listen;
+        }
+        if let Some(url) = &cli.redis_url {
+            self.broker.redis_url = Some(url.clone());
+        }
+        if let Some(id) = &cli.node_id {
+            self.server.node_id = Some(id.clone());
+        }
+        if let Some(format) = cli.log_format {
+            self.log.format = format;
+        }
+        if let Some(filter) = &cli.log {
+            self.log.filter = filter.clone();
+        }
+    }
+
+    /// Checks ranges and cross-field consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if l.max_message_bytes < 64 {
+            return invalid("limits.max_message_bytes", "must be at least 64");
+        }
+        if l.max_frame_bytes < l.max_message_bytes {
+            return invalid(
+                "limits.max_frame_bytes",
+                "must be at least limits.max_message_bytes",
+            );
+        }
+        if l.max_subscriptions == 0 {
+            return invalid("limits.max_subscriptions", "must be at least 1");
+        }
+        if l.max_channel_len == 0 {
+            return invalid("limits.max_channel_len", "must be at least 1");
+        }
+        if let Some(c) = l
+            .channel_chars
+            .chars()
+            .find(|c| !c.is_ascii_punctuation() || *c == '"' || *c == '\\')
+        {
+            return invalid(
+                "limits.channel_chars",
+                &format!(
+                    "{c:?} is not allowed: only ASCII punctuation other than quote and backslash"
+                ),
+            );
+        }
+        if l.idle_timeout_secs == 0 {
+            return invalid("limits.idle_timeout_secs", "must be at least 1");
+        }
+        if l.ping_interval_secs >= l.idle_timeout_secs {
+            return invalid(
+                "limits.ping_interval_secs",
+                "must be shorter than limits.idle_timeout_secs, or idle clients that answer pings are closed",
+            );
+        }
+        if l.outbound_queue == 0 {
+            return invalid("limits.outbound_queue", "must be at least 1");
+        }
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if l.publish_rate > 0 && l.publish_burst == 0 {
+            return invalid(
+                "limits.publish_burst",
+                "must be at least 1 when publish_rate is set",
+            );
+        }
+        if let Some(url) = &self.broker.redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix:"))
+        {
+            return invalid(
+                "broker.redis_url",
+                "must start with redis://, rediss:// or unix:",
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return invalid("log.filter", &e.to_string());
+        }
+        Ok(())
+    }
+
+    /// This node's id: configured, or `<hostname>:<port>`.
+    pub fn node_id(&self) -> String {
+        self.server.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "node".to_owned());
+            format!("{host}:{}", self.server.listen.port())
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Sets `SECTION__KEY` (case-insensitive) in `table` to `value`, read as a TOML value when it
+/// parses as one (numbers, booleans, arrays) and as a string otherwise.
+fn set_path(table: &mut toml::Table, path: &str, value: &str) -> Result<(), String> {
+    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    if keys.iter().any(String::is_empty) {
+        return Err("empty key segment".to_owned());
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, parents) = keys.split_last().expect("split yields at least one key");
+    let mut cur = table;
+    for k in parents {
+        cur = cur
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{k}` is not a table"))?;
+    }
+    cur.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.broker.redis_url.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml("[limits]\nmax_subscribtions = 3\n").unwrap_err();
+        assert!(e.to_string().contains("max_subscribtions"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = [
+            (
+                "SWITCHYARD__LIMITS__MAX_SUBSCRIPTIONS".to_owned(),
+                "7".to_owned(),
+            ),
+            ("SWITCHYARD__BROKER__PREFIX".to_owned(), "sy:".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::from_toml_with_env("[limits]\nmax_subscriptions = 3\n", "t", env).unwrap();
+        assert_eq!(c.limits.max_subscriptions, 7);
+        assert_eq!(c.broker.prefix, "sy:");
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_key() {
+        let e = Config::from_toml("[limits]\nping_interval_secs = 100\nidle_timeout_secs = 10\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("limits.ping_interval_secs"), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! Switchyard: a real-time WebSocket message gateway whose per-channel routing,
+//! authorization and transformation run as WebAssembly plugins.
+//!
+//! Data flows one way: socket -> session ([`ws`]) -> broker ([`broker`]) -> hub ([`hub`]) ->
+//! session outboxes ([`outbox`]) -> sockets.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod hub;
+pub mod node;
+pub mod outbox;
+pub mod protocol;
+pub mod server;
+pub mod telemetry;
+pub mod ws;
+
+pub use config::{Cli, Config};
+pub use server::Gateway;

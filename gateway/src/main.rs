@@ -1,0 +1,41 @@
+//! The `switchyard` binary: configuration, logging, serve.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchyard::{Cli, Config, Gateway, server, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let gateway = Gateway::bind(config).await?;
+        gateway.run(server::shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("switchyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! A running gateway node: configuration, broker, hub and the bookkeeping sessions share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, IncomingRx};
+use crate::config::Config;
+use crate::hub::{ConnId, Hub};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configured broker is not available in this build or could not be set up.
+    #[error("broker: {0}")]
+    Broker(String),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Everything shared by the sessions and HTTP handlers of one node.
+pub struct Node {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// This node's id.
+    pub id: String,
+    /// Local subscriptions.
+    pub hub: Arc<Hub>,
+    /// Where publishes go.
+    pub broker: Arc<dyn Broker>,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Tracks live sessions so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    connections: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+/// Holds one of the node's connection slots; released on drop.
+pub struct ConnectionSlot {
+    node: Arc<Node>,
+    /// The connection's id.
+    pub id: ConnId,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.node.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Node {
+    /// Builds a node for `config`; returns it with the broker's incoming stream, which
+    /// [`crate::server::Gateway`] feeds into the hub.
+    pub fn new(config: Config) -> Result<(Arc<Self>, IncomingRx), StartError> {
+        let (broker, incoming): (Arc<dyn Broker>, IncomingRx) = match &config.broker.redis_url {
+            None => {
+                let (b, rx) = MemoryBroker::new();
+                (Arc::new(b), rx)
+            }
+            Some(_) => {
+                return Err(StartError::Broker(
+                    "the Redis broker is not available in this version".to_owned(),
+                ));
+            }
+        };
+        let hub = Arc::new(Hub::new(broker.clone()));
+        let node = Arc::new(Self {
+            id: config.node_id(),
+            config: Arc::new(config),
+            hub,
+            broker,
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            connections: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        });
+        Ok((node, incoming))
+    }
+
+    /// Takes a connection slot, or `None` when the node is at `limits.max_connections`.
+    pub fn try_connect(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.config.limits.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ConnectionSlot {
+            node: self.clone(),
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Open WebSocket connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Ready to serve: not shutting down and the broker is connected.
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && self.broker.is_ready()
+    }
+}

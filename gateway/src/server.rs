@@ -1,0 +1,133 @@
+//! HTTP server: routes, the broker-to-hub dispatcher, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::broker::IncomingRx;
+use crate::config::Config;
+use crate::node::{Node, StartError};
+use crate::{api, ws};
+
+/// Builds the HTTP router for `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .with_state(node)
+}
+
+/// A bound, not yet serving gateway node.
+pub struct Gateway {
+    node: Arc<Node>,
+    incoming: IncomingRx,
+    listener: TcpListener,
+}
+
+impl Gateway {
+    /// Binds the configured listen address and sets up the node.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let (node, incoming) = Node::new(config)?;
+        Ok(Self {
+            node,
+            incoming,
+            listener,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The node, for inspection.
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness goes false, the listener
+    /// stops accepting, every client is closed with 1001, and sessions get
+    /// `server.shutdown_grace_secs` to finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let Gateway {
+            node,
+            incoming,
+            listener,
+        } = self;
+        tracing::info!(
+            node = %node.id,
+            addr = %listener.local_addr()?,
+            broker = node.broker.kind(),
+            "switchyard listening"
+        );
+        let dispatcher = tokio::spawn(dispatch(node.clone(), incoming));
+        let token = node.shutdown.clone();
+        let app = router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing clients");
+                token.cancel();
+            })
+            .await?;
+        node.shutdown.cancel();
+        node.sessions.close();
+        let grace = Duration::from_secs(node.config.server.shutdown_grace_secs);
+        if tokio::time::timeout(grace, node.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = node.sessions.len(),
+                "shutdown grace expired with sessions open"
+            );
+        }
+        dispatcher.abort();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Feeds broker messages into the hub, in arrival order.
+async fn dispatch(node: Arc<Node>, mut incoming: IncomingRx) {
+    while let Some(msg) = incoming.recv().await {
+        node.hub.dispatch(&msg);
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

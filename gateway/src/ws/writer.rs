@@ -1,0 +1,73 @@
+//! A session's writer: drains its outbox into the socket, several frames per flush.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+
+use crate::outbox::{CloseReason, OutboxRx};
+
+/// Frames written per flush at most; bounds the latency a batch adds for its first frame.
+const BATCH: usize = 64;
+/// How long a close frame may take to leave before the socket is dropped anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Writes queued frames until the outbox is closed or the socket fails.
+pub async fn run(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: OutboxRx,
+    ping_every: Option<Duration>,
+) {
+    let mut ping = ping_every
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let mut batch = Vec::with_capacity(BATCH);
+    let signal = rx.close_signal();
+    loop {
+        let reason = tokio::select! {
+            biased;
+            reason = signal.closed() => reason,
+            frame = rx.recv() => {
+                let Some(frame) = frame else { return };
+                batch.push(frame);
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Some(f) => batch.push(f),
+                        None => break,
+                    }
+                }
+                let write = async {
+                    for frame in batch.drain(..) {
+                        sink.feed(Message::Text(frame)).await?;
+                    }
+                    sink.flush().await
+                };
+                // A slow consumer is closed while its write is stuck, not after.
+                tokio::select! {
+                    biased;
+                    reason = signal.closed() => reason,
+                    res = write => match res {
+                        Ok(()) => continue,
+                        Err(_) => return,
+                    },
+                }
+            }
+            _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        close(&mut sink, reason).await;
+        return;
+    }
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReason) {
+    let frame = CloseFrame {
+        code: reason.code(),
+        reason: reason.text().into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+}

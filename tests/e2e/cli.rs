@@ -1,0 +1,117 @@
+//! The `switchyard` binary: `--check`, and SIGTERM drain.
+
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::{Client, Ended, PATIENCE, gateway_bin, workspace};
+
+fn check(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["--check", "--config"])
+        .arg(&path)
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_accepts_the_shipped_example() {
+    let out = Command::new(gateway_bin())
+        .arg("--check")
+        .arg("--config")
+        .arg(workspace().join("examples/switchyard.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn check_rejects_bad_configs_precisely() {
+    let cases = [
+        ("[limits]\nmax_subscribtions = 1\n", "max_subscribtions"),
+        (
+            "[limits]\nmax_subscriptions = \"many\"\n",
+            "max_subscriptions",
+        ),
+        (
+            "[limits]\nmax_subscriptions = 0\n",
+            "limits.max_subscriptions",
+        ),
+        ("[server]\nlisten = \"nowhere\"\n", "listen"),
+        ("[broker]\nredis_url = \"http://x\"\n", "broker.redis_url"),
+        ("this is not toml", "line 1"),
+    ];
+    for (config, needle) in cases {
+        let (code, text) = check(config);
+        assert_eq!(code, 2, "{config:?} -> {text}");
+        assert!(
+            text.contains(needle),
+            "{config:?}: message {text:?} should mention {needle}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["--check", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[tokio::test]
+async fn sigterm_drains_clients_with_1001_and_exits_zero() {
+    let mut child = tokio::process::Command::new(gateway_bin())
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("SWITCHYARD_CONFIG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The listening line names the bound address.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["message"] == "switchyard listening" {
+                return v["addr"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("gateway exited before listening");
+    })
+    .await
+    .expect("gateway starts");
+    let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
+    c.subscribe("x").await;
+    c.publish_acked("x", json!(1), 1).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match c.ended().await {
+        Ended::Closed(code, _) => assert_eq!(code, 1001),
+        Ended::Dropped => panic!("expected a 1001 close frame"),
+    }
+    let exit = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    // Drain stderr so the child never blocks on a full pipe.
+    while let Ok(Some(_)) = lines.next_line().await {}
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: real gateways on loopback, real WebSocket clients.
+
+mod support;
+
+mod cli;
+mod spine;

@@ -1,0 +1,344 @@
+//! The client protocol, limits and lifecycle of a single embedded node.
+
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Client, Ended, TestGateway, eventually, http_get};
+
+#[tokio::test]
+async fn three_clients_subscribe_publish_unsubscribe() {
+    let gw = TestGateway::start("").await;
+    let mut a = gw.client().await;
+    let mut b = gw.client().await;
+    let mut c = gw.client().await;
+    for client in [&mut a, &mut b, &mut c] {
+        client.subscribe("room").await;
+    }
+    b.subscribe("side").await;
+
+    let mut a_seen = a.publish_acked("room", json!({"n": 1}), 1).await;
+    for client in [&mut b, &mut c] {
+        assert_eq!(
+            client.recv().await,
+            json!({"type": "message", "channel": "room", "data": {"n": 1}})
+        );
+    }
+
+    b.send(json!({"type": "unsubscribe", "channel": "room"}))
+        .await;
+    assert_eq!(
+        b.recv().await,
+        json!({"type": "unsubscribed", "channel": "room"})
+    );
+
+    // Deliveries keep publish order, so if `b` still received "room" it would see n=2 before
+    // the marker on "side".
+    c.publish("room", json!({"n": 2})).await;
+    c.publish("side", json!("marker")).await;
+    assert_eq!(b.recv().await["data"], "marker");
+    assert_eq!(c.recv().await["data"]["n"], 2);
+    // The publisher receives its own messages too, in order.
+    while a_seen.len() < 2 {
+        a_seen.push(a.recv().await);
+    }
+    let ns: Vec<&Value> = a_seen.iter().map(|m| &m["data"]["n"]).collect();
+    assert_eq!(ns, [&json!(1), &json!(2)]);
+}
+
+#[tokio::test]
+async fn ids_are_echoed_on_every_reply() {
+    let gw = TestGateway::start("").await;
+    let mut a = gw.client().await;
+    a.send(json!({"type": "subscribe", "channel": "x", "id": "s-1"}))
+        .await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "subscribed", "channel": "x", "id": "s-1"})
+    );
+    a.send(json!({"type": "publish", "channel": "y", "data": null, "id": 42}))
+        .await;
+    assert_eq!(a.recv().await, json!({"type": "published", "id": 42}));
+    a.send(json!({"type": "unsubscribe", "channel": "x", "id": 3.5}))
+        .await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "unsubscribed", "channel": "x", "id": 3.5})
+    );
+    a.send(json!({"type": "subscribe", "channel": "bad channel", "id": "e"}))
+        .await;
+    let err = a.expect_error().await;
+    assert_eq!(err["id"], "e");
+    assert_eq!(err["code"], "invalid_channel");
+    // A publish without an id gets no reply: the next frame is the reply to what follows.
+    a.publish("y", json!(1)).await;
+    a.send(json!({"type": "subscribe", "channel": "z", "id": 9}))
+        .await;
+    assert_eq!(a.recv().await["id"], 9);
+}
+
+#[tokio::test]
+async fn every_client_error_code_from_a_real_frame() {
+    let gw = TestGateway::start(
+        "[limits]\nmax_subscriptions = 2\nmax_message_bytes = 256\npublish_rate = 1\npublish_burst = 2\n",
+    )
+    .await;
+    let mut c = gw.client().await;
+    let cases: Vec<(&str, &str)> = vec![
+        ("{not json", "invalid_json"),
+        ("[1,2,3]", "invalid_json"),
+        (r#"{"type":"dance","channel":"a"}"#, "unknown_type"),
+        (r#"{"channel":"a"}"#, "invalid_field"),
+        (r#"{"type":"subscribe"}"#, "invalid_field"),
+        (r#"{"type":"subscribe","channel":17}"#, "invalid_field"),
+        (
+            r#"{"type":"subscribe","channel":"a","id":{"x":1}}"#,
+            "invalid_field",
+        ),
+        (r#"{"type":"subscribe","channel":""}"#, "invalid_channel"),
+        (
+            r#"{"type":"subscribe","channel":"has space"}"#,
+            "invalid_channel",
+        ),
+    ];
+    for (frame, code) in cases {
+        c.send_text(frame).await;
+        let err = c.expect_error().await;
+        assert_eq!(err["code"], code, "frame {frame} -> {err}");
+    }
+    let long = "x".repeat(300);
+    c.send(json!({"type": "publish", "channel": "a", "data": long}))
+        .await;
+    assert_eq!(c.expect_error().await["code"], "message_too_large");
+
+    c.subscribe("one").await;
+    c.subscribe("two").await;
+    c.send(json!({"type": "subscribe", "channel": "three", "id": 1}))
+        .await;
+    let err = c.expect_error().await;
+    assert_eq!(
+        (err["code"].as_str(), err["id"].as_u64()),
+        (Some("too_many_subscriptions"), Some(1))
+    );
+
+    // Burst of 2, then 1/s: of five quick publishes at least one is refused.
+    for i in 0..5 {
+        c.send(json!({"type": "publish", "channel": "q", "data": i, "id": i}))
+            .await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let v = c.recv().await;
+        codes.push(
+            v["code"]
+                .as_str()
+                .unwrap_or(v["type"].as_str().unwrap())
+                .to_owned(),
+        );
+    }
+    assert_eq!(codes[..2], ["published", "published"]);
+    assert!(codes.contains(&"rate_limited".to_owned()), "{codes:?}");
+
+    // The connection survived every error.
+    c.subscribe("one").await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009_and_others_continue() {
+    let gw =
+        TestGateway::start("[limits]\nmax_message_bytes = 1024\nmax_frame_bytes = 4096\n").await;
+    let mut big = gw.client().await;
+    let mut other = gw.client().await;
+    other.subscribe("c").await;
+    big.send_text(&format!(
+        r#"{{"type":"publish","channel":"c","data":"{}"}}"#,
+        "y".repeat(8000)
+    ))
+    .await;
+    match big.ended().await {
+        Ended::Closed(code, _) => assert_eq!(code, 1009),
+        Ended::Dropped => panic!("expected a 1009 close frame"),
+    }
+    let mut third = gw.client().await;
+    third.publish_acked("c", json!("still here"), 1).await;
+    assert_eq!(other.recv().await["data"], "still here");
+}
+
+#[tokio::test]
+async fn binary_and_invalid_utf8_frames() {
+    let gw = TestGateway::start("").await;
+    let mut c = gw.client().await;
+    // Binary frames holding UTF-8 JSON are accepted, as the seed server does.
+    c.ws.send(Message::binary(
+        br#"{"type":"subscribe","channel":"b","id":1}"#.to_vec(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(c.recv().await["type"], "subscribed");
+    c.ws.send(Message::binary(vec![0xff, 0xfe, 0x00]))
+        .await
+        .unwrap();
+    assert_eq!(c.expect_error().await["code"], "invalid_json");
+
+    // A text frame that is not UTF-8 violates RFC 6455: closed with 1007. Sent raw, since
+    // client libraries refuse to build one.
+    let mut raw = gw.client().await;
+    let frame = [0x81u8, 0x82, 0, 0, 0, 0, 0xc3, 0x28];
+    use tokio::io::AsyncWriteExt;
+    match raw.ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(s) => s.write_all(&frame).await.unwrap(),
+        _ => unreachable!(),
+    }
+    match raw.ended().await {
+        Ended::Closed(code, _) => assert_eq!(code, 1007),
+        Ended::Dropped => panic!("expected a 1007 close frame"),
+    }
+    // The first client is unaffected.
+    c.subscribe("after").await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_and_others_get_everything() {
+    let gw = TestGateway::start("[limits]\noutbound_queue = 8\nmax_message_bytes = 70000\n").await;
+    let mut slow = Client::connect_small_rcvbuf(gw.addr).await;
+    slow.subscribe("firehose").await;
+    let mut fast: Vec<Client> = Vec::new();
+    for _ in 0..2 {
+        let mut c = gw.client().await;
+        c.subscribe("firehose").await;
+        fast.push(c);
+    }
+    let mut publisher = gw.client().await;
+    let blob = "z".repeat(60_000);
+    let total = 300u64;
+    let readers: Vec<_> = fast
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                for i in 0..total {
+                    let v = c.recv().await;
+                    assert_eq!(v["data"]["i"], i, "in order, nothing lost");
+                }
+                c
+            })
+        })
+        .collect();
+    // `slow` never reads: its socket buffers fill, then its queue overflows.
+    for i in 0..total {
+        publisher
+            .publish_acked("firehose", json!({"i": i, "blob": blob}), i)
+            .await;
+    }
+    let mut fast = Vec::new();
+    for r in readers {
+        fast.push(r.await.expect("fast readers got every message"));
+    }
+    eventually("the slow consumer to be dropped from the hub", || {
+        gw.node.hub.subscriber_count("firehose") == 2
+    })
+    .await;
+    // Its close frame may be lost behind the full socket; if it arrives it says why.
+    match slow.ended().await {
+        Ended::Closed(code, reason) => assert_eq!((code, reason.contains("slow")), (4001, true)),
+        Ended::Dropped => {}
+    }
+    // The survivors keep receiving.
+    publisher
+        .publish_acked("firehose", json!("after"), total)
+        .await;
+    for c in &mut fast {
+        assert_eq!(c.recv().await["data"], "after");
+    }
+}
+
+#[tokio::test]
+async fn idle_client_is_closed() {
+    let gw = TestGateway::start("[limits]\nidle_timeout_secs = 1\nping_interval_secs = 0\n").await;
+    let mut idle = gw.client().await;
+    match idle.ended().await {
+        Ended::Closed(code, reason) => assert_eq!((code, reason.as_str()), (4002, "idle timeout")),
+        Ended::Dropped => panic!("expected an idle-timeout close frame"),
+    }
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_upgrade_with_503() {
+    let gw = TestGateway::start("[limits]\nmax_connections = 2\n").await;
+    let _a = gw.client().await;
+    let _b = gw.client().await;
+    let err = tokio_tungstenite::connect_async(gw.url())
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 503),
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn health_readiness_and_graceful_shutdown() {
+    let gw = TestGateway::start("").await;
+    assert_eq!(http_get(gw.addr, "/healthz").await, (200, "ok".to_owned()));
+    let (status, body) = http_get(gw.addr, "/readyz").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["ready"].as_bool(), v["broker"]["kind"].as_str()),
+        (Some(true), Some("memory"))
+    );
+
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = gw.client().await;
+        c.subscribe("s").await;
+        clients.push(c);
+    }
+    let node = gw.node.clone();
+    let stopping = tokio::spawn(gw.shutdown());
+    for c in &mut clients {
+        match c.ended().await {
+            Ended::Closed(code, reason) => {
+                assert_eq!(code, 1001);
+                assert!(reason.contains("shutting down"), "{reason}");
+            }
+            Ended::Dropped => panic!("expected a 1001 close frame"),
+        }
+    }
+    stopping.await.unwrap();
+    assert!(!node.is_ready());
+    assert_eq!(node.connection_count(), 0);
+}
+
+/// A client written for the Node `ws` + Redis seed server: no ids, reads only `channel` and
+/// `data` of deliveries, ignores everything else.
+#[tokio::test]
+async fn seed_protocol_client_works_unchanged() {
+    let gw = TestGateway::start("").await;
+    let mut sub = gw.client().await;
+    let mut publ = gw.client().await;
+    sub.send_text(r#"{"type":"subscribe","channel":"news"}"#)
+        .await;
+    assert_eq!(sub.recv().await["type"], "subscribed");
+    publ.send_text(r#"{"type":"publish","channel":"news","data":{"headline":"hi","n":[1,2]}}"#)
+        .await;
+    publ.send_text(r#"{"type":"publish","channel":"news","data":"plain"}"#)
+        .await;
+    let seen: Vec<(Value, Value)> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            let m = sub.recv().await;
+            v.push((m["channel"].clone(), m["data"].clone()));
+        }
+        v
+    };
+    assert_eq!(
+        seen,
+        vec![
+            (json!("news"), json!({"headline": "hi", "n": [1, 2]})),
+            (json!("news"), json!("plain")),
+        ]
+    );
+    sub.send_text(r#"{"type":"unsubscribe","channel":"news"}"#)
+        .await;
+    assert_eq!(sub.recv().await["type"], "unsubscribed");
+}

@@ -1,0 +1,250 @@
+//! Shared test harness: gateways on ephemeral loopback ports and WebSocket clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchyard::node::Node;
+use switchyard::{Config, Gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound on waiting for an event that should come; only guards against a hung test.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A gateway served in-process on 127.0.0.1 with an ephemeral port.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway from TOML config text (the listen address is forced to port 0).
+    pub async fn start(toml: &str) -> Self {
+        let mut config = Config::from_toml(toml).expect("test config is valid");
+        config.log.filter = "warn".to_owned();
+        switchyard::telemetry::init(&config.log);
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.shutdown_grace_secs = 2;
+        let gateway = Gateway::bind(config).await.expect("gateway binds");
+        let addr = gateway.local_addr();
+        let node = gateway.node();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            gateway
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("gateway runs");
+        });
+        Self {
+            addr,
+            node,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url()).await
+    }
+
+    /// Starts graceful shutdown and waits for the gateway to finish.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, self.task.take().unwrap())
+            .await
+            .expect("gateway stops in time")
+            .expect("gateway task ok");
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A WebSocket client speaking the JSON protocol.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What ended a connection from the client's point of view.
+#[derive(Debug)]
+pub enum Ended {
+    /// A close frame with this code and reason.
+    Closed(u16, String),
+    /// The stream ended or failed without a close frame.
+    Dropped,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("websocket connects");
+        Self { ws }
+    }
+
+    /// Connects with a tiny socket receive buffer, so a client that stops reading backs up
+    /// the server quickly (loopback buffers can otherwise absorb tens of megabytes).
+    pub async fn connect_small_rcvbuf(addr: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("websocket connects");
+        Self { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// Next data frame as JSON (control frames are skipped); panics if the connection ends.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame arrives in time")
+                .expect("connection open")
+                .expect("frame readable");
+            match msg {
+                Message::Text(t) => {
+                    return serde_json::from_str(t.as_str()).expect("server sends JSON");
+                }
+                Message::Binary(_) => panic!("server sent a binary frame"),
+                Message::Close(c) => panic!("connection closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the connection ends, discarding data frames.
+    pub async fn ended(&mut self) -> Ended {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("connection ends in time")
+            {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Ended::Closed(code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Ended::Dropped,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) {
+        self.send(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        let reply = self.recv().await;
+        assert_eq!(reply, json!({"type": "subscribed", "channel": channel}));
+    }
+
+    pub async fn publish(&mut self, channel: &str, data: Value) {
+        self.send(json!({"type": "publish", "channel": channel, "data": data}))
+            .await;
+    }
+
+    /// Publishes with an id and waits for the broker's acknowledgement; returns the
+    /// deliveries that arrived meanwhile.
+    pub async fn publish_acked(&mut self, channel: &str, data: Value, id: u64) -> Vec<Value> {
+        self.send(json!({"type": "publish", "channel": channel, "data": data, "id": id}))
+            .await;
+        let mut seen = Vec::new();
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "published" {
+                assert_eq!(v["id"], id);
+                return seen;
+            }
+            assert_eq!(v["type"], "message", "unexpected reply {v}");
+            seen.push(v);
+        }
+    }
+
+    /// Next error reply's code (other frames are not expected).
+    pub async fn expect_error(&mut self) -> Value {
+        let v = self.recv().await;
+        assert_eq!(v["type"], "error", "expected an error, got {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        v
+    }
+}
+
+/// A plain HTTP/1.1 GET over a raw socket: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// Waits until `cond` holds, polling state the test cannot be notified of (e.g. server
+/// counters); bounded by [`PATIENCE`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Path of the gateway binary built for this test run.
+pub fn gateway_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+/// The workspace root.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
