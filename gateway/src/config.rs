@@ -79,6 +79,10 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// WebAssembly plugins and the channel namespaces they are bound to.
+    pub plugins: PluginsConfig,
+    /// Connection authentication.
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Listener and node identity.
@@ -159,6 +163,91 @@ pub struct BrokerConfig {
     pub prefix: String,
 }
 
+/// What happens on channels no plugin binding matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    /// Subscribe and publish freely, no plugin involved.
+    #[default]
+    Allow,
+    /// Refuse subscribe and publish with `forbidden`.
+    Deny,
+}
+
+/// A plugin and the JSON config its `init` receives.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// Plugin name: the file `<plugins.dir>/<name>.wasm`.
+    pub plugin: String,
+    /// Passed to the plugin's `init` as JSON text.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+/// Binds a channel namespace to a plugin.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// Channel pattern: `chat:*`, `tenant:*:orders`, or an exact name.
+    pub pattern: String,
+    /// Plugin name: the file `<plugins.dir>/<name>.wasm`.
+    pub plugin: String,
+    /// Passed to the plugin's `init` as JSON text.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// Plugin runtime settings and namespace bindings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directory holding `<name>.wasm` plugin components.
+    pub dir: PathBuf,
+    /// Policy for channels that no binding matches.
+    pub default: DefaultPolicy,
+    /// Wall-clock budget of one plugin call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Linear memory one plugin instance may use, in bytes.
+    pub max_memory_bytes: usize,
+    /// Total bytes of JSON a publish or deliver hook may return.
+    pub max_output_bytes: usize,
+    /// Messages one publish hook may forward.
+    pub max_forwards: usize,
+    /// Idle instances kept per plugin for reuse.
+    pub pool_size: usize,
+    /// Directory for compiled components (keyed by content hash); unset keeps them in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Request headers (lower-case) passed to the connect hook.
+    pub forward_headers: Vec<String>,
+    /// Plugin whose connect hook accepts, rejects or enriches new connections.
+    pub connect: Option<PluginRef>,
+    /// Namespace bindings; the most specific matching pattern wins.
+    pub bindings: Vec<BindingConfig>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("plugins"),
+            default: DefaultPolicy::Allow,
+            timeout_ms: 20,
+            max_memory_bytes: 32 * 1024 * 1024,
+            max_output_bytes: 1024 * 1024,
+            max_forwards: 16,
+            pool_size: 16,
+            cache_dir: None,
+            forward_headers: vec!["user-agent".to_owned(), "origin".to_owned()],
+            connect: None,
+            bindings: Vec::new(),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -204,6 +293,9 @@ impl Config {
             .as_ref()
             .map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
         let mut config = Self::from_toml_with_env(&text, &origin, std::env::vars())?;
+        if let Some(base) = cli.config.as_ref().and_then(|p| p.parent()) {
+            config.resolve_paths(base);
+        }
         config.apply_cli(cli);
         config.validate()?;
         Ok(config)
@@ -241,6 +333,26 @@ impl Config {
         let config = Self::from_toml_with_env(text, "(text)", std::iter::empty())?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Makes relative paths in the file relative to the file's own directory, so a config
+    /// means the same thing whatever directory the gateway is started from.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.plugins.dir);
+        if let Some(p) = &mut self.plugins.cache_dir {
+            fix(p);
+        }
+        if let Some(p) = &mut self.auth.rs256_public_key_file {
+            fix(p);
+        }
+        if let Some(p) = &mut self.auth.es256_public_key_file {
+            fix(p);
+        }
     }
 
     fn apply_cli(&mut self, cli: &Cli) {
@@ -330,6 +442,67 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return invalid("log.filter", &e.to_string());
+        }
+        if let Err(e) = crate::auth::Authenticator::new(&self.auth) {
+            return invalid(e.key, &e.message);
+        }
+        self.validate_plugins()
+    }
+
+    fn validate_plugins(&self) -> Result<(), ConfigError> {
+        let p = &self.plugins;
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if p.timeout_ms == 0 {
+            return invalid("plugins.timeout_ms".into(), "must be at least 1".into());
+        }
+        if p.max_memory_bytes < 1024 * 1024 {
+            return invalid(
+                "plugins.max_memory_bytes".into(),
+                "must be at least 1 MiB".into(),
+            );
+        }
+        if p.max_output_bytes < self.limits.max_message_bytes {
+            return invalid(
+                "plugins.max_output_bytes".into(),
+                "must be at least limits.max_message_bytes".into(),
+            );
+        }
+        let refs = p
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("plugins.bindings[{i}]"), &b.plugin, &b.config))
+            .chain(
+                p.connect
+                    .iter()
+                    .map(|c| ("plugins.connect".to_owned(), &c.plugin, &c.config)),
+            );
+        for (key, name, config) in refs {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return invalid(
+                    format!("{key}.plugin"),
+                    format!("{name:?} is not a plugin name (letters, digits, - and _)"),
+                );
+            }
+            if !config.is_object() {
+                return invalid(format!("{key}.config"), "must be a table".into());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in p.bindings.iter().enumerate() {
+            if let Err(e) = crate::plugins::namespace::Pattern::parse(&b.pattern) {
+                return invalid(format!("plugins.bindings[{i}].pattern"), e.to_string());
+            }
+            if !seen.insert(b.pattern.as_str()) {
+                return invalid(
+                    format!("plugins.bindings[{i}].pattern"),
+                    format!("{:?} is bound twice", b.pattern),
+                );
+            }
         }
         Ok(())
     }

@@ -5,11 +5,13 @@
 //! session outboxes ([`outbox`]) -> sockets.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
 pub mod node;
 pub mod outbox;
+pub mod plugins;
 pub mod protocol;
 pub mod server;
 pub mod telemetry;

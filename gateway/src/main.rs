@@ -15,8 +15,20 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        println!("configuration OK");
-        return ExitCode::SUCCESS;
+        // Load every bound plugin too: compile, instantiate and `init` must all succeed.
+        return match switchyard::plugins::Plugins::load(&config.plugins) {
+            Ok(plugins) => {
+                for binding in plugins.describe() {
+                    println!("plugin OK: {binding}");
+                }
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchyard: plugins: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     telemetry::init(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {

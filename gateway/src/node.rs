@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Authenticator;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, IncomingRx};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
+use crate::plugins::Plugins;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,12 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The auth configuration is unusable.
+    #[error("auth: {0}")]
+    Auth(String),
+    /// A bound plugin could not be loaded.
+    #[error("plugins: {0}")]
+    Plugins(#[from] crate::plugins::LoadError),
     /// The server failed while running.
     #[error("server: {0}")]
     Serve(#[from] std::io::Error),
@@ -40,6 +48,10 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Where publishes go.
     pub broker: Arc<dyn Broker>,
+    /// Plugins bound to channel namespaces.
+    pub plugins: Arc<Plugins>,
+    /// Verifies tokens and origins on upgrade.
+    pub auth: Authenticator,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
     /// Tracks live sessions so shutdown can wait for them.
@@ -76,12 +88,23 @@ impl Node {
                 ));
             }
         };
-        let hub = Arc::new(Hub::new(broker.clone()));
+        let auth = Authenticator::new(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
+        let plugins = Arc::new(Plugins::load(&config.plugins)?);
+        for binding in plugins.describe() {
+            tracing::info!(%binding, "plugin bound");
+        }
+        let mut hub = Hub::new(broker.clone());
+        if plugins.has_bindings() {
+            hub = hub.with_deliver_hook(plugins.clone());
+        }
+        let hub = Arc::new(hub);
         let node = Arc::new(Self {
             id: config.node_id(),
             config: Arc::new(config),
             hub,
             broker,
+            plugins,
+            auth,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             connections: AtomicUsize::new(0),

@@ -24,6 +24,7 @@ fn check(config: &str) -> (i32, String) {
 
 #[test]
 fn check_accepts_the_shipped_example() {
+    crate::support::plugins_dir();
     let out = Command::new(gateway_bin())
         .arg("--check")
         .arg("--config")
@@ -35,7 +36,12 @@ fn check_accepts_the_shipped_example() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(
+        stdout.contains("chat:* -> chat-router@"),
+        "plugins were loaded: {stdout}"
+    );
 }
 
 #[test]

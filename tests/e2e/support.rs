@@ -248,3 +248,61 @@ pub fn workspace() -> std::path::PathBuf {
         .unwrap()
         .to_owned()
 }
+
+/// Directory of the example plugins built as WebAssembly components, built once per test
+/// run (cargo makes a repeat build a no-op).
+pub fn plugins_dir() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace();
+            let out = std::process::Command::new("bash")
+                .arg(root.join("scripts/build-plugins.sh"))
+                .current_dir(&root)
+                .output()
+                .expect("run scripts/build-plugins.sh");
+            assert!(
+                out.status.success(),
+                "building plugins failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            root.join("target/plugins")
+        })
+        .clone()
+}
+
+/// A `[plugins]` section pointing at the built example plugins, followed by `rest`.
+pub fn with_plugins(rest: &str) -> String {
+    format!(
+        "[plugins]\ndir = {:?}\n{rest}",
+        plugins_dir().display().to_string()
+    )
+}
+
+/// Shared HS256 secret of the test gateways.
+pub const SECRET: &str = "test-secret-0123456789";
+
+/// A signed HS256 token for `user` (and `tenant`) valid for an hour, audience `switchyard`.
+pub fn token(user: &str, tenant: Option<&str>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = json!({"sub": user, "aud": "switchyard", "exp": now + 3600});
+    if let Some(t) = tenant {
+        claims["tenant"] = json!(t);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+impl TestGateway {
+    /// Connects as `user` with a token in the query string.
+    pub async fn client_as(&self, user: &str, tenant: Option<&str>) -> Client {
+        Client::connect(&format!("{}?token={}", self.url(), token(user, tenant))).await
+    }
+}

@@ -4,10 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::node::Node;
+use crate::plugins;
+use crate::protocol::ErrorCode;
 
 mod ratelimit;
 mod session;
@@ -22,6 +24,8 @@ const WRITE_BUFFER: usize = 16 * 1024;
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
     if node.shutdown.is_cancelled() {
@@ -31,6 +35,47 @@ pub async fn upgrade(
         tracing::warn!(%remote, "connection refused: limits.max_connections reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
+    if let Err(e) = node
+        .auth
+        .check_origin(headers.get("origin").and_then(|v| v.to_str().ok()))
+    {
+        tracing::info!(%remote, reason = %e, "connection refused");
+        return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
+    let token = bearer(&headers).or_else(|| query_token(uri.query()));
+    let identity = match node.auth.authenticate(token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::info!(%remote, reason = %e, "connection refused");
+            return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+        }
+    };
+    let info = plugins::ConnectInfo {
+        remote_addr: remote.to_string(),
+        headers: node
+            .plugins
+            .forward_headers()
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(name.as_str())?.to_str().ok()?;
+                Some((name.clone(), value.to_owned()))
+            })
+            .collect(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        identity,
+    };
+    let identity = match node.plugins.connect(info) {
+        Ok(identity) => identity,
+        Err(r) => {
+            tracing::info!(%remote, code = %r.code, reason = %r.message, "connection refused by plugin");
+            let status = if r.code == ErrorCode::Forbidden {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return (status, format!("{}: {}", r.code, r.message)).into_response();
+        }
+    };
     let limits = &node.config.limits;
     let tracker = node.sessions.clone();
     ws.max_message_size(limits.max_frame_bytes)
@@ -39,5 +84,23 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER.max(limits.max_frame_bytes) * 4)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, node, slot, remote)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::run(socket, node, slot, remote, identity))
+        })
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// The `token` parameter of the query string.
+fn query_token(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
 }

@@ -19,6 +19,7 @@ use super::writer;
 use crate::hub::{ConnId, GroupKey};
 use crate::node::{ConnectionSlot, Node};
 use crate::outbox::{CloseReason, Outbox, outbox};
+use crate::plugins::{Identity, Routed};
 use crate::protocol::{self, Action, ErrorCode, Rejection};
 
 /// How long a closing session keeps reading, so the client's close reply is consumed and the
@@ -26,8 +27,14 @@ use crate::protocol::{self, Action, ErrorCode, Rejection};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a session until the client leaves or the server closes it.
-pub async fn run(socket: WebSocket, node: Arc<Node>, slot: ConnectionSlot, remote: SocketAddr) {
-    let span = tracing::info_span!("conn", id = slot.id, %remote);
+pub async fn run(
+    socket: WebSocket,
+    node: Arc<Node>,
+    slot: ConnectionSlot,
+    remote: SocketAddr,
+    identity: Identity,
+) {
+    let span = tracing::info_span!("conn", id = slot.id, %remote, user = identity.user.as_deref());
     async move {
         tracing::debug!("connected");
         let limits = &node.config.limits;
@@ -42,6 +49,7 @@ pub async fn run(socket: WebSocket, node: Arc<Node>, slot: ConnectionSlot, remot
             node: node.clone(),
             outbox,
             subscriptions: HashSet::new(),
+            identity,
         };
         let ended = session.read(stream, writer).await;
         session.leave_all();
@@ -63,6 +71,7 @@ struct Session {
     outbox: Outbox,
     subscriptions: HashSet<Arc<str>>,
     bucket: TokenBucket,
+    identity: Identity,
 }
 
 impl Session {
@@ -178,7 +187,10 @@ impl Session {
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
-        let group: GroupKey = Arc::from("");
+        let group: GroupKey = match self.node.plugins.subscribe(&self.identity, channel)? {
+            Some(g) => Arc::from(g),
+            None => Arc::from(self.identity.tenant.as_deref().unwrap_or("")),
+        };
         let ready = self
             .node
             .hub
@@ -217,16 +229,41 @@ impl Session {
                 ),
             ));
         }
-        let payload = Bytes::copy_from_slice(data.get().as_bytes());
-        self.node
-            .broker
-            .publish(channel, payload)
-            .await
-            .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))?;
+        match self
+            .node
+            .plugins
+            .publish(&self.identity, channel, data.get())?
+        {
+            Routed::Pass => self.send_to_broker(channel, data.get()).await?,
+            Routed::Drop => {}
+            Routed::Forward(list) => {
+                // Check every destination before publishing any, so a bad route publishes nothing.
+                for (to, _) in &list {
+                    self.check_channel(to).map_err(|r| {
+                        Rejection::new(
+                            ErrorCode::PluginError,
+                            format!("plugin forwarded to an invalid channel: {}", r.message),
+                        )
+                    })?;
+                }
+                for (to, data) in &list {
+                    self.send_to_broker(to, data).await?;
+                }
+            }
+        }
         if let Some(id) = id {
             self.send(protocol::published(id));
         }
         Ok(())
+    }
+
+    async fn send_to_broker(&self, channel: &str, data: &str) -> Result<(), Rejection> {
+        let payload = Bytes::copy_from_slice(data.as_bytes());
+        self.node
+            .broker
+            .publish(channel, payload)
+            .await
+            .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))
     }
 
     fn leave_all(&mut self) {

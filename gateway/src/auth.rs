@@ -1,0 +1,321 @@
+//! Connection authentication: JWT verification and the allowed-origins check, applied to the
+//! WebSocket upgrade request before any session exists.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::plugins::{Identity, anonymous};
+
+/// Authentication settings (`[auth]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether connections without a token are accepted (as anonymous).
+    pub anonymous: bool,
+    /// Shared secret for HS256 tokens.
+    pub hs256_secret: Option<String>,
+    /// PEM file with the RSA public key for RS256 tokens.
+    pub rs256_public_key_file: Option<std::path::PathBuf>,
+    /// PEM file with the EC (P-256) public key for ES256 tokens.
+    pub es256_public_key_file: Option<std::path::PathBuf>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Claim holding the user id.
+    pub user_claim: String,
+    /// Claim holding the tenant id.
+    pub tenant_claim: String,
+    /// Origins allowed to open WebSockets (`https://app.example.com`); empty allows any.
+    /// Requests without an `Origin` header (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            anonymous: true,
+            hs256_secret: None,
+            rs256_public_key_file: None,
+            es256_public_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway_secs: 5,
+            user_claim: "sub".to_owned(),
+            tenant_claim: "tenant".to_owned(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Why a connection was refused before upgrading; each maps to a distinct reason text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token, and anonymous connections are refused.
+    #[error("authentication required")]
+    Missing,
+    /// The token's `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// The token's `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `aud` does not match `auth.audience`.
+    #[error("token audience not accepted")]
+    WrongAudience,
+    /// `iss` does not match `auth.issuer`.
+    #[error("token issuer not accepted")]
+    WrongIssuer,
+    /// The signature does not verify.
+    #[error("token signature invalid")]
+    BadSignature,
+    /// The token's algorithm has no configured key.
+    #[error("token algorithm {0} not accepted")]
+    WrongAlgorithm(String),
+    /// The token is not a well-formed JWT.
+    #[error("token malformed: {0}")]
+    Malformed(String),
+    /// The `Origin` header is not in `auth.allowed_origins`.
+    #[error("origin {0:?} not allowed")]
+    Origin(String),
+}
+
+/// Why the auth configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct AuthConfigError {
+    /// Config key.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Verifies tokens and origins with keys loaded once at start.
+pub struct Authenticator {
+    config: AuthConfig,
+    keys: HashMap<Algorithm, DecodingKey>,
+}
+
+impl Authenticator {
+    /// Loads the configured keys.
+    pub fn new(config: &AuthConfig) -> Result<Self, AuthConfigError> {
+        let mut keys = HashMap::new();
+        if let Some(secret) = &config.hs256_secret {
+            if secret.len() < 16 {
+                return Err(AuthConfigError {
+                    key: "auth.hs256_secret",
+                    message: "must be at least 16 bytes".into(),
+                });
+            }
+            keys.insert(
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.as_bytes()),
+            );
+        }
+        let pem = |key: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| AuthConfigError {
+                key,
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        if let Some(path) = &config.rs256_public_key_file {
+            let k = DecodingKey::from_rsa_pem(&pem("auth.rs256_public_key_file", path)?).map_err(
+                |e| AuthConfigError {
+                    key: "auth.rs256_public_key_file",
+                    message: e.to_string(),
+                },
+            )?;
+            keys.insert(Algorithm::RS256, k);
+        }
+        if let Some(path) = &config.es256_public_key_file {
+            let k = DecodingKey::from_ec_pem(&pem("auth.es256_public_key_file", path)?).map_err(
+                |e| AuthConfigError {
+                    key: "auth.es256_public_key_file",
+                    message: e.to_string(),
+                },
+            )?;
+            keys.insert(Algorithm::ES256, k);
+        }
+        if keys.is_empty() && !config.anonymous {
+            return Err(AuthConfigError {
+                key: "auth.anonymous",
+                message: "is false but no key is configured, so nobody could connect".into(),
+            });
+        }
+        Ok(Self {
+            config: config.clone(),
+            keys,
+        })
+    }
+
+    /// Checks the request's `Origin` header, if it has one.
+    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), AuthError> {
+        match origin {
+            Some(o)
+                if !self.config.allowed_origins.is_empty()
+                    && !self.config.allowed_origins.iter().any(|a| a == o) =>
+            {
+                Err(AuthError::Origin(o.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Turns the request's token (if any) into an identity.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return if self.config.anonymous {
+                Ok(anonymous())
+            } else {
+                Err(AuthError::Missing)
+            };
+        };
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let key = self
+            .keys
+            .get(&header.alg)
+            .ok_or_else(|| AuthError::WrongAlgorithm(format!("{:?}", header.alg)))?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.config.leeway_secs;
+        validation.validate_nbf = true;
+        validation.required_spec_claims.clear();
+        validation.required_spec_claims.insert("exp".to_owned());
+        match &self.config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &validation,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(format!("{:?}", header.alg)),
+            other => AuthError::Malformed(format!("{other:?}")),
+        })?;
+        let claims = data.claims;
+        let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok(Identity {
+            user: text(&self.config.user_claim),
+            tenant: text(&self.config.tenant_claim),
+            claims: serde_json::Value::Object(claims.clone()).to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123";
+
+    fn auth(extra: impl FnOnce(&mut AuthConfig)) -> Authenticator {
+        let mut c = AuthConfig {
+            hs256_secret: Some(SECRET.into()),
+            anonymous: false,
+            audience: Some("switchyard".into()),
+            ..AuthConfig::default()
+        };
+        extra(&mut c);
+        Authenticator::new(&c).unwrap()
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_token_maps_claims() {
+        let t = token(
+            json!({"sub": "ann", "tenant": "acme", "aud": "switchyard", "exp": now() + 60, "role": "x"}),
+        );
+        let id = auth(|_| {}).authenticate(Some(&t)).unwrap();
+        assert_eq!(
+            (id.user.as_deref(), id.tenant.as_deref()),
+            (Some("ann"), Some("acme"))
+        );
+        assert!(id.claims.contains("\"role\":\"x\""));
+    }
+
+    #[test]
+    fn distinct_reasons() {
+        let a = auth(|_| {});
+        let exp = token(json!({"sub": "a", "aud": "switchyard", "exp": now() - 600}));
+        let nbf =
+            token(json!({"sub": "a", "aud": "switchyard", "exp": now() + 600, "nbf": now() + 300}));
+        let aud = token(json!({"sub": "a", "aud": "other", "exp": now() + 600}));
+        let sig = encode(
+            &Header::default(),
+            &json!({"sub": "a", "aud": "switchyard", "exp": now() + 600}),
+            &EncodingKey::from_secret(b"another-secret-entirely"),
+        )
+        .unwrap();
+        let alg = encode(
+            &Header::new(Algorithm::HS384),
+            &json!({"sub": "a", "aud": "switchyard", "exp": now() + 600}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(a.authenticate(Some(&exp)).err(), Some(AuthError::Expired));
+        assert_eq!(
+            a.authenticate(Some(&nbf)).err(),
+            Some(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            a.authenticate(Some(&aud)).err(),
+            Some(AuthError::WrongAudience)
+        );
+        assert_eq!(
+            a.authenticate(Some(&sig)).err(),
+            Some(AuthError::BadSignature)
+        );
+        assert!(matches!(
+            a.authenticate(Some(&alg)),
+            Err(AuthError::WrongAlgorithm(_))
+        ));
+        assert_eq!(a.authenticate(None).err(), Some(AuthError::Missing));
+        assert!(matches!(
+            a.authenticate(Some("x.y")),
+            Err(AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn origins() {
+        let a = auth(|c| c.allowed_origins = vec!["https://ok.example".into()]);
+        assert!(a.check_origin(Some("https://ok.example")).is_ok());
+        assert!(a.check_origin(None).is_ok());
+        assert_eq!(
+            a.check_origin(Some("https://evil.example")),
+            Err(AuthError::Origin("https://evil.example".into()))
+        );
+    }
+}

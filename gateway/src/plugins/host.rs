@@ -1,0 +1,120 @@
+//! What a plugin instance's store holds: its resource limits, identity for logs, and the
+//! implementation of the `host` imports.
+
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+
+use super::bindings::Level;
+use super::bindings::switchyard::plugin::{host, types};
+
+/// Longest log message a plugin may emit; longer ones are cut, so a plugin cannot flood logs
+/// with one call.
+const MAX_LOG_BYTES: usize = 2048;
+
+/// The error a plugin's memory growth past its cap traps with.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin exceeded its memory limit of {limit} bytes (wanted {wanted})")]
+pub struct MemoryExceeded {
+    /// The configured cap.
+    pub limit: usize,
+    /// What the plugin asked for.
+    pub wanted: usize,
+}
+
+/// Per-store state: limits and the plugin's name and version for its log records.
+pub struct HostState {
+    /// Plugin name.
+    pub plugin: Arc<str>,
+    /// Plugin version (content hash prefix).
+    pub version: Arc<str>,
+    max_memory: usize,
+}
+
+impl HostState {
+    /// State for a store of `plugin`/`version` capped at `max_memory` bytes of linear memory.
+    pub fn new(plugin: Arc<str>, version: Arc<str>, max_memory: usize) -> Self {
+        Self {
+            plugin,
+            version,
+            max_memory,
+        }
+    }
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            // Trap rather than return -1: a guest allocator that sees -1 aborts anyway, and the
+            // trap names the real cause.
+            return Err(MemoryExceeded {
+                limit: self.max_memory,
+                wanted: desired,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        4
+    }
+
+    fn tables(&self) -> usize {
+        8
+    }
+
+    fn memories(&self) -> usize {
+        4
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        let mut message = message;
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let fields: Vec<String> = fields
+            .into_iter()
+            .take(16)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let fields = fields.join(" ");
+        let (plugin, version) = (&*self.plugin, &*self.version);
+        match level {
+            Level::Trace => tracing::trace!(target: "plugin", plugin, version, fields, "{message}"),
+            Level::Debug => tracing::debug!(target: "plugin", plugin, version, fields, "{message}"),
+            Level::Info => tracing::info!(target: "plugin", plugin, version, fields, "{message}"),
+            Level::Warn => tracing::warn!(target: "plugin", plugin, version, fields, "{message}"),
+            Level::Error => tracing::error!(target: "plugin", plugin, version, fields, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}

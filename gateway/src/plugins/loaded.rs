@@ -1,0 +1,319 @@
+//! One loaded plugin version: its pre-instantiated component, its pool of ready instances, and
+//! bounded calls into it.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
+
+use super::bindings::{
+    ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, Identity, Plugin, PluginPre,
+    PublishDecision, SubscribeDecision,
+};
+use super::host::{HostState, MemoryExceeded};
+use super::runtime::{Runtime, TICK};
+
+/// The hooks a plugin exports, for errors, logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `init`.
+    Init,
+    /// `on-connect`.
+    Connect,
+    /// `on-subscribe`.
+    Subscribe,
+    /// `on-publish`.
+    Publish,
+    /// `on-deliver`.
+    Deliver,
+}
+
+impl Hook {
+    /// The hook's name as in the WIT contract.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Init => "init",
+            Hook::Connect => "on-connect",
+            Hook::Subscribe => "on-subscribe",
+            Hook::Publish => "on-publish",
+            Hook::Deliver => "on-deliver",
+        }
+    }
+}
+
+/// How a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// It ran past its deadline and was interrupted.
+    Timeout(Duration),
+    /// It tried to grow its memory past the cap.
+    MemoryLimit(usize),
+    /// It trapped (panic, `unreachable`, out-of-bounds access...).
+    Trap(String),
+    /// It returned something the gateway refuses (too large, not JSON, too many forwards).
+    InvalidOutput(String),
+    /// Its `init` returned an error.
+    InitFailed(String),
+    /// A fresh instance could not be created.
+    Instantiate(String),
+}
+
+impl Failure {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            Failure::MemoryLimit(_) => "memory",
+            Failure::Trap(_) => "trap",
+            Failure::InvalidOutput(_) => "invalid_output",
+            Failure::InitFailed(_) => "init_failed",
+            Failure::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Timeout(d) => write!(f, "timed out after {} ms", d.as_millis()),
+            Failure::MemoryLimit(n) => write!(f, "exceeded its memory limit of {n} bytes"),
+            Failure::Trap(t) => write!(f, "trapped: {t}"),
+            Failure::InvalidOutput(m) => write!(f, "returned invalid output: {m}"),
+            Failure::InitFailed(m) => write!(f, "init failed: {m}"),
+            Failure::Instantiate(m) => write!(f, "cannot be instantiated: {m}"),
+        }
+    }
+}
+
+/// A failed plugin call, naming plugin, version and hook.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin {plugin}@{version} {hook}: {failure}", hook = hook.as_str())]
+pub struct PluginError {
+    /// Plugin name.
+    pub plugin: Arc<str>,
+    /// Version (content hash prefix).
+    pub version: Arc<str>,
+    /// The hook that failed.
+    pub hook: Hook,
+    /// What went wrong.
+    pub failure: Failure,
+}
+
+/// Bounds applied to every call into a plugin.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Wall-clock budget per call.
+    pub timeout: Duration,
+    /// Linear memory cap per instance.
+    pub max_memory: usize,
+    /// Idle instances kept for reuse.
+    pub pool_size: usize,
+}
+
+struct Slot {
+    store: Store<HostState>,
+    plugin: Plugin,
+}
+
+/// A compiled, initialised plugin version ready to serve calls.
+pub struct LoadedPlugin {
+    /// Plugin name.
+    pub name: Arc<str>,
+    /// Version: the first 12 hex digits of the content hash.
+    pub version: Arc<str>,
+    runtime: Arc<Runtime>,
+    pre: PluginPre<HostState>,
+    config: String,
+    limits: CallLimits,
+    pool: Mutex<Vec<Slot>>,
+}
+
+impl LoadedPlugin {
+    /// Compiles (or reuses) `component`, instantiates it once and runs `init(config)`; any
+    /// failure refuses the plugin.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        name: &str,
+        hash: &str,
+        component: &Component,
+        config: String,
+        limits: CallLimits,
+    ) -> Result<Self, PluginError> {
+        let fail = |failure| PluginError {
+            plugin: name.into(),
+            version: hash[..12].into(),
+            hook: Hook::Init,
+            failure,
+        };
+        let instance_pre = runtime
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| fail(Failure::Instantiate(format!("{e:#}"))))?;
+        let pre = PluginPre::new(instance_pre)
+            .map_err(|e| fail(Failure::Instantiate(format!("{e:#}"))))?;
+        let loaded = Self {
+            name: name.into(),
+            version: hash[..12].into(),
+            runtime,
+            pre,
+            config,
+            limits,
+            pool: Mutex::new(Vec::new()),
+        };
+        let slot = loaded.instantiate()?;
+        loaded.pool.lock().expect("pool lock").push(slot);
+        Ok(loaded)
+    }
+
+    fn error(&self, hook: Hook, failure: Failure) -> PluginError {
+        PluginError {
+            plugin: self.name.clone(),
+            version: self.version.clone(),
+            hook,
+            failure,
+        }
+    }
+
+    /// A fresh store and instance, initialised with the binding's config.
+    fn instantiate(&self) -> Result<Slot, PluginError> {
+        let state = HostState::new(
+            self.name.clone(),
+            self.version.clone(),
+            self.limits.max_memory,
+        );
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let plugin = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.error(Hook::Init, self.classify(e)))?;
+        match plugin.call_init(&mut store, &self.config) {
+            Ok(Ok(())) => Ok(Slot { store, plugin }),
+            Ok(Err(reason)) => Err(self.error(Hook::Init, Failure::InitFailed(reason))),
+            Err(e) => Err(self.error(Hook::Init, self.classify(e))),
+        }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.timeout.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> Failure {
+        if let Some(m) = e.downcast_ref::<MemoryExceeded>() {
+            return Failure::MemoryLimit(m.limit);
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Failure::Timeout(self.limits.timeout),
+            Some(trap) => Failure::Trap(trap.to_string()),
+            None => Failure::Trap(format!("{e:#}")),
+        }
+    }
+
+    /// Runs one hook call on a pooled (or fresh) instance with the deadline set. An instance
+    /// whose call failed is discarded: a trap poisons its whole store.
+    fn call<R>(
+        &self,
+        hook: Hook,
+        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let pooled = self.pool.lock().expect("pool lock").pop();
+        let mut slot = match pooled {
+            Some(s) => s,
+            None => self.instantiate()?,
+        };
+        slot.store.set_epoch_deadline(self.deadline_ticks());
+        let started = Instant::now();
+        let result = f(&slot.plugin, &mut slot.store);
+        let elapsed = started.elapsed();
+        let labels = [
+            ("plugin", self.name.to_string()),
+            ("hook", hook.as_str().to_owned()),
+            ("version", self.version.to_string()),
+        ];
+        metrics::counter!("switchyard_plugin_calls_total", &labels).increment(1);
+        metrics::histogram!("switchyard_plugin_call_seconds", &labels)
+            .record(elapsed.as_secs_f64());
+        match result {
+            Ok(r) => {
+                let mut pool = self.pool.lock().expect("pool lock");
+                if pool.len() < self.limits.pool_size {
+                    pool.push(slot);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                let err = self.error(hook, self.classify(e));
+                self.record_failure(&err);
+                Err(err)
+            }
+        }
+    }
+
+    /// Logs and counts a failure (also used for invalid output detected by the caller).
+    pub fn record_failure(&self, err: &PluginError) {
+        tracing::warn!(
+            plugin = %err.plugin,
+            version = %err.version,
+            hook = err.hook.as_str(),
+            kind = err.failure.kind(),
+            "{err}"
+        );
+        metrics::counter!(
+            "switchyard_plugin_errors_total",
+            "plugin" => self.name.to_string(),
+            "hook" => err.hook.as_str(),
+            "version" => self.version.to_string(),
+            "kind" => err.failure.kind()
+        )
+        .increment(1);
+    }
+
+    /// A failure of this plugin's `hook` that the caller detected in its output.
+    pub fn invalid_output(&self, hook: Hook, message: String) -> PluginError {
+        let err = self.error(hook, Failure::InvalidOutput(message));
+        self.record_failure(&err);
+        err
+    }
+
+    /// Calls `on-connect`.
+    pub fn on_connect(&self, info: &ConnectInfo) -> Result<ConnectDecision, PluginError> {
+        self.call(Hook::Connect, |p, s| p.call_on_connect(s, info))
+    }
+
+    /// Calls `on-subscribe`.
+    pub fn on_subscribe(
+        &self,
+        who: &Identity,
+        channel: &str,
+    ) -> Result<SubscribeDecision, PluginError> {
+        self.call(Hook::Subscribe, |p, s| p.call_on_subscribe(s, who, channel))
+    }
+
+    /// Calls `on-publish`.
+    pub fn on_publish(
+        &self,
+        who: &Identity,
+        channel: &str,
+        data: &str,
+    ) -> Result<PublishDecision, PluginError> {
+        self.call(Hook::Publish, |p, s| {
+            p.call_on_publish(s, who, channel, data)
+        })
+    }
+
+    /// Calls `on-deliver`.
+    pub fn on_deliver(
+        &self,
+        group: &GroupContext,
+        channel: &str,
+        data: &str,
+    ) -> Result<DeliverDecision, PluginError> {
+        self.call(Hook::Deliver, |p, s| {
+            p.call_on_deliver(s, group, channel, data)
+        })
+    }
+}

@@ -1,0 +1,357 @@
+//! WebAssembly channel plugins: loading, namespace resolution, and the hooks on the connect,
+//! subscribe, publish and deliver paths.
+//!
+//! Every call is bounded: a deadline (epoch interruption), a memory cap, and caps on what a
+//! hook may return. A failing call fails that one operation with `plugin_error`; the instance
+//! is discarded and the node, and every other channel, keeps serving.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{DefaultPolicy, PluginsConfig};
+use crate::hub::{DeliverHook, Prepared};
+use crate::protocol::{ErrorCode, Rejection};
+
+pub mod bindings;
+mod host;
+pub mod loaded;
+pub mod namespace;
+pub mod runtime;
+
+use bindings::{
+    ConnectDecision, DeliverDecision, GroupContext, PublishDecision, SubscribeDecision,
+};
+pub use bindings::{ConnectInfo, Identity};
+use loaded::{CallLimits, Hook, LoadedPlugin, PluginError};
+use namespace::Pattern;
+use runtime::Runtime;
+
+/// Why plugins could not be loaded at start (or by `--check`).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The plugin file could not be read.
+    #[error("{key}: cannot read plugin {path}: {source}")]
+    Read {
+        /// Config key of the binding.
+        key: String,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a usable component.
+    #[error("{key}: plugin {plugin}: {source}")]
+    Compile {
+        /// Config key of the binding.
+        key: String,
+        /// Plugin name.
+        plugin: String,
+        /// What the compiler said.
+        source: runtime::CompileError,
+    },
+    /// Instantiation or `init` failed.
+    #[error("{key}: {source}")]
+    Init {
+        /// Config key of the binding.
+        key: String,
+        /// The failure.
+        source: PluginError,
+    },
+}
+
+/// The identity of a connection nobody authenticated.
+pub fn anonymous() -> Identity {
+    Identity {
+        user: None,
+        tenant: None,
+        claims: "{}".to_owned(),
+    }
+}
+
+struct Binding {
+    pattern: Pattern,
+    plugin: Arc<LoadedPlugin>,
+}
+
+/// What a namespace lookup found for a channel.
+enum Route<'a> {
+    Plugin(&'a LoadedPlugin),
+    Allow,
+    Deny,
+}
+
+/// Where a publish goes after the publish hook.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// To its own channel, unchanged.
+    Pass,
+    /// These (channel, JSON data) messages instead.
+    Forward(Vec<(String, String)>),
+    /// Nowhere, silently.
+    Drop,
+}
+
+/// The plugins bound on this node.
+pub struct Plugins {
+    bindings: Vec<Binding>,
+    default: DefaultPolicy,
+    connect: Option<Arc<LoadedPlugin>>,
+    max_output: usize,
+    max_forwards: usize,
+    forward_headers: Vec<String>,
+}
+
+impl Plugins {
+    /// No bindings, everything allowed: the node runs without the plugin runtime.
+    pub fn none() -> Self {
+        Self {
+            bindings: Vec::new(),
+            default: DefaultPolicy::Allow,
+            connect: None,
+            max_output: usize::MAX,
+            max_forwards: usize::MAX,
+            forward_headers: Vec::new(),
+        }
+    }
+
+    /// Loads every plugin the configuration binds: compile, instantiate, `init`.
+    pub fn load(config: &PluginsConfig) -> Result<Self, LoadError> {
+        let mut plugins = Self {
+            bindings: Vec::new(),
+            default: config.default,
+            connect: None,
+            max_output: config.max_output_bytes,
+            max_forwards: config.max_forwards,
+            forward_headers: config.forward_headers.clone(),
+        };
+        if config.bindings.is_empty() && config.connect.is_none() {
+            return Ok(plugins);
+        }
+        let limits = CallLimits {
+            timeout: Duration::from_millis(config.timeout_ms),
+            max_memory: config.max_memory_bytes,
+            pool_size: config.pool_size,
+        };
+        let runtime = Runtime::global().map_err(|source| LoadError::Compile {
+            key: "plugins".into(),
+            plugin: String::new(),
+            source,
+        })?;
+        let load = |key: String, name: &str, cfg: &serde_json::Value| {
+            load_one(&runtime, config, key, name, cfg, limits.clone())
+        };
+        for (i, b) in config.bindings.iter().enumerate() {
+            let plugin = load(format!("plugins.bindings[{i}]"), &b.plugin, &b.config)?;
+            plugins.bindings.push(Binding {
+                pattern: Pattern::parse(&b.pattern).expect("validated with the config"),
+                plugin,
+            });
+        }
+        if let Some(c) = &config.connect {
+            plugins.connect = Some(load("plugins.connect".into(), &c.plugin, &c.config)?);
+        }
+        Ok(plugins)
+    }
+
+    /// Whether any channel binding exists (when none, the hub skips the deliver hook).
+    pub fn has_bindings(&self) -> bool {
+        !self.bindings.is_empty()
+    }
+
+    /// Names and versions of the loaded plugins, for logs.
+    pub fn describe(&self) -> Vec<String> {
+        self.bindings
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} -> {}@{}",
+                    b.pattern.as_str(),
+                    b.plugin.name,
+                    b.plugin.version
+                )
+            })
+            .chain(
+                self.connect
+                    .iter()
+                    .map(|p| format!("connect -> {}@{}", p.name, p.version)),
+            )
+            .collect()
+    }
+
+    fn route(&self, channel: &str) -> Route<'_> {
+        match namespace::most_specific(self.bindings.iter().map(|b| &b.pattern), channel) {
+            Some(i) => Route::Plugin(&self.bindings[i].plugin),
+            None if self.default == DefaultPolicy::Allow => Route::Allow,
+            None => Route::Deny,
+        }
+    }
+
+    /// Headers the connect hook may see.
+    pub fn forward_headers(&self) -> &[String] {
+        &self.forward_headers
+    }
+
+    /// Runs the connect hook, if one is configured: the identity to use, or why to refuse.
+    pub fn connect(&self, info: ConnectInfo) -> Result<Identity, Rejection> {
+        let Some(plugin) = &self.connect else {
+            return Ok(info.identity);
+        };
+        match plugin.on_connect(&info).map_err(plugin_rejection)? {
+            ConnectDecision::Accept => Ok(info.identity),
+            ConnectDecision::Enrich(identity) => {
+                if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+                    &identity.claims,
+                )
+                .is_err()
+                {
+                    return Err(plugin_rejection(plugin.invalid_output(
+                        Hook::Connect,
+                        "claims must be a JSON object".into(),
+                    )));
+                }
+                Ok(identity)
+            }
+            ConnectDecision::Reject(reason) => Err(Rejection::new(ErrorCode::Forbidden, reason)),
+        }
+    }
+
+    /// Runs the subscribe hook: `Ok(Some(group))` when the plugin chose a delivery group.
+    pub fn subscribe(&self, who: &Identity, channel: &str) -> Result<Option<String>, Rejection> {
+        match self.route(channel) {
+            Route::Allow => Ok(None),
+            Route::Deny => Err(no_binding(channel)),
+            Route::Plugin(p) => match p.on_subscribe(who, channel).map_err(plugin_rejection)? {
+                SubscribeDecision::Allow => Ok(None),
+                SubscribeDecision::AllowInGroup(g) => Ok(Some(g)),
+                SubscribeDecision::Deny(reason) => {
+                    Err(Rejection::new(ErrorCode::Forbidden, reason))
+                }
+            },
+        }
+    }
+
+    /// Runs the publish hook on `data` (JSON text).
+    pub fn publish(&self, who: &Identity, channel: &str, data: &str) -> Result<Routed, Rejection> {
+        let plugin = match self.route(channel) {
+            Route::Allow => return Ok(Routed::Pass),
+            Route::Deny => return Err(no_binding(channel)),
+            Route::Plugin(p) => p,
+        };
+        match plugin
+            .on_publish(who, channel, data)
+            .map_err(plugin_rejection)?
+        {
+            PublishDecision::Pass => Ok(Routed::Pass),
+            PublishDecision::Drop => Ok(Routed::Drop),
+            PublishDecision::Reject(reason) => Err(Rejection::new(ErrorCode::Forbidden, reason)),
+            PublishDecision::Forward(list) => {
+                let invalid = |m: String| plugin_rejection(plugin.invalid_output(Hook::Publish, m));
+                if list.len() > self.max_forwards {
+                    return Err(invalid(format!(
+                        "{} forwards; the limit is plugins.max_forwards = {}",
+                        list.len(),
+                        self.max_forwards
+                    )));
+                }
+                let total: usize = list.iter().map(|o| o.data.len() + o.channel.len()).sum();
+                if total > self.max_output {
+                    return Err(invalid(format!(
+                        "{total} bytes of output; the limit is plugins.max_output_bytes = {}",
+                        self.max_output
+                    )));
+                }
+                if let Some(o) = list.iter().find(|o| !is_json(&o.data)) {
+                    return Err(invalid(format!(
+                        "data forwarded to {:?} is not JSON",
+                        o.channel
+                    )));
+                }
+                Ok(Routed::Forward(
+                    list.into_iter().map(|o| (o.channel, o.data)).collect(),
+                ))
+            }
+        }
+    }
+}
+
+impl DeliverHook for Plugins {
+    fn prepare(&self, channel: &str, group: &str, data: &[u8]) -> Prepared {
+        let Route::Plugin(plugin) = self.route(channel) else {
+            return Prepared::Unchanged;
+        };
+        let Ok(text) = std::str::from_utf8(data) else {
+            return Prepared::Skip;
+        };
+        let ctx = GroupContext {
+            key: group.to_owned(),
+            tenant: None,
+        };
+        // A failing deliver hook delivers nothing to that group: the hook may be a filter,
+        // and failing open could leak what it was meant to hide.
+        match plugin.on_deliver(&ctx, channel, text) {
+            Ok(DeliverDecision::Deliver) => Prepared::Unchanged,
+            Ok(DeliverDecision::Skip) | Err(_) => Prepared::Skip,
+            Ok(DeliverDecision::Rewrite(new)) => {
+                if new.len() > self.max_output {
+                    plugin.invalid_output(Hook::Deliver, format!("{} bytes of output", new.len()));
+                    Prepared::Skip
+                } else if !is_json(&new) {
+                    plugin.invalid_output(Hook::Deliver, "rewritten data is not JSON".into());
+                    Prepared::Skip
+                } else {
+                    Prepared::Rewritten(new.into_bytes())
+                }
+            }
+        }
+    }
+}
+
+fn load_one(
+    runtime: &Arc<Runtime>,
+    config: &PluginsConfig,
+    key: String,
+    name: &str,
+    cfg: &serde_json::Value,
+    limits: CallLimits,
+) -> Result<Arc<LoadedPlugin>, LoadError> {
+    let path = config.dir.join(format!("{name}.wasm"));
+    let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+        key: key.clone(),
+        path: path.display().to_string(),
+        source,
+    })?;
+    let hash = runtime::content_hash(&bytes);
+    let component = runtime
+        .compile(&bytes, &hash, config.cache_dir.as_deref().map(Path::new))
+        .map_err(|source| LoadError::Compile {
+            key: key.clone(),
+            plugin: name.to_owned(),
+            source,
+        })?;
+    LoadedPlugin::new(
+        runtime.clone(),
+        name,
+        &hash,
+        &component,
+        cfg.to_string(),
+        limits,
+    )
+    .map(Arc::new)
+    .map_err(|source| LoadError::Init { key, source })
+}
+
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+fn no_binding(channel: &str) -> Rejection {
+    Rejection::new(
+        ErrorCode::Forbidden,
+        format!("no plugin is bound to channel {channel:?} and plugins.default is \"deny\""),
+    )
+}
+
+fn plugin_rejection(e: PluginError) -> Rejection {
+    Rejection::new(ErrorCode::PluginError, e.to_string())
+}

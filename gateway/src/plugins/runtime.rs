@@ -1,0 +1,149 @@
+//! The process-wide wasmtime engine, its epoch ticker, and compiled-component caching.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::Plugin;
+use super::host::HostState;
+
+/// One epoch tick; plugin deadlines are whole ticks.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Engine, linker and compiled components shared by every plugin in the process.
+pub struct Runtime {
+    /// The engine every plugin store belongs to.
+    pub engine: Engine,
+    /// Host imports, ready to pre-instantiate components against.
+    pub linker: Linker<HostState>,
+    compiled: Mutex<HashMap<String, Component>>,
+}
+
+/// Why a component could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The engine could not be created.
+    #[error("wasm engine: {0}")]
+    Engine(String),
+    /// The bytes are not a valid WebAssembly component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+}
+
+/// Hex SHA-256 of a plugin's bytes: its version identity.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Runtime {
+    /// The process-wide runtime, created on first use.
+    pub fn global() -> Result<Arc<Runtime>, CompileError> {
+        static RUNTIME: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
+        RUNTIME
+            .get_or_init(|| Runtime::new().map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(CompileError::Engine)
+    }
+
+    fn new() -> Result<Self, CompileError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            // Plugins are synchronous; the concurrency machinery only adds cost per call.
+            .concurrency_support(false);
+        let engine = Engine::new(&config).map_err(|e| CompileError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        Plugin::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| CompileError::Engine(e.to_string()))?;
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .map_err(|e| CompileError::Engine(e.to_string()))?;
+        Ok(Self {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Compiles `bytes` (hash `hash`), reusing an earlier compilation from memory or from
+    /// `cache_dir` when there is one.
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+        hash: &str,
+        cache_dir: Option<&Path>,
+    ) -> Result<Component, CompileError> {
+        if let Some(c) = self.compiled.lock().expect("cache lock").get(hash) {
+            return Ok(c.clone());
+        }
+        let cached = cache_dir.map(|dir| dir.join(format!("{hash}.cwasm")));
+        let component = match cached.as_deref().and_then(|p| self.load_cached(p)) {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes)
+                    .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+                if let Some(path) = &cached {
+                    store_cached(&c, path);
+                }
+                c
+            }
+        };
+        self.compiled
+            .lock()
+            .expect("cache lock")
+            .insert(hash.to_owned(), component.clone());
+        Ok(component)
+    }
+
+    #[allow(unsafe_code)]
+    fn load_cached(&self, path: &Path) -> Option<Component> {
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `store_cached` from `Component::serialize` into the
+        // operator's cache directory, named by the source's content hash; wasmtime checks the
+        // engine version and configuration in its header and refuses a mismatch, which we
+        // treat as a cache miss.
+        match unsafe { Component::deserialize_file(&self.engine, path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-plugin cache entry");
+                None
+            }
+        }
+    }
+}
+
+fn store_cached(component: &Component, path: &Path) {
+    let result = component
+        .serialize()
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let dir = path.parent().expect("cache path has a parent");
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            // Write then rename, so a concurrent reader never sees half a file.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        });
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-plugin cache entry");
+    }
+}
