@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, IncomingRx};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
@@ -82,10 +83,10 @@ impl Node {
                 let (b, rx) = MemoryBroker::new();
                 (Arc::new(b), rx)
             }
-            Some(_) => {
-                return Err(StartError::Broker(
-                    "the Redis broker is not available in this version".to_owned(),
-                ));
+            Some(url) => {
+                let (b, rx) = RedisBroker::start(url, &config.broker.prefix, &config.node_id())
+                    .map_err(|e| StartError::Broker(e.to_string()))?;
+                (Arc::new(b), rx)
             }
         };
         let auth = Authenticator::new(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;

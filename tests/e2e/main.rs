@@ -4,4 +4,6 @@ mod support;
 
 mod cli;
 mod plugins;
+mod redis;
+mod redis_support;
 mod spine;

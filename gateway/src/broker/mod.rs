@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 pub mod memory;
+pub mod redis;
 
 /// A message that arrived from the broker for this node.
 #[derive(Debug, Clone)]

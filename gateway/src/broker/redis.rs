@@ -1,0 +1,345 @@
+//! The Redis broker: nodes fan out through Redis pub/sub.
+//!
+//! Wire format: a client channel `C` is the Redis channel `<prefix>C`, and the message is the
+//! publish's `data` as JSON text, nothing else — so `PUBLISH <prefix>C '<json>'` from any
+//! backend reaches `C`'s WebSocket subscribers, and the format matches the classic Node
+//! `ws` + Redis servers'.
+//!
+//! One subscriber connection per node, owned by one task that applies SUBSCRIBE/UNSUBSCRIBE in
+//! the order the hub asked for them and keeps the set of channels the node needs. When the
+//! connection drops (or stops answering pings) the task reconnects with capped backoff for as
+//! long as it takes and subscribes the whole set again, so clients never notice beyond the
+//! messages published during the gap. Publishes use a separate multiplexed connection that
+//! reconnects on its own; while Redis is unreachable they fail fast with `Unavailable`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Broker, BrokerError, Incoming, IncomingRx};
+
+/// Messages buffered between the Redis reader and the fan-out.
+const BUFFER: usize = 8192;
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Connect and command timeout: a Redis that does not answer within it counts as down.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the idle subscriber connection is pinged to detect a silent failure.
+const PING_EVERY: Duration = Duration::from_secs(3);
+
+enum Command {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+}
+
+/// Pub/sub through one Redis server.
+pub struct RedisBroker {
+    publisher: ConnectionManager,
+    prefix: Arc<str>,
+    commands: mpsc::UnboundedSender<Command>,
+    connected: Arc<AtomicBool>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisBroker {
+    /// Starts the broker's connections (lazily: a Redis that is down at start is retried like
+    /// any outage). Must be called within a tokio runtime.
+    pub fn start(url: &str, prefix: &str, node: &str) -> Result<(Self, IncomingRx), BrokerError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Unavailable(format!("bad redis url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(MAX_BACKOFF);
+        let publisher =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let subscriber = Subscriber {
+            client,
+            prefix: prefix.into(),
+            node: node.into(),
+            desired: HashSet::new(),
+            commands: command_rx,
+            incoming: tx,
+            connected: connected.clone(),
+        };
+        tokio::spawn(subscriber.run());
+        Ok((
+            Self {
+                publisher,
+                prefix: prefix.into(),
+                commands,
+                connected,
+            },
+            rx,
+        ))
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(
+        &self,
+        channel: &str,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        if !self.connected.load(Ordering::Acquire) {
+            return futures_util::future::ready(Err(BrokerError::Unavailable(
+                "redis is disconnected".into(),
+            )))
+            .boxed();
+        }
+        let mut con = self.publisher.clone();
+        let channel = format!("{}{channel}", self.prefix);
+        async move {
+            // The first command after an outage may hit the dead socket ("broken pipe") before
+            // the manager notices; one retry goes through the fresh connection.
+            let mut retried = false;
+            loop {
+                match redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(payload.as_ref())
+                    .query_async::<i64>(&mut con)
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
+                        retried = true
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (ack, done) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Subscribe(channel.to_owned(), ack))
+            .is_err()
+        {
+            return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
+        }
+        async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        let _ = self.commands.send(Command::Unsubscribe(channel.to_owned()));
+    }
+
+    fn is_ready(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// The task owning the subscriber connection.
+struct Subscriber {
+    client: redis::Client,
+    prefix: String,
+    node: String,
+    /// Channels (client names) this node needs, whatever the connection's state.
+    desired: HashSet<String>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    incoming: mpsc::Sender<Incoming>,
+    connected: Arc<AtomicBool>,
+}
+
+/// Why a connected session with Redis ended.
+enum Ended {
+    /// The connection failed; reconnect.
+    Lost(String),
+    /// The broker was dropped; stop.
+    Stopped,
+}
+
+impl Subscriber {
+    async fn run(mut self) {
+        let mut backoff = MIN_BACKOFF;
+        let mut down_since: Option<Instant> = None;
+        loop {
+            let attempt = tokio::time::timeout(TIMEOUT, self.client.get_async_pubsub()).await;
+            let pubsub = match attempt {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    if !self
+                        .wait_while_down(backoff, &e.to_string(), &mut down_since)
+                        .await
+                    {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                Err(_) => {
+                    if !self
+                        .wait_while_down(backoff, "connect timed out", &mut down_since)
+                        .await
+                    {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            let (mut sink, stream) = pubsub.split();
+            let started = Instant::now();
+            if !self.desired.is_empty() {
+                let names: Vec<String> = self
+                    .desired
+                    .iter()
+                    .map(|c| format!("{}{c}", self.prefix))
+                    .collect();
+                if let Err(e) = bounded(sink.subscribe(names)).await {
+                    tracing::warn!(error = %e, "redis resubscribe failed");
+                    continue;
+                }
+            }
+            self.connected.store(true, Ordering::Release);
+            backoff = MIN_BACKOFF;
+            match down_since.take() {
+                Some(since) => {
+                    metrics::counter!("switchyard_broker_reconnects_total").increment(1);
+                    tracing::info!(
+                        node = %self.node,
+                        channels = self.desired.len(),
+                        outage_ms = since.elapsed().as_millis() as u64,
+                        resubscribe_ms = started.elapsed().as_millis() as u64,
+                        "redis reconnected; channels resubscribed"
+                    );
+                }
+                None => tracing::info!(node = %self.node, "redis subscriber connected"),
+            }
+            let ended = self.serve(&mut sink, stream).await;
+            self.connected.store(false, Ordering::Release);
+            match ended {
+                Ended::Stopped => return,
+                Ended::Lost(why) => {
+                    tracing::warn!(error = %why, "redis connection lost; reconnecting");
+                    down_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Serves commands and messages over a live connection until it fails.
+    async fn serve(
+        &mut self,
+        sink: &mut PubSubSink,
+        mut stream: redis::aio::PubSubStream,
+    ) -> Ended {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.reset();
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    None => return Ended::Stopped,
+                    Some(Command::Subscribe(channel, ack)) => {
+                        if self.desired.contains(&channel) {
+                            let _ = ack.send(Ok(()));
+                            continue;
+                        }
+                        match bounded(sink.subscribe(format!("{}{channel}", self.prefix))).await {
+                            Ok(()) => {
+                                self.desired.insert(channel);
+                                let _ = ack.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = ack.send(Err(unavailable(&e)));
+                                return Ended::Lost(e);
+                            }
+                        }
+                    }
+                    Some(Command::Unsubscribe(channel)) => {
+                        self.desired.remove(&channel);
+                        if let Err(e) = bounded(sink.unsubscribe(format!("{}{channel}", self.prefix))).await {
+                            return Ended::Lost(e);
+                        }
+                    }
+                },
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return Ended::Lost("connection closed".into());
+                    };
+                    let Some(channel) = msg.get_channel_name().strip_prefix(self.prefix.as_str()) else {
+                        continue;
+                    };
+                    let incoming = Incoming {
+                        channel: Arc::from(channel),
+                        payload: Bytes::copy_from_slice(msg.get_payload_bytes()),
+                    };
+                    if self.incoming.send(incoming).await.is_err() {
+                        return Ended::Stopped;
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = bounded(sink.ping::<redis::Value>()).await {
+                        return Ended::Lost(format!("ping: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits out one backoff period while disconnected, still answering commands: subscribes
+    /// fail with `Unavailable` (the hub rolls them back), unsubscribes are remembered. Returns
+    /// false when the broker has been dropped.
+    async fn wait_while_down(
+        &mut self,
+        backoff: Duration,
+        why: &str,
+        down_since: &mut Option<Instant>,
+    ) -> bool {
+        if down_since.is_none() {
+            tracing::warn!(error = %why, "redis unreachable; retrying");
+            *down_since = Some(Instant::now());
+        }
+        let deadline = tokio::time::sleep(backoff);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return true,
+                cmd = self.commands.recv() => match cmd {
+                    None => return false,
+                    Some(Command::Subscribe(_, ack)) => {
+                        let _ = ack.send(Err(BrokerError::Unavailable("redis is disconnected".into())));
+                    }
+                    Some(Command::Unsubscribe(channel)) => {
+                        self.desired.remove(&channel);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Runs a Redis command future with [`TIMEOUT`], flattening both failures into a message.
+async fn bounded<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
