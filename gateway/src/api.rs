@@ -1,13 +1,20 @@
-//! Plain HTTP endpoints: liveness and readiness.
+//! Plain HTTP endpoints: liveness, readiness, and the backend API (publish, presence).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
 
 use crate::node::Node;
+use crate::plugins::Identity;
+use crate::protocol::{ErrorCode, Rejection};
 
 /// `GET /healthz`: the process is alive and serving HTTP.
 pub async fn healthz() -> &'static str {
@@ -29,4 +36,157 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_js
         "draining": node.shutdown.is_cancelled(),
     });
     (status, Json(body))
+}
+
+/// An API failure: HTTP status plus the protocol's `{code, message}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: "missing or wrong API key".into(),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        let status = match r.code {
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidField
+            | ErrorCode::InvalidChannel
+            | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
+            ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited | ErrorCode::TooManySubscriptions => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ErrorCode::PluginError => StatusCode::BAD_GATEWAY,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            code: r.code.as_str(),
+            message: r.message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+/// Checks `Authorization: Bearer <key>` against `api.keys`, in constant time per key.
+pub fn check_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(ApiError::unauthorized)?;
+    let ok = node.config.api.keys.iter().fold(false, |ok, k| {
+        ok | bool::from(k.as_bytes().ct_eq(given.as_bytes()))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+/// The identity plugins see for API publishes.
+pub fn server_identity() -> Identity {
+    Identity {
+        user: None,
+        tenant: None,
+        claims: r#"{"source":"api"}"#.to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    channel: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// `POST /api/publish {"channel":C,"data":ANY}`: publishes as a client would (plugins
+/// included, with the server identity). 200 `{"published":true}` once the broker accepted it.
+pub async fn publish(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_key(&node, &headers)?;
+    if body.len() > node.config.limits.max_message_bytes {
+        return Err(Rejection::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "body is {} bytes; the limit is {}",
+                body.len(),
+                node.config.limits.max_message_bytes
+            ),
+        )
+        .into());
+    }
+    let req: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
+        Rejection::new(
+            ErrorCode::InvalidJson,
+            format!("body must be {{\"channel\":..,\"data\":..}}: {e}"),
+        )
+    })?;
+    node.publish(&server_identity(), &req.channel, req.data.get())
+        .await?;
+    Ok(Json(json!({"published": true})))
+}
+
+fn presence_failed(e: crate::presence::PresenceError) -> ApiError {
+    Rejection::new(ErrorCode::Unavailable, e.to_string()).into()
+}
+
+/// `GET /api/presence/users/{user}`: whether the user is online and its connections on every node.
+pub async fn presence_user(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_key(&node, &headers)?;
+    let connections = node.presence.user(&user).await.map_err(presence_failed)?;
+    Ok(Json(json!({
+        "user": user,
+        "online": !connections.is_empty(),
+        "connections": connections,
+    })))
+}
+
+/// `GET /api/presence/channels/{channel}`: the channel's subscribers on every node.
+pub async fn presence_channel(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_key(&node, &headers)?;
+    let subscribers = node
+        .presence
+        .channel(&channel)
+        .await
+        .map_err(presence_failed)?;
+    Ok(Json(json!({
+        "channel": channel,
+        "count": subscribers.len(),
+        "subscribers": subscribers,
+    })))
 }

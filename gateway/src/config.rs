@@ -83,6 +83,33 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Connection authentication.
     pub auth: crate::auth::AuthConfig,
+    /// HTTP API for backends.
+    pub api: ApiConfig,
+    /// Presence tracking.
+    pub presence: PresenceConfig,
+}
+
+/// Presence tracking (`[presence]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Seconds a node's entries survive without its heartbeat (it refreshes every third).
+    pub ttl_secs: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { ttl_secs: 30 }
+    }
+}
+
+/// HTTP API for backends (`[api]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Keys accepted by `POST /api/publish` and the presence endpoints (`Authorization:
+    /// Bearer <key>`); empty disables them (every request gets 401).
+    pub keys: Vec<String>,
 }
 
 /// Listener and node identity.
@@ -442,6 +469,12 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return invalid("log.filter", &e.to_string());
+        }
+        if self.presence.ttl_secs < 3 {
+            return invalid("presence.ttl_secs", "must be at least 3");
+        }
+        if let Some(i) = self.api.keys.iter().position(|k| k.len() < 16) {
+            return invalid(&format!("api.keys[{i}]"), "must be at least 16 characters");
         }
         if let Err(e) = crate::auth::Authenticator::new(&self.auth) {
             return invalid(e.key, &e.message);

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod node;
 pub mod outbox;
 pub mod plugins;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod telemetry;

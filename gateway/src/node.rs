@@ -1,6 +1,8 @@
 //! A running gateway node: configuration, broker, hub and the bookkeeping sessions share.
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio_util::sync::CancellationToken;
@@ -12,7 +14,11 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, IncomingRx};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
-use crate::plugins::Plugins;
+use crate::plugins::{Identity, Plugins, Routed};
+use crate::presence::Presence;
+use crate::presence::memory::MemoryPresence;
+use crate::presence::redis::RedisPresence;
+use crate::protocol::{self, ErrorCode, Rejection};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// Plugins bound to channel namespaces.
     pub plugins: Arc<Plugins>,
+    /// Who is connected and subscribed, across nodes.
+    pub presence: Arc<dyn Presence>,
     /// Verifies tokens and origins on upgrade.
     pub auth: Authenticator,
     /// Cancelled when the node starts shutting down.
@@ -78,17 +86,22 @@ impl Node {
     /// Builds a node for `config`; returns it with the broker's incoming stream, which
     /// [`crate::server::Gateway`] feeds into the hub.
     pub fn new(config: Config) -> Result<(Arc<Self>, IncomingRx), StartError> {
-        let (broker, incoming): (Arc<dyn Broker>, IncomingRx) = match &config.broker.redis_url {
-            None => {
-                let (b, rx) = MemoryBroker::new();
-                (Arc::new(b), rx)
-            }
-            Some(url) => {
-                let (b, rx) = RedisBroker::start(url, &config.broker.prefix, &config.node_id())
-                    .map_err(|e| StartError::Broker(e.to_string()))?;
-                (Arc::new(b), rx)
-            }
-        };
+        let node_id = config.node_id();
+        let ttl = std::time::Duration::from_secs(config.presence.ttl_secs);
+        let (broker, incoming, presence): (Arc<dyn Broker>, IncomingRx, Arc<dyn Presence>) =
+            match &config.broker.redis_url {
+                None => {
+                    let (b, rx) = MemoryBroker::new();
+                    (Arc::new(b), rx, Arc::new(MemoryPresence::new(&node_id)))
+                }
+                Some(url) => {
+                    let (b, rx) = RedisBroker::start(url, &config.broker.prefix, &node_id)
+                        .map_err(|e| StartError::Broker(e.to_string()))?;
+                    let p = RedisPresence::start(url, &config.broker.prefix, &node_id, ttl)
+                        .map_err(|e| StartError::Broker(e.to_string()))?;
+                    (Arc::new(b), rx, Arc::new(p))
+                }
+            };
         let auth = Authenticator::new(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
         let plugins = Arc::new(Plugins::load(&config.plugins)?);
         for binding in plugins.describe() {
@@ -100,7 +113,8 @@ impl Node {
         }
         let hub = Arc::new(hub);
         let node = Arc::new(Self {
-            id: config.node_id(),
+            id: node_id,
+            presence,
             config: Arc::new(config),
             hub,
             broker,
@@ -131,6 +145,50 @@ impl Node {
     /// Open WebSocket connections.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Checks a channel name against the configured limits.
+    pub fn check_channel(&self, channel: &str) -> Result<(), Rejection> {
+        let l = &self.config.limits;
+        protocol::validate_channel(channel, l.max_channel_len, &l.channel_chars)
+    }
+
+    /// The publish path shared by WebSocket clients and the HTTP API: channel check, the
+    /// namespace's publish hook, then the broker. Resolves once the broker accepted every
+    /// resulting message.
+    pub async fn publish(
+        &self,
+        who: &Identity,
+        channel: &str,
+        data: &str,
+    ) -> Result<(), Rejection> {
+        self.check_channel(channel)?;
+        match self.plugins.publish(who, channel, data)? {
+            Routed::Pass => self.send_to_broker(channel, data).await,
+            Routed::Drop => Ok(()),
+            Routed::Forward(list) => {
+                // Check every destination before publishing any, so a bad route publishes nothing.
+                for (to, _) in &list {
+                    self.check_channel(to).map_err(|r| {
+                        Rejection::new(
+                            ErrorCode::PluginError,
+                            format!("plugin forwarded to an invalid channel: {}", r.message),
+                        )
+                    })?;
+                }
+                for (to, data) in &list {
+                    self.send_to_broker(to, data).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn send_to_broker(&self, channel: &str, data: &str) -> Result<(), Rejection> {
+        self.broker
+            .publish(channel, Bytes::copy_from_slice(data.as_bytes()))
+            .await
+            .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))
     }
 
     /// Ready to serve: not shutting down and the broker is connected.

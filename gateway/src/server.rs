@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::broker::IncomingRx;
@@ -20,6 +20,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/api/publish", post(api::publish))
+        .route("/api/presence/users/{user}", get(api::presence_user))
+        .route(
+            "/api/presence/channels/{channel}",
+            get(api::presence_channel),
+        )
         .with_state(node)
 }
 
@@ -97,6 +103,7 @@ impl Gateway {
                 "shutdown grace expired with sessions open"
             );
         }
+        node.presence.shutdown().await;
         dispatcher.abort();
         tracing::info!("stopped");
         Ok(())

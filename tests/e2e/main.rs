@@ -7,3 +7,11 @@ mod plugins;
 mod redis;
 mod redis_support;
 mod spine;
+
+/// An `[auth]` section accepting the harness's HS256 tokens (and anonymous clients).
+pub fn plugins_auth() -> String {
+    format!(
+        "[auth]\nhs256_secret = {:?}\naudience = \"switchyard\"\n",
+        support::SECRET
+    )
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::redis_support::RedisServer;
-use crate::support::{Client, TestGateway, eventually, http_get};
+use crate::support::{Client, TestGateway, eventually, http, http_get};
 
 fn node_config(redis: &RedisServer, prefix: &str) -> String {
     format!(
@@ -190,4 +190,187 @@ async fn node_starts_while_redis_is_down_and_connects_later() {
     c.publish_acked("s", json!(1), 2).await;
     assert_eq!(c.recv().await["data"], 1);
     let _ = Client::connect(&gw.url()).await;
+}
+
+const KEY: &str = "backend-key-0123456789";
+
+fn api_config(redis: &RedisServer, node: &str) -> String {
+    format!(
+        "{}[server]\nnode_id = \"{node}\"\n[api]\nkeys = [\"{KEY}\"]\n[presence]\nttl_secs = 3\n{}",
+        node_config(redis, "sy:"),
+        crate::plugins_auth()
+    )
+}
+
+#[tokio::test]
+async fn http_publish_with_api_keys() {
+    let redis = RedisServer::start().await;
+    let a = TestGateway::start(&api_config(&redis, "a")).await;
+    let b = TestGateway::start(&api_config(&redis, "b")).await;
+    for gw in [&a, &b] {
+        let node = gw.node.clone();
+        eventually("redis", || node.is_ready()).await;
+    }
+    let mut c = b.client().await;
+    c.subscribe("feed").await;
+    let body = r#"{"channel":"feed","data":{"from":"backend"}}"#;
+    assert_eq!(
+        http(a.addr, "POST", "/api/publish", Some(KEY), body).await,
+        (200, r#"{"published":true}"#.into())
+    );
+    assert_eq!(c.recv().await["data"]["from"], "backend", "crossed nodes");
+    assert_eq!(
+        http(a.addr, "POST", "/api/publish", None, body).await.0,
+        401
+    );
+    assert_eq!(
+        http(
+            a.addr,
+            "POST",
+            "/api/publish",
+            Some("wrong-key-0123456789"),
+            body
+        )
+        .await
+        .0,
+        401
+    );
+    let (status, err) = http(
+        a.addr,
+        "POST",
+        "/api/publish",
+        Some(KEY),
+        r#"{"channel":"bad channel","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err.contains("invalid_channel"), "{err}");
+    assert_eq!(
+        http(a.addr, "POST", "/api/publish", Some(KEY), "{oops")
+            .await
+            .0,
+        400
+    );
+}
+
+async fn presence_of(gw: &TestGateway, path: &str) -> serde_json::Value {
+    let (status, body) = http(gw.addr, "GET", path, Some(KEY), "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn presence_across_nodes_and_after_a_crash() {
+    let redis = RedisServer::start().await;
+    let a = TestGateway::start(&api_config(&redis, "a")).await;
+    let b = TestGateway::start(&api_config(&redis, "b")).await;
+    for gw in [&a, &b] {
+        let node = gw.node.clone();
+        eventually("redis", || node.is_ready()).await;
+    }
+    let mut alice_a = a.client_as("alice", None).await;
+    let mut alice_b = b.client_as("alice", None).await;
+    alice_a.subscribe("room").await;
+    alice_b.subscribe("room").await;
+    let mut anon = b.client().await;
+    anon.subscribe("room").await;
+
+    let v = presence_of(&a, "/api/presence/users/alice").await;
+    assert_eq!(v["online"], true);
+    let mut nodes: Vec<&str> = v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["node"].as_str().unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b"]);
+    let v = presence_of(&b, "/api/presence/channels/room").await;
+    assert_eq!(v["count"], 3, "{v}");
+    assert_eq!(
+        presence_of(&a, "/api/presence/users/nobody").await["online"],
+        false
+    );
+    assert_eq!(
+        http(a.addr, "GET", "/api/presence/users/alice", None, "")
+            .await
+            .0,
+        401
+    );
+
+    // Leaving a channel and disconnecting are reflected.
+    anon.send(json!({"type": "unsubscribe", "channel": "room", "id": 1}))
+        .await;
+    anon.recv().await;
+    drop(alice_b);
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let users = presence_of(&a, "/api/presence/users/alice").await;
+        let room = presence_of(&a, "/api/presence/channels/room").await;
+        if users["connections"].as_array().unwrap().len() == 1 && room["count"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never caught up: {users} {room}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Graceful shutdown removes the node's entries at once.
+    a.shutdown().await;
+    let v = presence_of(&b, "/api/presence/users/alice").await;
+    assert_eq!(v["online"], false, "{v}");
+    drop(alice_a);
+
+    // A node killed with SIGKILL: its entries go after the TTL (3 s here).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, api_config(&redis, "c")).unwrap();
+    let mut child = tokio::process::Command::new(crate::support::gateway_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--config",
+        ])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = crate::support::listening_addr(child.stderr.take().unwrap()).await;
+    let mut bob = Client::connect(&format!(
+        "ws://{addr}/ws?token={}",
+        crate::support::token("bob", None)
+    ))
+    .await;
+    bob.subscribe("room").await;
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    while presence_of(&b, "/api/presence/users/bob").await["online"] != true {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never showed up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    let killed = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    while presence_of(&b, "/api/presence/users/bob").await["online"] != false {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a dead node's entries never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "dead node's presence expired after {:?} (ttl 3 s)",
+        killed.elapsed()
+    );
+    assert_eq!(
+        presence_of(&b, "/api/presence/channels/room").await["count"],
+        0
+    );
 }

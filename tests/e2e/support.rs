@@ -205,8 +205,25 @@ impl Client {
 
 /// A plain HTTP/1.1 GET over a raw socket: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, None, "").await
+}
+
+/// A plain HTTP/1.1 request with an optional bearer key: (status, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
@@ -305,4 +322,26 @@ impl TestGateway {
     pub async fn client_as(&self, user: &str, tenant: Option<&str>) -> Client {
         Client::connect(&format!("{}?token={}", self.url(), token(user, tenant))).await
     }
+}
+
+/// Reads a JSON-logging gateway's stderr until its "listening" line; returns the address and
+/// keeps draining the rest so the child never blocks on a full pipe.
+pub async fn listening_addr(stderr: tokio::process::ChildStderr) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "switchyard listening" {
+                return v["addr"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("gateway exited before listening");
+    })
+    .await
+    .expect("gateway starts");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use serde_json::value::RawValue;
@@ -19,7 +18,7 @@ use super::writer;
 use crate::hub::{ConnId, GroupKey};
 use crate::node::{ConnectionSlot, Node};
 use crate::outbox::{CloseReason, Outbox, outbox};
-use crate::plugins::{Identity, Routed};
+use crate::plugins::Identity;
 use crate::protocol::{self, Action, ErrorCode, Rejection};
 
 /// How long a closing session keeps reading, so the client's close reply is consumed and the
@@ -51,8 +50,15 @@ pub async fn run(
             subscriptions: HashSet::new(),
             identity,
         };
+        let since = crate::presence::now_ms();
+        if let Some(user) = &session.identity.user {
+            node.presence.connected(session.conn, user, since);
+        }
         let ended = session.read(stream, writer).await;
         session.leave_all();
+        if let Some(user) = &session.identity.user {
+            node.presence.disconnected(session.conn, user, since);
+        }
         let closing = session.outbox.closing();
         drop(session);
         match closing {
@@ -170,8 +176,7 @@ impl Session {
     }
 
     fn check_channel(&self, channel: &str) -> Result<(), Rejection> {
-        let l = &self.node.config.limits;
-        protocol::validate_channel(channel, l.max_channel_len, &l.channel_chars)
+        self.node.check_channel(channel)
     }
 
     async fn subscribe(&mut self, channel: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
@@ -200,6 +205,9 @@ impl Session {
             return Err(Rejection::new(ErrorCode::Unavailable, e.to_string()));
         }
         self.subscriptions.insert(Arc::from(channel));
+        self.node
+            .presence
+            .joined(self.conn, channel, self.identity.user.as_deref());
         self.send(protocol::subscribed(channel, id));
         Ok(())
     }
@@ -208,6 +216,9 @@ impl Session {
         self.check_channel(channel)?;
         if self.subscriptions.remove(channel) {
             self.node.hub.unsubscribe(channel, self.conn);
+            self.node
+                .presence
+                .left(self.conn, channel, self.identity.user.as_deref());
         }
         self.send(protocol::unsubscribed(channel, id));
         Ok(())
@@ -229,46 +240,21 @@ impl Session {
                 ),
             ));
         }
-        match self
-            .node
-            .plugins
-            .publish(&self.identity, channel, data.get())?
-        {
-            Routed::Pass => self.send_to_broker(channel, data.get()).await?,
-            Routed::Drop => {}
-            Routed::Forward(list) => {
-                // Check every destination before publishing any, so a bad route publishes nothing.
-                for (to, _) in &list {
-                    self.check_channel(to).map_err(|r| {
-                        Rejection::new(
-                            ErrorCode::PluginError,
-                            format!("plugin forwarded to an invalid channel: {}", r.message),
-                        )
-                    })?;
-                }
-                for (to, data) in &list {
-                    self.send_to_broker(to, data).await?;
-                }
-            }
-        }
+        self.node
+            .publish(&self.identity, channel, data.get())
+            .await?;
         if let Some(id) = id {
             self.send(protocol::published(id));
         }
         Ok(())
     }
 
-    async fn send_to_broker(&self, channel: &str, data: &str) -> Result<(), Rejection> {
-        let payload = Bytes::copy_from_slice(data.as_bytes());
-        self.node
-            .broker
-            .publish(channel, payload)
-            .await
-            .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))
-    }
-
     fn leave_all(&mut self) {
         for channel in self.subscriptions.drain() {
             self.node.hub.unsubscribe(&channel, self.conn);
+            self.node
+                .presence
+                .left(self.conn, &channel, self.identity.user.as_deref());
         }
     }
 }

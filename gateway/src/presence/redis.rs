@@ -1,0 +1,251 @@
+//! Presence shared through Redis.
+//!
+//! Layout (no KEYS or SCAN needed: every lookup is by key):
+//! - `<prefix>presence:user:<user>`: sorted set; member = JSON `{"node","conn","connected_at"}`,
+//!   score = the time (ms) the entry expires.
+//! - `<prefix>presence:channel:<channel>`: sorted set; member = JSON `{"node","conn","user"}`,
+//!   score likewise.
+//!
+//! Each node remembers its own members and re-adds them with a fresh expiry every third of the
+//! TTL; readers drop members whose score has passed, so a node killed without a goodbye
+//! disappears within one TTL. Keys also carry a key-level TTL so abandoned sets vanish.
+//! Updates go through one task, in order, and never block a session.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ConnectionEntry, Presence, PresenceError, SubscriberEntry, now_ms};
+use crate::hub::ConnId;
+
+enum Update {
+    Add { key: String, member: String },
+    Remove { key: String, member: String },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Presence shared by every node on one Redis.
+pub struct RedisPresence {
+    node: String,
+    prefix: String,
+    ttl: Duration,
+    con: ConnectionManager,
+    updates: mpsc::UnboundedSender<Update>,
+}
+
+impl RedisPresence {
+    /// Starts the presence writer for node `node`; entries live `ttl` without a heartbeat.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Self, PresenceError> {
+        let client = redis::Client::open(url).map_err(|e| PresenceError(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let con = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| PresenceError(e.to_string()))?;
+        let (updates, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(con.clone(), rx, ttl));
+        Ok(Self {
+            node: node.to_owned(),
+            prefix: prefix.to_owned(),
+            ttl,
+            con,
+            updates,
+        })
+    }
+
+    fn user_key(&self, user: &str) -> String {
+        format!("{}presence:user:{user}", self.prefix)
+    }
+
+    fn channel_key(&self, channel: &str) -> String {
+        format!("{}presence:channel:{channel}", self.prefix)
+    }
+
+    fn user_member(&self, conn: ConnId, connected_at: u64) -> String {
+        serde_json::to_string(&ConnectionEntry {
+            node: self.node.clone(),
+            conn,
+            connected_at,
+        })
+        .expect("entry serialises")
+    }
+
+    fn channel_member(&self, conn: ConnId, user: Option<&str>) -> String {
+        serde_json::to_string(&SubscriberEntry {
+            node: self.node.clone(),
+            conn,
+            user: user.map(str::to_owned),
+        })
+        .expect("entry serialises")
+    }
+
+    fn send(&self, u: Update) {
+        let _ = self.updates.send(u);
+    }
+
+    fn read<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: String,
+    ) -> BoxFuture<'static, Result<Vec<T>, PresenceError>> {
+        let mut con = self.con.clone();
+        async move {
+            let now = now_ms();
+            let (_, members): ((), Vec<String>) = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now)
+                .ignore()
+                .cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut con)
+                .await
+                .map(|(members,): (Vec<String>,)| ((), members))
+                .map_err(|e| PresenceError(e.to_string()))?;
+            Ok(members
+                .iter()
+                .filter_map(|m| serde_json::from_str(m).ok())
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+impl Presence for RedisPresence {
+    fn connected(&self, conn: ConnId, user: &str, since_ms: u64) {
+        self.send(Update::Add {
+            key: self.user_key(user),
+            member: self.user_member(conn, since_ms),
+        });
+    }
+
+    fn disconnected(&self, conn: ConnId, user: &str, since_ms: u64) {
+        self.send(Update::Remove {
+            key: self.user_key(user),
+            member: self.user_member(conn, since_ms),
+        });
+    }
+
+    fn joined(&self, conn: ConnId, channel: &str, user: Option<&str>) {
+        self.send(Update::Add {
+            key: self.channel_key(channel),
+            member: self.channel_member(conn, user),
+        });
+    }
+
+    fn left(&self, conn: ConnId, channel: &str, user: Option<&str>) {
+        self.send(Update::Remove {
+            key: self.channel_key(channel),
+            member: self.channel_member(conn, user),
+        });
+    }
+
+    fn user(&self, user: &str) -> BoxFuture<'static, Result<Vec<ConnectionEntry>, PresenceError>> {
+        self.read(self.user_key(user))
+    }
+
+    fn channel(
+        &self,
+        channel: &str,
+    ) -> BoxFuture<'static, Result<Vec<SubscriberEntry>, PresenceError>> {
+        self.read(self.channel_key(channel))
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        let (done, wait) = oneshot::channel();
+        self.send(Update::Shutdown(done));
+        let ttl = self.ttl;
+        async move {
+            let _ = tokio::time::timeout(ttl.min(Duration::from_secs(3)), wait).await;
+        }
+        .boxed()
+    }
+}
+
+/// Applies updates in order and refreshes this node's entries every third of the TTL.
+async fn writer(
+    mut con: ConnectionManager,
+    mut rx: mpsc::UnboundedReceiver<Update>,
+    ttl: Duration,
+) {
+    // This node's live members per key, re-added by every heartbeat.
+    let mut own: HashMap<String, Vec<String>> = HashMap::new();
+    let mut heartbeat = tokio::time::interval(ttl / 3);
+    heartbeat.reset();
+    let ttl_ms = ttl.as_millis() as u64;
+    loop {
+        tokio::select! {
+            update = rx.recv() => match update {
+                None => return,
+                Some(Update::Add { key, member }) => {
+                    let _ = add(&mut con, &key, std::slice::from_ref(&member), ttl_ms).await;
+                    own.entry(key).or_default().push(member);
+                }
+                Some(Update::Remove { key, member }) => {
+                    if let Some(members) = own.get_mut(&key) {
+                        members.retain(|m| *m != member);
+                        if members.is_empty() {
+                            own.remove(&key);
+                        }
+                    }
+                    let _ = redis::cmd("ZREM").arg(&key).arg(&member).query_async::<i64>(&mut con).await;
+                }
+                Some(Update::Shutdown(done)) => {
+                    let mut pipe = redis::pipe();
+                    for (key, members) in own.drain() {
+                        pipe.cmd("ZREM").arg(key).arg(members).ignore();
+                    }
+                    let _ = pipe.query_async::<()>(&mut con).await;
+                    let _ = done.send(());
+                }
+            },
+            _ = heartbeat.tick() => {
+                let mut pipe = redis::pipe();
+                let expires = now_ms() + ttl_ms;
+                for (key, members) in &own {
+                    pipe.cmd("ZADD").arg(key);
+                    for m in members {
+                        pipe.arg(expires).arg(m);
+                    }
+                    pipe.ignore();
+                    pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms * 2).ignore();
+                }
+                if !own.is_empty() {
+                    let _ = pipe.query_async::<()>(&mut con).await;
+                }
+            }
+        }
+    }
+}
+
+async fn add(
+    con: &mut ConnectionManager,
+    key: &str,
+    members: &[String],
+    ttl_ms: u64,
+) -> redis::RedisResult<()> {
+    let expires = now_ms() + ttl_ms;
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZADD").arg(key);
+    for m in members {
+        pipe.arg(expires).arg(m);
+    }
+    pipe.ignore()
+        .cmd("PEXPIRE")
+        .arg(key)
+        .arg(ttl_ms * 2)
+        .ignore();
+    pipe.query_async(con).await
+}
