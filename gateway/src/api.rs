@@ -38,6 +38,23 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_js
     (status, Json(body))
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    metrics::gauge!("switchyard_channels").set(node.hub.channel_count() as f64);
+    metrics::gauge!("switchyard_broker_connected").set(if node.broker.is_ready() {
+        1.0
+    } else {
+        0.0
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        node.metrics.render(),
+    )
+}
+
 /// An API failure: HTTP status plus the protocol's `{code, message}` body.
 #[derive(Debug)]
 pub struct ApiError {

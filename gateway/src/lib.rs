@@ -9,6 +9,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
+pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod plugins;

@@ -59,6 +59,8 @@ pub struct Node {
     pub plugins: Arc<Plugins>,
     /// Who is connected and subscribed, across nodes.
     pub presence: Arc<dyn Presence>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Verifies tokens and origins on upgrade.
     pub auth: Authenticator,
     /// Cancelled when the node starts shutting down.
@@ -79,6 +81,7 @@ pub struct ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.node.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("switchyard_connections").decrement(1.0);
     }
 }
 
@@ -113,6 +116,7 @@ impl Node {
         }
         let hub = Arc::new(hub);
         let node = Arc::new(Self {
+            metrics: crate::metrics::handle(&node_id),
             id: node_id,
             presence,
             config: Arc::new(config),
@@ -136,6 +140,8 @@ impl Node {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
+        metrics::gauge!("switchyard_connections").increment(1.0);
+        metrics::counter!("switchyard_connections_total").increment(1);
         Some(ConnectionSlot {
             node: self.clone(),
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -185,10 +191,23 @@ impl Node {
     }
 
     async fn send_to_broker(&self, channel: &str, data: &str) -> Result<(), Rejection> {
-        self.broker
+        let started = std::time::Instant::now();
+        let result = self
+            .broker
             .publish(channel, Bytes::copy_from_slice(data.as_bytes()))
-            .await
-            .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))
+            .await;
+        match result {
+            Ok(()) => {
+                metrics::counter!("switchyard_messages_published_total").increment(1);
+                metrics::histogram!("switchyard_publish_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_unavailable").increment(1);
+                Err(Rejection::new(ErrorCode::Unavailable, e.to_string()))
+            }
+        }
     }
 
     /// Ready to serve: not shutting down and the broker is connected.

@@ -20,6 +20,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
         .route("/api/publish", post(api::publish))
         .route("/api/presence/users/{user}", get(api::presence_user))
         .route(
@@ -112,8 +113,18 @@ impl Gateway {
 
 /// Feeds broker messages into the hub, in arrival order.
 async fn dispatch(node: Arc<Node>, mut incoming: IncomingRx) {
+    let delivered = metrics::counter!("switchyard_messages_delivered_total");
+    let dropped =
+        metrics::counter!("switchyard_messages_dropped_total", "reason" => "slow_consumer");
+    let fanout = metrics::histogram!("switchyard_fanout_seconds");
     while let Some(msg) = incoming.recv().await {
-        node.hub.dispatch(&msg);
+        let started = std::time::Instant::now();
+        let stats = node.hub.dispatch(&msg);
+        fanout.record(started.elapsed().as_secs_f64());
+        delivered.increment(stats.delivered as u64);
+        if stats.dropped > 0 {
+            dropped.increment(stats.dropped as u64);
+        }
     }
 }
 

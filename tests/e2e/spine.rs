@@ -342,3 +342,76 @@ async fn seed_protocol_client_works_unchanged() {
         .await;
     assert_eq!(sub.recv().await["type"], "unsubscribed");
 }
+
+/// Parses Prometheus text exposition: every non-comment line is `name{labels} value`.
+fn scrape(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix('#') {
+            assert!(
+                c.starts_with(" HELP ") || c.starts_with(" TYPE "),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line:?}"
+            );
+        }
+        // Sum series of one name across labels.
+        *out.entry(name.to_owned()).or_insert(0.0) += value;
+    }
+    out
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_with_traffic() {
+    let gw = TestGateway::start("").await;
+    let mut c = gw.client().await;
+    c.subscribe("m").await;
+    let before = scrape(&http_get(gw.addr, "/metrics").await.1);
+    for i in 0..20 {
+        c.publish("m", json!(i)).await;
+    }
+    c.publish_acked("m", json!("last"), 1).await;
+    let mut got = 0;
+    while got < 20 {
+        if c.recv().await["type"] == "message" {
+            got += 1;
+        }
+    }
+    let (status, text) = http_get(gw.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let after = scrape(&text);
+    let moved = |name: &str| {
+        after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
+    };
+    assert!(
+        moved("switchyard_messages_published_total") >= 21.0,
+        "{text}"
+    );
+    assert!(
+        moved("switchyard_messages_delivered_total") >= 20.0,
+        "{text}"
+    );
+    assert!(after.get("switchyard_connections").copied().unwrap_or(0.0) >= 1.0);
+    assert!(
+        after.contains_key("switchyard_publish_seconds_bucket"),
+        "histograms exported"
+    );
+    assert!(text.contains("node=\""), "node label on every series");
+}

@@ -63,7 +63,12 @@ pub async fn run(
         drop(session);
         match closing {
             Some(CloseReason::ShuttingDown) | None => tracing::debug!(%ended, "disconnected"),
-            Some(reason) => tracing::info!(reason = reason.text(), "closed by server"),
+            Some(reason) => {
+                if reason == CloseReason::SlowConsumer {
+                    metrics::counter!("switchyard_slow_consumer_closes_total").increment(1);
+                }
+                tracing::info!(reason = reason.text(), "closed by server")
+            }
         }
         drop(slot);
     }
