@@ -33,6 +33,13 @@ pub enum Prepared {
     Skip,
 }
 
+/// Hands out the deliver hook to use for one message, so a hot swap never splits a message
+/// between two versions.
+pub trait DeliverHooks: Send + Sync {
+    /// The hook for the next message.
+    fn current(&self) -> Arc<dyn DeliverHook>;
+}
+
 /// Prepares a message for one delivery group; the plugin runtime implements it.
 pub trait DeliverHook: Send + Sync {
     /// Decides what `group` receives of `data` (valid JSON) published on `channel`.
@@ -60,7 +67,7 @@ pub struct Hub {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     broker: Arc<dyn Broker>,
-    deliver: Option<Arc<dyn DeliverHook>>,
+    deliver: Option<Arc<dyn DeliverHooks>>,
 }
 
 impl Hub {
@@ -74,8 +81,8 @@ impl Hub {
         }
     }
 
-    /// Runs `hook` once per message per delivery group before encoding.
-    pub fn with_deliver_hook(mut self, hook: Arc<dyn DeliverHook>) -> Self {
+    /// Runs the hook `hooks` hands out once per message per delivery group before encoding.
+    pub fn with_deliver_hook(mut self, hook: Arc<dyn DeliverHooks>) -> Self {
         self.deliver = Some(hook);
         self
     }
@@ -138,8 +145,9 @@ impl Hub {
         let data = protocol::normalize_payload(&msg.payload);
         let mut shared: Option<Frame> = None;
         let mut stats = Fanout::default();
+        let hook = self.deliver.as_ref().map(|h| h.current());
         for (group, members) in &entry.groups {
-            let prepared = match &self.deliver {
+            let prepared = match &hook {
                 Some(hook) => hook.prepare(&msg.channel, group, &data),
                 None => Prepared::Unchanged,
             };

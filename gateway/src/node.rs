@@ -1,5 +1,6 @@
 //! A running gateway node: configuration, broker, hub and the bookkeeping sessions share.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +15,8 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, IncomingRx};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
-use crate::plugins::{Identity, Plugins, Routed};
+use crate::plugins::registry::PluginRegistry;
+use crate::plugins::{Identity, Routed};
 use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
@@ -55,8 +57,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Where publishes go.
     pub broker: Arc<dyn Broker>,
-    /// Plugins bound to channel namespaces.
-    pub plugins: Arc<Plugins>,
+    /// Plugins bound to channel namespaces, hot-swappable.
+    pub plugins: Arc<PluginRegistry>,
     /// Who is connected and subscribed, across nodes.
     pub presence: Arc<dyn Presence>,
     /// Renders `/metrics`.
@@ -106,15 +108,14 @@ impl Node {
                 }
             };
         let auth = Authenticator::new(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
-        let plugins = Arc::new(Plugins::load(&config.plugins)?);
-        for binding in plugins.describe() {
+        let plugins = Arc::new(PluginRegistry::load(
+            config.plugins.clone(),
+            HashMap::new(),
+        )?);
+        for binding in plugins.current().describe() {
             tracing::info!(%binding, "plugin bound");
         }
-        let mut hub = Hub::new(broker.clone());
-        if plugins.has_bindings() {
-            hub = hub.with_deliver_hook(plugins.clone());
-        }
-        let hub = Arc::new(hub);
+        let hub = Arc::new(Hub::new(broker.clone()).with_deliver_hook(plugins.clone()));
         let node = Arc::new(Self {
             metrics: crate::metrics::handle(&node_id),
             id: node_id,
@@ -169,7 +170,7 @@ impl Node {
         data: &str,
     ) -> Result<(), Rejection> {
         self.check_channel(channel)?;
-        match self.plugins.publish(who, channel, data)? {
+        match self.plugins.current().publish(who, channel, data)? {
             Routed::Pass => self.send_to_broker(channel, data).await,
             Routed::Drop => Ok(()),
             Routed::Forward(list) => {

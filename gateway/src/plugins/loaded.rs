@@ -123,6 +123,10 @@ pub struct LoadedPlugin {
     pub name: Arc<str>,
     /// Version: the first 12 hex digits of the content hash.
     pub version: Arc<str>,
+    /// Full content hash.
+    pub hash: Arc<str>,
+    /// Call counts and latencies, for the admin API.
+    pub stats: CallStats,
     runtime: Arc<Runtime>,
     pre: PluginPre<HostState>,
     config: String,
@@ -156,6 +160,8 @@ impl LoadedPlugin {
         let loaded = Self {
             name: name.into(),
             version: hash[..12].into(),
+            hash: hash.into(),
+            stats: CallStats::default(),
             runtime,
             pre,
             config,
@@ -165,6 +171,11 @@ impl LoadedPlugin {
         let slot = loaded.instantiate()?;
         loaded.pool.lock().expect("pool lock").push(slot);
         Ok(loaded)
+    }
+
+    /// The config JSON this instance set was initialised with.
+    pub fn config(&self) -> &str {
+        &self.config
     }
 
     fn error(&self, hook: Hook, failure: Failure) -> PluginError {
@@ -229,6 +240,7 @@ impl LoadedPlugin {
         let started = Instant::now();
         let result = f(&slot.plugin, &mut slot.store);
         let elapsed = started.elapsed();
+        self.stats.record(elapsed, result.is_err());
         let labels = [
             ("plugin", self.name.to_string()),
             ("hook", hook.as_str().to_owned()),
@@ -315,5 +327,59 @@ impl LoadedPlugin {
         self.call(Hook::Deliver, |p, s| {
             p.call_on_deliver(s, group, channel, data)
         })
+    }
+}
+
+/// Lock-free call statistics: counts and a latency histogram with power-of-two microsecond
+/// buckets (so percentiles are upper bounds, within 2x).
+#[derive(Default)]
+pub struct CallStats {
+    calls: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+    buckets: [std::sync::atomic::AtomicU64; 32],
+}
+
+impl CallStats {
+    fn record(&self, elapsed: Duration, failed: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        let us = elapsed.as_micros().max(1) as u64;
+        let bucket = (64 - us.leading_zeros() as usize).min(31);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+    }
+
+    /// Calls so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Failed calls so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Upper bound of the `q` quantile (0..1) of call time in microseconds; 0 with no calls.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let target = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return 1u64 << i;
+            }
+        }
+        1u64 << 31
     }
 }

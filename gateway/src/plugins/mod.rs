@@ -5,7 +5,7 @@
 //! hook may return. A failing call fails that one operation with `plugin_error`; the instance
 //! is discarded and the node, and every other channel, keeps serving.
 
-use std::path::Path;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ pub mod bindings;
 mod host;
 pub mod loaded;
 pub mod namespace;
+pub mod registry;
 pub mod runtime;
 
 use bindings::{
@@ -115,8 +116,26 @@ impl Plugins {
         }
     }
 
-    /// Loads every plugin the configuration binds: compile, instantiate, `init`.
+    /// Loads every plugin the configuration binds from `plugins.dir`: compile, instantiate,
+    /// `init`.
     pub fn load(config: &PluginsConfig) -> Result<Self, LoadError> {
+        Self::build(
+            config,
+            &|name, key| read_code(config, name, key),
+            None,
+            &HashSet::new(),
+        )
+    }
+
+    /// Builds the bound set: code for each plugin name comes from `code`; a binding whose
+    /// pattern, code and config are unchanged from `previous` keeps its loaded instance (and
+    /// pool); plugins in `unbound` are left out.
+    pub fn build(
+        config: &PluginsConfig,
+        code: &dyn Fn(&str, &str) -> Result<Code, LoadError>,
+        previous: Option<&Plugins>,
+        unbound: &HashSet<String>,
+    ) -> Result<Self, LoadError> {
         let mut plugins = Self {
             bindings: Vec::new(),
             default: config.default,
@@ -125,33 +144,84 @@ impl Plugins {
             max_forwards: config.max_forwards,
             forward_headers: config.forward_headers.clone(),
         };
-        if config.bindings.is_empty() && config.connect.is_none() {
-            return Ok(plugins);
-        }
         let limits = CallLimits {
             timeout: Duration::from_millis(config.timeout_ms),
             max_memory: config.max_memory_bytes,
             pool_size: config.pool_size,
         };
-        let runtime = Runtime::global().map_err(|source| LoadError::Compile {
-            key: "plugins".into(),
-            plugin: String::new(),
-            source,
-        })?;
-        let load = |key: String, name: &str, cfg: &serde_json::Value| {
-            load_one(&runtime, config, key, name, cfg, limits.clone())
+        let reusable = |name: &str, hash: &str, cfg: &str| {
+            previous.and_then(|p| {
+                p.loaded()
+                    .find(|l| &*l.name == name && &*l.hash == hash && l.config() == cfg)
+                    .cloned()
+            })
+        };
+        let load = |key: String,
+                    name: &str,
+                    cfg: &serde_json::Value|
+         -> Result<Arc<LoadedPlugin>, LoadError> {
+            let code = code(name, &key)?;
+            let cfg = cfg.to_string();
+            if let Some(l) = reusable(name, &code.hash, &cfg) {
+                return Ok(l);
+            }
+            let runtime = Runtime::global().map_err(|source| LoadError::Compile {
+                key: key.clone(),
+                plugin: name.to_owned(),
+                source,
+            })?;
+            let component = runtime
+                .compile(&code.bytes, &code.hash, config.cache_dir.as_deref())
+                .map_err(|source| LoadError::Compile {
+                    key: key.clone(),
+                    plugin: name.to_owned(),
+                    source,
+                })?;
+            LoadedPlugin::new(runtime, name, &code.hash, &component, cfg, limits.clone())
+                .map(Arc::new)
+                .map_err(|source| LoadError::Init { key, source })
         };
         for (i, b) in config.bindings.iter().enumerate() {
+            if unbound.contains(&b.plugin) {
+                continue;
+            }
             let plugin = load(format!("plugins.bindings[{i}]"), &b.plugin, &b.config)?;
             plugins.bindings.push(Binding {
                 pattern: Pattern::parse(&b.pattern).expect("validated with the config"),
                 plugin,
             });
         }
-        if let Some(c) = &config.connect {
+        if let Some(c) = config
+            .connect
+            .as_ref()
+            .filter(|c| !unbound.contains(&c.plugin))
+        {
             plugins.connect = Some(load("plugins.connect".into(), &c.plugin, &c.config)?);
         }
         Ok(plugins)
+    }
+
+    /// Every loaded plugin instance set (one per binding, plus the connect plugin).
+    pub fn loaded(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.bindings
+            .iter()
+            .map(|b| &b.plugin)
+            .chain(self.connect.iter())
+    }
+
+    /// Patterns bound to plugin `name`.
+    pub fn patterns_of(&self, name: &str) -> Vec<String> {
+        self.bindings
+            .iter()
+            .filter(|b| &*b.plugin.name == name)
+            .map(|b| b.pattern.as_str().to_owned())
+            .chain(
+                self.connect
+                    .iter()
+                    .filter(|c| &*c.name == name)
+                    .map(|_| "(connect)".to_owned()),
+            )
+            .collect()
     }
 
     /// Whether any channel binding exists (when none, the hub skips the deliver hook).
@@ -277,6 +347,9 @@ impl Plugins {
 
 impl DeliverHook for Plugins {
     fn prepare(&self, channel: &str, group: &str, data: &[u8]) -> Prepared {
+        if self.bindings.is_empty() {
+            return Prepared::Unchanged;
+        }
         let Route::Plugin(plugin) = self.route(channel) else {
             return Prepared::Unchanged;
         };
@@ -307,38 +380,35 @@ impl DeliverHook for Plugins {
     }
 }
 
-fn load_one(
-    runtime: &Arc<Runtime>,
-    config: &PluginsConfig,
-    key: String,
-    name: &str,
-    cfg: &serde_json::Value,
-    limits: CallLimits,
-) -> Result<Arc<LoadedPlugin>, LoadError> {
+/// A plugin's code: its bytes and their content hash.
+#[derive(Clone)]
+pub struct Code {
+    /// Hex SHA-256 of `bytes`.
+    pub hash: String,
+    /// The component.
+    pub bytes: Arc<[u8]>,
+}
+
+impl Code {
+    /// Wraps bytes, hashing them.
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            hash: runtime::content_hash(&bytes),
+            bytes,
+        }
+    }
+}
+
+/// Reads `<plugins.dir>/<name>.wasm`.
+pub fn read_code(config: &PluginsConfig, name: &str, key: &str) -> Result<Code, LoadError> {
     let path = config.dir.join(format!("{name}.wasm"));
     let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
-        key: key.clone(),
+        key: key.to_owned(),
         path: path.display().to_string(),
         source,
     })?;
-    let hash = runtime::content_hash(&bytes);
-    let component = runtime
-        .compile(&bytes, &hash, config.cache_dir.as_deref().map(Path::new))
-        .map_err(|source| LoadError::Compile {
-            key: key.clone(),
-            plugin: name.to_owned(),
-            source,
-        })?;
-    LoadedPlugin::new(
-        runtime.clone(),
-        name,
-        &hash,
-        &component,
-        cfg.to_string(),
-        limits,
-    )
-    .map(Arc::new)
-    .map_err(|source| LoadError::Init { key, source })
+    Ok(Code::new(bytes))
 }
 
 fn is_json(text: &str) -> bool {

@@ -50,10 +50,10 @@ pub async fn upgrade(
             return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
         }
     };
+    let plugins = node.plugins.current();
     let info = plugins::ConnectInfo {
         remote_addr: remote.to_string(),
-        headers: node
-            .plugins
+        headers: plugins
             .forward_headers()
             .iter()
             .filter_map(|name| {
@@ -64,7 +64,7 @@ pub async fn upgrade(
         query: uri.query().unwrap_or_default().to_owned(),
         identity,
     };
-    let identity = match node.plugins.connect(info) {
+    let identity = match plugins.connect(info) {
         Ok(identity) => identity,
         Err(r) => {
             tracing::info!(%remote, code = %r.code, reason = %r.message, "connection refused by plugin");

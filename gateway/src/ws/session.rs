@@ -197,7 +197,12 @@ impl Session {
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
-        let group: GroupKey = match self.node.plugins.subscribe(&self.identity, channel)? {
+        let group: GroupKey = match self
+            .node
+            .plugins
+            .current()
+            .subscribe(&self.identity, channel)?
+        {
             Some(g) => Arc::from(g),
             None => Arc::from(self.identity.tenant.as_deref().unwrap_or("")),
         };
