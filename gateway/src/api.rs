@@ -64,6 +64,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error with this status, machine code and human message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     fn unauthorized() -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,

@@ -87,6 +87,33 @@ pub struct Config {
     pub api: ApiConfig,
     /// Presence tracking.
     pub presence: PresenceConfig,
+    /// Plugin administration and hot swap.
+    pub admin: AdminConfig,
+}
+
+/// Plugin administration and hot swap (`[admin]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*`; unset disables the admin API (401).
+    pub token: Option<String>,
+    /// Serve `/admin/*` on this address instead of the main listener.
+    pub listen: Option<SocketAddr>,
+    /// Largest plugin upload, bytes.
+    pub max_upload_bytes: usize,
+    /// Watch `plugins.dir` and the config file, swapping plugins and bindings on change.
+    pub watch: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            listen: None,
+            max_upload_bytes: 16 * 1024 * 1024,
+            watch: true,
+        }
+    }
 }
 
 /// Presence tracking (`[presence]`).
@@ -427,12 +454,12 @@ impl Config {
         if let Some(c) = l
             .channel_chars
             .chars()
-            .find(|c| !c.is_ascii_punctuation() || *c == '"' || *c == '\\')
+            .find(|c| !c.is_ascii_punctuation() || matches!(c, '"' | '\\' | '$'))
         {
             return invalid(
                 "limits.channel_chars",
                 &format!(
-                    "{c:?} is not allowed: only ASCII punctuation other than quote and backslash"
+                    "{c:?} is not allowed: only ASCII punctuation other than quote, backslash and `$` (reserved)"
                 ),
             );
         }
@@ -472,6 +499,9 @@ impl Config {
         }
         if self.presence.ttl_secs < 3 {
             return invalid("presence.ttl_secs", "must be at least 3");
+        }
+        if self.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return invalid("admin.token", "must be at least 16 characters");
         }
         if let Some(i) = self.api.keys.iter().position(|k| k.len() < 16) {
             return invalid(&format!("api.keys[{i}]"), "must be at least 16 characters");

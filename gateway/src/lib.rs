@@ -4,6 +4,7 @@
 //! Data flows one way: socket -> session ([`ws`]) -> broker ([`broker`]) -> hub ([`hub`]) ->
 //! session outboxes ([`outbox`]) -> sockets.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;

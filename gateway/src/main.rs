@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let gateway = Gateway::bind(config).await?;
+        let gateway = Gateway::bind(config).await?.reload_from(cli);
         gateway.run(server::shutdown_signal()).await
     });
     match result {

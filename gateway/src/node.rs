@@ -15,7 +15,9 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, IncomingRx};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
-use crate::plugins::registry::PluginRegistry;
+use crate::plugins::Code;
+use crate::plugins::cluster::{CONTROL_CHANNEL, ClusterStore};
+use crate::plugins::registry::{PluginRegistry, Source, Version};
 use crate::plugins::{Identity, Routed};
 use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
@@ -59,6 +61,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// Plugins bound to channel namespaces, hot-swappable.
     pub plugins: Arc<PluginRegistry>,
+    /// Cluster-wide plugin versions (with Redis).
+    pub cluster: Option<ClusterStore>,
     /// Who is connected and subscribed, across nodes.
     pub presence: Arc<dyn Presence>,
     /// Renders `/metrics`.
@@ -90,7 +94,7 @@ impl Drop for ConnectionSlot {
 impl Node {
     /// Builds a node for `config`; returns it with the broker's incoming stream, which
     /// [`crate::server::Gateway`] feeds into the hub.
-    pub fn new(config: Config) -> Result<(Arc<Self>, IncomingRx), StartError> {
+    pub async fn new(config: Config) -> Result<(Arc<Self>, IncomingRx), StartError> {
         let node_id = config.node_id();
         let ttl = std::time::Duration::from_secs(config.presence.ttl_secs);
         let (broker, incoming, presence): (Arc<dyn Broker>, IncomingRx, Arc<dyn Presence>) =
@@ -108,10 +112,42 @@ impl Node {
                 }
             };
         let auth = Authenticator::new(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
-        let plugins = Arc::new(PluginRegistry::load(
-            config.plugins.clone(),
-            HashMap::new(),
-        )?);
+        let cluster = match &config.broker.redis_url {
+            Some(url) => Some(
+                ClusterStore::new(url, &config.broker.prefix)
+                    .map_err(|e| StartError::Broker(e.to_string()))?,
+            ),
+            None => None,
+        };
+        // A node that starts later serves the versions the cluster runs, not its own files.
+        let mut overrides = HashMap::new();
+        if let Some(c) = &cluster {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), c.current()).await {
+                Ok(Ok(current)) => {
+                    for (name, code) in current {
+                        overrides.insert(
+                            name,
+                            Version {
+                                code,
+                                source: Source::Cluster,
+                                loaded_at: crate::presence::now_ms(),
+                            },
+                        );
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read cluster plugin versions; using local files")
+                }
+                Err(_) => tracing::warn!("cluster plugin versions timed out; using local files"),
+            }
+        }
+        let plugins = {
+            let config = config.plugins.clone();
+            tokio::task::spawn_blocking(move || PluginRegistry::load(config, overrides))
+                .await
+                .map_err(|e| StartError::Broker(format!("plugin loader failed: {e}")))??
+        };
+        let plugins = Arc::new(plugins);
         for binding in plugins.current().describe() {
             tracing::info!(%binding, "plugin bound");
         }
@@ -124,6 +160,7 @@ impl Node {
             hub,
             broker,
             plugins,
+            cluster,
             auth,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -207,6 +244,64 @@ impl Node {
             Err(e) => {
                 metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_unavailable").increment(1);
                 Err(Rejection::new(ErrorCode::Unavailable, e.to_string()))
+            }
+        }
+    }
+
+    /// Makes plugin `name`'s version `code` the cluster's (store + announce); returns whether
+    /// it reached the cluster (`false` without Redis or when Redis failed, which is logged).
+    pub async fn publish_plugin_version(&self, name: &str, code: &Code) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        if let Err(e) = cluster.put(name, code).await {
+            tracing::warn!(plugin = name, error = %e, "version not shared with the cluster");
+            return false;
+        }
+        cluster.report(&self.id, name, &code.hash).await;
+        let note = serde_json::json!({"plugin": name, "hash": code.hash}).to_string();
+        match self
+            .broker
+            .publish(CONTROL_CHANNEL, Bytes::from(note))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(plugin = name, error = %e, "version stored but not announced; nodes get it at their next start");
+                false
+            }
+        }
+    }
+
+    /// Handles a control message from the broker (a version announced by some node).
+    pub async fn on_control(self: Arc<Self>, payload: Bytes) {
+        #[derive(serde::Deserialize)]
+        struct Note {
+            plugin: String,
+            hash: String,
+        }
+        let Ok(note) = serde_json::from_slice::<Note>(&payload) else {
+            tracing::warn!("ignoring malformed plugin announcement");
+            return;
+        };
+        let Some(cluster) = &self.cluster else { return };
+        if self.plugins.current_hash(&note.plugin).await.as_deref() == Some(note.hash.as_str()) {
+            cluster.report(&self.id, &note.plugin, &note.hash).await;
+            return;
+        }
+        match cluster.blob(&note.hash).await {
+            Ok(code) => match self
+                .plugins
+                .install(&note.plugin, code, Source::Cluster)
+                .await
+            {
+                Ok(_) => cluster.report(&self.id, &note.plugin, &note.hash).await,
+                Err(e) => {
+                    tracing::warn!(plugin = %note.plugin, error = %e, "announced version refused")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(plugin = %note.plugin, error = %e, "announced version unavailable")
             }
         }
     }

@@ -10,8 +10,9 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::broker::IncomingRx;
-use crate::config::Config;
+use crate::config::{Cli, Config};
 use crate::node::{Node, StartError};
+use crate::plugins::cluster::CONTROL_CHANNEL;
 use crate::{api, ws};
 
 /// Builds the HTTP router for `node`.
@@ -35,6 +36,8 @@ pub struct Gateway {
     node: Arc<Node>,
     incoming: IncomingRx,
     listener: TcpListener,
+    admin: Option<TcpListener>,
+    reload: Option<Cli>,
 }
 
 impl Gateway {
@@ -44,11 +47,21 @@ impl Gateway {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let (node, incoming) = Node::new(config)?;
+        let admin = match config.admin.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let (node, incoming) = Node::new(config).await?;
         Ok(Self {
             node,
             incoming,
             listener,
+            admin,
+            reload: None,
         })
     }
 
@@ -57,6 +70,17 @@ impl Gateway {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// Re-reads configuration from these flags on SIGHUP and when the config file changes.
+    pub fn reload_from(mut self, cli: Cli) -> Self {
+        self.reload = Some(cli);
+        self
+    }
+
+    /// The admin listener's address, when it has its own.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The node, for inspection.
@@ -75,6 +99,8 @@ impl Gateway {
             node,
             incoming,
             listener,
+            admin,
+            reload,
         } = self;
         tracing::info!(
             node = %node.id,
@@ -83,8 +109,36 @@ impl Gateway {
             "switchyard listening"
         );
         let dispatcher = tokio::spawn(dispatch(node.clone(), incoming));
+        if node.cluster.is_some() {
+            tokio::spawn(join_control_channel(node.clone()));
+        }
+        if node.config.admin.watch
+            && let Err(e) = crate::plugins::watch::spawn(node.clone(), reload.clone())
+        {
+            tracing::warn!(error = %e, dir = %node.config.plugins.dir.display(), "cannot watch plugins directory; hot swap from files is off");
+        }
+        #[cfg(unix)]
+        if let Some(cli) = reload {
+            tokio::spawn(reload_on_sighup(node.clone(), cli));
+        }
+        let mut app = router(node.clone());
+        match admin {
+            Some(listener) => {
+                let admin_app = crate::admin::router(node.clone());
+                let token = node.shutdown.clone();
+                tokio::spawn(async move {
+                    let served = axum::serve(listener, admin_app)
+                        .with_graceful_shutdown(async move { token.cancelled().await })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "admin listener failed");
+                    }
+                });
+            }
+            None => app = app.merge(crate::admin::router(node.clone())),
+        }
         let token = node.shutdown.clone();
-        let app = router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -111,6 +165,37 @@ impl Gateway {
     }
 }
 
+/// Subscribes the node to plugin announcements, retrying until the broker accepts.
+async fn join_control_channel(node: Arc<Node>) {
+    loop {
+        if node.broker.subscribe(CONTROL_CHANNEL).await.is_ok() {
+            break;
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    if let Some(cluster) = &node.cluster {
+        for status in node.plugins.list().await {
+            if let Some(hash) = &status.hash {
+                cluster.report(&node.id, &status.name, hash).await;
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(node: Arc<Node>, cli: Cli) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading configuration");
+        crate::plugins::watch::reload_bindings(&node, &cli).await;
+    }
+}
+
 /// Feeds broker messages into the hub, in arrival order.
 async fn dispatch(node: Arc<Node>, mut incoming: IncomingRx) {
     let delivered = metrics::counter!("switchyard_messages_delivered_total");
@@ -118,6 +203,12 @@ async fn dispatch(node: Arc<Node>, mut incoming: IncomingRx) {
         metrics::counter!("switchyard_messages_dropped_total", "reason" => "slow_consumer");
     let fanout = metrics::histogram!("switchyard_fanout_seconds");
     while let Some(msg) = incoming.recv().await {
+        if msg.channel.starts_with('$') {
+            if &*msg.channel == CONTROL_CHANNEL {
+                tokio::spawn(node.clone().on_control(msg.payload));
+            }
+            continue;
+        }
         let started = std::time::Instant::now();
         let stats = node.hub.dispatch(&msg);
         fanout.record(started.elapsed().as_secs_f64());

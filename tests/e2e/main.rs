@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod hotswap;
 mod plugins;
 mod redis;
 mod redis_support;

@@ -214,28 +214,30 @@ pub async fn http(
     method: &str,
     path: &str,
     key: Option<&str>,
-    body: &str,
+    body: impl AsRef<[u8]>,
 ) -> (u16, String) {
+    let body = body.as_ref();
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (e.g. 413) and close before reading a large body.
+    let _ = s.write_all(body).await;
     let mut buf = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
         .await
-        .expect("response in time")
-        .unwrap();
+        .expect("response in time");
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status line");
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
 }

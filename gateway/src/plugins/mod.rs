@@ -14,11 +14,13 @@ use crate::hub::{DeliverHook, Prepared};
 use crate::protocol::{ErrorCode, Rejection};
 
 pub mod bindings;
+pub mod cluster;
 mod host;
 pub mod loaded;
 pub mod namespace;
 pub mod registry;
 pub mod runtime;
+pub mod watch;
 
 use bindings::{
     ConnectDecision, DeliverDecision, GroupContext, PublishDecision, SubscribeDecision,

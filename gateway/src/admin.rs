@@ -1,0 +1,182 @@
+//! The admin API: list plugins, upload a version, roll back, unbind. Token-protected;
+//! optionally on its own listener (`admin.listen`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::api::ApiError;
+use crate::node::Node;
+use crate::plugins::Code;
+use crate::plugins::registry::{Source, SwapError, is_component};
+
+/// Routes under `/admin`.
+pub fn router(node: Arc<Node>) -> Router {
+    let limit = node.config.admin.max_upload_bytes;
+    Router::new()
+        .route("/admin/plugins", get(list))
+        .route("/admin/plugins/{name}", put(upload))
+        .route("/admin/plugins/{name}/rollback", post(rollback))
+        .route("/admin/plugins/{name}/bindings", delete(unbind))
+        // One byte over the limit reaches the handler, which answers 413 with a reason.
+        .layer(DefaultBodyLimit::max(limit + 1))
+        .with_state(node)
+}
+
+fn reply(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    ApiError::new(status, code, message).into_response()
+}
+
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &node.config.admin.token else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin API disabled: set admin.token",
+        ));
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(token.as_bytes().ct_eq(given.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin token",
+        ))
+    }
+}
+
+fn swap_failed(e: SwapError) -> Response {
+    match e {
+        SwapError::NotWasm => reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_wasm",
+            e.to_string(),
+        ),
+        SwapError::NoPrevious(_) => reply(StatusCode::CONFLICT, "no_previous", e.to_string()),
+        SwapError::Unknown(_) => reply(StatusCode::NOT_FOUND, "unknown_plugin", e.to_string()),
+        SwapError::Refused(_) => reply(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string()),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// `GET /admin/plugins`: every plugin's version, source, status, last error, bindings, call
+/// statistics, and (with Redis) the version each node serves.
+async fn list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&node, &headers) {
+        return e.into_response();
+    }
+    let mut plugins = Vec::new();
+    for status in node.plugins.list().await {
+        let mut v = serde_json::to_value(&status).expect("status serialises");
+        if let Some(cluster) = &node.cluster {
+            let nodes = cluster.nodes(&status.name).await.unwrap_or_default();
+            let short: serde_json::Map<String, serde_json::Value> = nodes
+                .into_iter()
+                .map(|(n, h)| (n, json!(h.get(..12).unwrap_or(&h))))
+                .collect();
+            v["nodes"] = json!(short);
+        }
+        plugins.push(v);
+    }
+    Json(json!({"node": node.id, "plugins": plugins})).into_response()
+}
+
+/// `PUT /admin/plugins/{name}` with the component as the body: installs it on this node and,
+/// with Redis, on every node.
+async fn upload(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = authorize(&node, &headers) {
+        return e.into_response();
+    }
+    if !valid_name(&name) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            "plugin names use letters, digits, - and _",
+        );
+    }
+    let limit = node.config.admin.max_upload_bytes;
+    if body.len() > limit {
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("upload is over admin.max_upload_bytes = {limit}"),
+        );
+    }
+    if !is_component(&body) {
+        return swap_failed(SwapError::NotWasm);
+    }
+    let code = Code::new(body.to_vec());
+    match node.plugins.install(&name, code.clone(), Source::Api).await {
+        Ok(changed) => {
+            let cluster = node.publish_plugin_version(&name, &code).await;
+            Json(json!({
+                "plugin": name,
+                "version": &code.hash[..12],
+                "hash": code.hash,
+                "changed": changed,
+                "cluster": cluster,
+            }))
+            .into_response()
+        }
+        Err(e) => swap_failed(e),
+    }
+}
+
+/// `POST /admin/plugins/{name}/rollback`: back to the previous version (cluster-wide with Redis).
+async fn rollback(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(e) = authorize(&node, &headers) {
+        return e.into_response();
+    }
+    match node.plugins.rollback(&name).await {
+        Ok(v) => {
+            let cluster = node.publish_plugin_version(&name, &v.code).await;
+            Json(json!({"plugin": name, "version": &v.code.hash[..12], "cluster": cluster}))
+                .into_response()
+        }
+        Err(e) => swap_failed(e),
+    }
+}
+
+/// `DELETE /admin/plugins/{name}/bindings`: unbinds the plugin on this node.
+async fn unbind(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(e) = authorize(&node, &headers) {
+        return e.into_response();
+    }
+    match node.plugins.unbind(&name).await {
+        Ok(()) => Json(json!({"plugin": name, "status": "unbound"})).into_response(),
+        Err(e) => swap_failed(e),
+    }
+}

@@ -1,0 +1,125 @@
+//! Cluster-wide plugin versions, kept in Redis so every node serves the same code.
+//!
+//! Layout: `<prefix>plugins:blob:<hash>` (the component bytes, by content hash),
+//! `<prefix>plugins:current` (hash: plugin name -> content hash), and
+//! `<prefix>plugins:nodes:<name>` (hash: node id -> the content hash that node serves, so
+//! drift is visible). An upload or rollback on any node writes the blob and the current hash,
+//! then announces `{"plugin":..,"hash":..}` on the reserved broker channel [`CONTROL_CHANNEL`];
+//! every node fetches and installs it. A node that starts later reads `plugins:current`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::Code;
+
+/// Broker channel announcing new versions; `$` is never allowed in client channel names.
+pub const CONTROL_CHANNEL: &str = "$plugins";
+
+/// Why the cluster store could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin cluster store: {0}")]
+pub struct ClusterError(pub String);
+
+fn err(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError(e.to_string())
+}
+
+/// The shared plugin store.
+#[derive(Clone)]
+pub struct ClusterStore {
+    con: ConnectionManager,
+    prefix: String,
+}
+
+impl ClusterStore {
+    /// Connects (lazily) to the store.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, ClusterError> {
+        let client = redis::Client::open(url).map_err(err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(1);
+        let con = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+        Ok(Self {
+            con,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}plugins:{rest}", self.prefix)
+    }
+
+    /// Makes `code` plugin `name`'s current version cluster-wide (the caller announces it).
+    pub async fn put(&self, name: &str, code: &Code) -> Result<(), ClusterError> {
+        let mut con = self.con.clone();
+        redis::pipe()
+            .atomic()
+            .set(
+                self.key(&format!("blob:{}", code.hash)),
+                code.bytes.as_ref(),
+            )
+            .ignore()
+            .hset(self.key("current"), name, &code.hash)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(err)
+    }
+
+    /// The code stored under `hash`.
+    pub async fn blob(&self, hash: &str) -> Result<Code, ClusterError> {
+        let mut con = self.con.clone();
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.key(&format!("blob:{hash}")))
+            .query_async(&mut con)
+            .await
+            .map_err(err)?;
+        let code = Code::new(bytes.ok_or_else(|| ClusterError(format!("no blob {hash}")))?);
+        if code.hash != hash {
+            return Err(ClusterError(format!("blob {hash} does not match its hash")));
+        }
+        Ok(code)
+    }
+
+    /// Every plugin's current cluster version.
+    pub async fn current(&self) -> Result<HashMap<String, Code>, ClusterError> {
+        let mut con = self.con.clone();
+        let names: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key("current"))
+            .query_async(&mut con)
+            .await
+            .map_err(err)?;
+        let mut out = HashMap::new();
+        for (name, hash) in names {
+            out.insert(name, self.blob(&hash).await?);
+        }
+        Ok(out)
+    }
+
+    /// Records that `node` serves `hash` for plugin `name`.
+    pub async fn report(&self, node: &str, name: &str, hash: &str) {
+        let mut con = self.con.clone();
+        let result = redis::cmd("HSET")
+            .arg(self.key(&format!("nodes:{name}")))
+            .arg(node)
+            .arg(hash)
+            .query_async::<i64>(&mut con)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(plugin = name, error = %e, "cannot record this node's plugin version");
+        }
+    }
+
+    /// The version each node reports for plugin `name`.
+    pub async fn nodes(&self, name: &str) -> Result<HashMap<String, String>, ClusterError> {
+        let mut con = self.con.clone();
+        redis::cmd("HGETALL")
+            .arg(self.key(&format!("nodes:{name}")))
+            .query_async(&mut con)
+            .await
+            .map_err(err)
+    }
+}
