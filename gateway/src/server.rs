@@ -112,7 +112,9 @@ impl Gateway {
         if node.cluster.is_some() {
             tokio::spawn(join_control_channel(node.clone()));
         }
+        // Without a plugins directory there is nothing to watch (a node with no plugins).
         if node.config.admin.watch
+            && node.config.plugins.dir.is_dir()
             && let Err(e) = crate::plugins::watch::spawn(node.clone(), reload.clone())
         {
             tracing::warn!(error = %e, dir = %node.config.plugins.dir.display(), "cannot watch plugins directory; hot swap from files is off");

@@ -40,7 +40,9 @@ fn plugin_dir() -> (tempfile::TempDir, PathBuf) {
 
 fn swap_config(dir: &Path, extra: &str) -> String {
     format!(
-        "[plugins]\ndir = {:?}\n[[plugins.bindings]]\npattern = \"s:*\"\nplugin = \"stamp\"\n\
+        // A generous deadline: this test is about swaps, and debug builds on a loaded machine
+        // can be slow.
+        "[plugins]\ndir = {:?}\ntimeout_ms = 2000\n[[plugins.bindings]]\npattern = \"s:*\"\nplugin = \"stamp\"\n\
          [[plugins.bindings]]\npattern = \"g:*\"\nplugin = \"guarded\"\nconfig = {{ mode = \"init-fail\" }}\n\
          [admin]\ntoken = \"{TOKEN}\"\n{extra}",
         dir.display().to_string()
