@@ -50,7 +50,7 @@ fn fanout(c: &mut Criterion) {
         let mut receivers = Vec::with_capacity(n);
         for conn in 0..n {
             let (tx, rx) = outbox(QUEUE);
-            rt.block_on(hub.subscribe(CHANNEL, conn as u64, GroupKey::from(""), &tx))
+            rt.block_on(hub.subscribe(CHANNEL, conn as u64, GroupKey::default(), &tx))
                 .expect("subscribe");
             receivers.push(rx);
         }

@@ -250,6 +250,10 @@ pub struct BindingConfig {
     /// Passed to the plugin's `init` as JSON text.
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
+    /// Per-tenant plugins for this namespace: connections of these tenants use their own
+    /// plugin (own instances, limits and metrics); everyone else uses `plugin`.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, PluginRef>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -534,7 +538,17 @@ impl Config {
             .bindings
             .iter()
             .enumerate()
-            .map(|(i, b)| (format!("plugins.bindings[{i}]"), &b.plugin, &b.config))
+            .flat_map(|(i, b)| {
+                std::iter::once((format!("plugins.bindings[{i}]"), &b.plugin, &b.config)).chain(
+                    b.tenants.iter().map(move |(t, r)| {
+                        (
+                            format!("plugins.bindings[{i}].tenants.{t}"),
+                            &r.plugin,
+                            &r.config,
+                        )
+                    }),
+                )
+            })
             .chain(
                 p.connect
                     .iter()

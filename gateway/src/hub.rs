@@ -18,8 +18,17 @@ use crate::protocol::{self, Frame};
 /// Identifies one connection on this node.
 pub type ConnId = u64;
 
-/// Name of a delivery group; the empty string is the default group.
-pub type GroupKey = Arc<str>;
+/// A delivery group: subscribers of one tenant, optionally narrowed by a key a plugin chose.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Group {
+    /// The subscribers' tenant, if any.
+    pub tenant: Option<Arc<str>>,
+    /// The key the subscribe hook chose; empty for the tenant's default group.
+    pub key: Arc<str>,
+}
+
+/// A shared delivery group identity.
+pub type GroupKey = Arc<Group>;
 
 const SHARDS: usize = 64;
 
@@ -43,7 +52,7 @@ pub trait DeliverHooks: Send + Sync {
 /// Prepares a message for one delivery group; the plugin runtime implements it.
 pub trait DeliverHook: Send + Sync {
     /// Decides what `group` receives of `data` (valid JSON) published on `channel`.
-    fn prepare(&self, channel: &str, group: &str, data: &[u8]) -> Prepared;
+    fn prepare(&self, channel: &str, group: &Group, data: &[u8]) -> Prepared;
 }
 
 #[derive(Default)]
@@ -223,8 +232,12 @@ mod tests {
         let hub = hub();
         let (a, mut ra) = outbox(8);
         let (b, mut rb) = outbox(8);
-        hub.subscribe("c", 1, "".into(), &a).await.unwrap();
-        hub.subscribe("c", 2, "".into(), &b).await.unwrap();
+        hub.subscribe("c", 1, GroupKey::default(), &a)
+            .await
+            .unwrap();
+        hub.subscribe("c", 2, GroupKey::default(), &b)
+            .await
+            .unwrap();
         let stats = hub.dispatch(&msg("c", b"1"));
         assert_eq!(
             stats,
@@ -246,8 +259,20 @@ mod tests {
     async fn last_unsubscribe_drops_the_channel() {
         let hub = hub();
         let (a, _ra) = outbox(8);
-        hub.subscribe("c", 1, "".into(), &a).await.unwrap();
-        hub.subscribe("c", 1, "g".into(), &a).await.unwrap();
+        hub.subscribe("c", 1, GroupKey::default(), &a)
+            .await
+            .unwrap();
+        hub.subscribe(
+            "c",
+            1,
+            Arc::new(Group {
+                tenant: None,
+                key: "g".into(),
+            }),
+            &a,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             hub.subscriber_count("c"),
             1,
@@ -263,8 +288,12 @@ mod tests {
         let hub = hub();
         let (slow, slow_rx) = outbox(1);
         let (fast, mut fast_rx) = outbox(8);
-        hub.subscribe("c", 1, "".into(), &slow).await.unwrap();
-        hub.subscribe("c", 2, "".into(), &fast).await.unwrap();
+        hub.subscribe("c", 1, GroupKey::default(), &slow)
+            .await
+            .unwrap();
+        hub.subscribe("c", 2, GroupKey::default(), &fast)
+            .await
+            .unwrap();
         hub.dispatch(&msg("c", b"1"));
         let stats = hub.dispatch(&msg("c", b"2"));
         assert_eq!(

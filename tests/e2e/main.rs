@@ -8,6 +8,7 @@ mod plugins;
 mod redis;
 mod redis_support;
 mod spine;
+mod tenancy;
 
 /// An `[auth]` section accepting the harness's HS256 tokens (and anonymous clients).
 pub fn plugins_auth() -> String {

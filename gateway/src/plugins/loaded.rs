@@ -58,6 +58,8 @@ pub enum Failure {
     InitFailed(String),
     /// A fresh instance could not be created.
     Instantiate(String),
+    /// The plugin failed repeatedly and is not called until its breaker closes again.
+    CircuitOpen,
 }
 
 impl Failure {
@@ -70,6 +72,7 @@ impl Failure {
             Failure::InvalidOutput(_) => "invalid_output",
             Failure::InitFailed(_) => "init_failed",
             Failure::Instantiate(_) => "instantiate",
+            Failure::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -83,6 +86,11 @@ impl fmt::Display for Failure {
             Failure::InvalidOutput(m) => write!(f, "returned invalid output: {m}"),
             Failure::InitFailed(m) => write!(f, "init failed: {m}"),
             Failure::Instantiate(m) => write!(f, "cannot be instantiated: {m}"),
+            Failure::CircuitOpen => write!(
+                f,
+                "failed {BREAKER_FAILURES} times in a row; calls are refused for {} s",
+                BREAKER_OPEN.as_secs()
+            ),
         }
     }
 }
@@ -112,6 +120,50 @@ pub struct CallLimits {
     pub pool_size: usize,
 }
 
+/// Consecutive failed calls that open a plugin's circuit breaker.
+pub const BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker refuses calls before letting one through again.
+pub const BREAKER_OPEN: Duration = Duration::from_secs(5);
+
+/// Bounds the CPU a plugin that fails on every call (e.g. loops to its deadline) can take
+/// from everyone else: after [`BREAKER_FAILURES`] failures in a row it is not called for
+/// [`BREAKER_OPEN`]; then one call is tried, and one more failure opens it again.
+#[derive(Default)]
+struct Breaker {
+    consecutive: std::sync::atomic::AtomicU32,
+    open_until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        crate::presence::now_ms()
+            < self
+                .open_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn succeeded(&self) {
+        self.consecutive
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records a failure; returns true when it opened the breaker.
+    fn failed(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.consecutive.fetch_add(1, Relaxed) + 1;
+        if n < BREAKER_FAILURES {
+            return false;
+        }
+        // Half-open afterwards: a single further failure re-opens it.
+        self.consecutive.store(BREAKER_FAILURES - 1, Relaxed);
+        self.open_until_ms.store(
+            crate::presence::now_ms() + BREAKER_OPEN.as_millis() as u64,
+            Relaxed,
+        );
+        true
+    }
+}
+
 struct Slot {
     store: Store<HostState>,
     plugin: Plugin,
@@ -127,6 +179,9 @@ pub struct LoadedPlugin {
     pub hash: Arc<str>,
     /// Call counts and latencies, for the admin API.
     pub stats: CallStats,
+    /// Tenant this instance set serves, when bound per tenant (a metrics label).
+    pub tenant: Option<Arc<str>>,
+    breaker: Breaker,
     runtime: Arc<Runtime>,
     pre: PluginPre<HostState>,
     config: String,
@@ -162,6 +217,8 @@ impl LoadedPlugin {
             version: hash[..12].into(),
             hash: hash.into(),
             stats: CallStats::default(),
+            tenant: None,
+            breaker: Breaker::default(),
             runtime,
             pre,
             config,
@@ -171,6 +228,12 @@ impl LoadedPlugin {
         let slot = loaded.instantiate()?;
         loaded.pool.lock().expect("pool lock").push(slot);
         Ok(loaded)
+    }
+
+    /// Marks this instance set as serving `tenant`.
+    pub fn for_tenant(mut self, tenant: Option<&str>) -> Self {
+        self.tenant = tenant.map(Arc::from);
+        self
     }
 
     /// The config JSON this instance set was initialised with.
@@ -231,6 +294,19 @@ impl LoadedPlugin {
         hook: Hook,
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
+        if self.breaker.is_open() {
+            let err = self.error(hook, Failure::CircuitOpen);
+            metrics::counter!(
+                "switchyard_plugin_errors_total",
+                "plugin" => self.name.to_string(),
+                "hook" => hook.as_str(),
+                "version" => self.version.to_string(),
+                "tenant" => self.tenant_label(),
+                "kind" => "circuit_open"
+            )
+            .increment(1);
+            return Err(err);
+        }
         let pooled = self.pool.lock().expect("pool lock").pop();
         let mut slot = match pooled {
             Some(s) => s,
@@ -245,12 +321,14 @@ impl LoadedPlugin {
             ("plugin", self.name.to_string()),
             ("hook", hook.as_str().to_owned()),
             ("version", self.version.to_string()),
+            ("tenant", self.tenant_label()),
         ];
         metrics::counter!("switchyard_plugin_calls_total", &labels).increment(1);
         metrics::histogram!("switchyard_plugin_call_seconds", &labels)
             .record(elapsed.as_secs_f64());
         match result {
             Ok(r) => {
+                self.breaker.succeeded();
                 let mut pool = self.pool.lock().expect("pool lock");
                 if pool.len() < self.limits.pool_size {
                     pool.push(slot);
@@ -260,6 +338,15 @@ impl LoadedPlugin {
             Err(e) => {
                 let err = self.error(hook, self.classify(e));
                 self.record_failure(&err);
+                if self.breaker.failed() {
+                    tracing::warn!(
+                        plugin = %self.name,
+                        version = %self.version,
+                        tenant = self.tenant.as_deref(),
+                        "plugin failed {BREAKER_FAILURES} times in a row: circuit open for {} s",
+                        BREAKER_OPEN.as_secs()
+                    );
+                }
                 Err(err)
             }
         }
@@ -279,9 +366,14 @@ impl LoadedPlugin {
             "plugin" => self.name.to_string(),
             "hook" => err.hook.as_str(),
             "version" => self.version.to_string(),
+            "tenant" => self.tenant_label(),
             "kind" => err.failure.kind()
         )
         .increment(1);
+    }
+
+    fn tenant_label(&self) -> String {
+        self.tenant.as_deref().unwrap_or_default().to_owned()
     }
 
     /// A failure of this plugin's `hook` that the caller detected in its output.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DefaultPolicy, PluginsConfig};
-use crate::hub::{DeliverHook, Prepared};
+use crate::hub::{DeliverHook, Group, Prepared};
 use crate::protocol::{ErrorCode, Rejection};
 
 pub mod bindings;
@@ -75,6 +75,7 @@ pub fn anonymous() -> Identity {
 struct Binding {
     pattern: Pattern,
     plugin: Arc<LoadedPlugin>,
+    tenants: std::collections::HashMap<String, Arc<LoadedPlugin>>,
 }
 
 /// What a namespace lookup found for a channel.
@@ -151,20 +152,26 @@ impl Plugins {
             max_memory: config.max_memory_bytes,
             pool_size: config.pool_size,
         };
-        let reusable = |name: &str, hash: &str, cfg: &str| {
+        let reusable = |name: &str, hash: &str, cfg: &str, tenant: Option<&str>| {
             previous.and_then(|p| {
                 p.loaded()
-                    .find(|l| &*l.name == name && &*l.hash == hash && l.config() == cfg)
+                    .find(|l| {
+                        &*l.name == name
+                            && &*l.hash == hash
+                            && l.config() == cfg
+                            && l.tenant.as_deref() == tenant
+                    })
                     .cloned()
             })
         };
         let load = |key: String,
                     name: &str,
-                    cfg: &serde_json::Value|
+                    cfg: &serde_json::Value,
+                    tenant: Option<&str>|
          -> Result<Arc<LoadedPlugin>, LoadError> {
             let code = code(name, &key)?;
             let cfg = cfg.to_string();
-            if let Some(l) = reusable(name, &code.hash, &cfg) {
+            if let Some(l) = reusable(name, &code.hash, &cfg, tenant) {
                 return Ok(l);
             }
             let runtime = Runtime::global().map_err(|source| LoadError::Compile {
@@ -180,17 +187,32 @@ impl Plugins {
                     source,
                 })?;
             LoadedPlugin::new(runtime, name, &code.hash, &component, cfg, limits.clone())
-                .map(Arc::new)
+                .map(|l| Arc::new(l.for_tenant(tenant)))
                 .map_err(|source| LoadError::Init { key, source })
         };
         for (i, b) in config.bindings.iter().enumerate() {
             if unbound.contains(&b.plugin) {
                 continue;
             }
-            let plugin = load(format!("plugins.bindings[{i}]"), &b.plugin, &b.config)?;
+            let key = format!("plugins.bindings[{i}]");
+            let plugin = load(key.clone(), &b.plugin, &b.config, None)?;
+            let mut tenants = std::collections::HashMap::new();
+            for (tenant, r) in &b.tenants {
+                if unbound.contains(&r.plugin) {
+                    continue;
+                }
+                let l = load(
+                    format!("{key}.tenants.{tenant}"),
+                    &r.plugin,
+                    &r.config,
+                    Some(tenant),
+                )?;
+                tenants.insert(tenant.clone(), l);
+            }
             plugins.bindings.push(Binding {
                 pattern: Pattern::parse(&b.pattern).expect("validated with the config"),
                 plugin,
+                tenants,
             });
         }
         if let Some(c) = config
@@ -198,7 +220,7 @@ impl Plugins {
             .as_ref()
             .filter(|c| !unbound.contains(&c.plugin))
         {
-            plugins.connect = Some(load("plugins.connect".into(), &c.plugin, &c.config)?);
+            plugins.connect = Some(load("plugins.connect".into(), &c.plugin, &c.config, None)?);
         }
         Ok(plugins)
     }
@@ -207,7 +229,7 @@ impl Plugins {
     pub fn loaded(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
         self.bindings
             .iter()
-            .map(|b| &b.plugin)
+            .flat_map(|b| std::iter::once(&b.plugin).chain(b.tenants.values()))
             .chain(self.connect.iter())
     }
 
@@ -215,8 +237,15 @@ impl Plugins {
     pub fn patterns_of(&self, name: &str) -> Vec<String> {
         self.bindings
             .iter()
-            .filter(|b| &*b.plugin.name == name)
-            .map(|b| b.pattern.as_str().to_owned())
+            .flat_map(|b| {
+                let shared = (&*b.plugin.name == name).then(|| b.pattern.as_str().to_owned());
+                let tenants = b
+                    .tenants
+                    .iter()
+                    .filter(|(_, l)| &*l.name == name)
+                    .map(|(t, _)| format!("{} (tenant {t})", b.pattern.as_str()));
+                shared.into_iter().chain(tenants)
+            })
             .chain(
                 self.connect
                     .iter()
@@ -235,13 +264,22 @@ impl Plugins {
     pub fn describe(&self) -> Vec<String> {
         self.bindings
             .iter()
-            .map(|b| {
-                format!(
+            .flat_map(|b| {
+                let shared = format!(
                     "{} -> {}@{}",
                     b.pattern.as_str(),
                     b.plugin.name,
                     b.plugin.version
-                )
+                );
+                let tenants = b.tenants.iter().map(|(t, l)| {
+                    format!(
+                        "{} (tenant {t}) -> {}@{}",
+                        b.pattern.as_str(),
+                        l.name,
+                        l.version
+                    )
+                });
+                std::iter::once(shared).chain(tenants)
             })
             .chain(
                 self.connect
@@ -251,9 +289,13 @@ impl Plugins {
             .collect()
     }
 
-    fn route(&self, channel: &str) -> Route<'_> {
+    fn route(&self, channel: &str, tenant: Option<&str>) -> Route<'_> {
         match namespace::most_specific(self.bindings.iter().map(|b| &b.pattern), channel) {
-            Some(i) => Route::Plugin(&self.bindings[i].plugin),
+            Some(i) => {
+                let b = &self.bindings[i];
+                let own = tenant.and_then(|t| b.tenants.get(t));
+                Route::Plugin(own.unwrap_or(&b.plugin))
+            }
             None if self.default == DefaultPolicy::Allow => Route::Allow,
             None => Route::Deny,
         }
@@ -290,7 +332,7 @@ impl Plugins {
 
     /// Runs the subscribe hook: `Ok(Some(group))` when the plugin chose a delivery group.
     pub fn subscribe(&self, who: &Identity, channel: &str) -> Result<Option<String>, Rejection> {
-        match self.route(channel) {
+        match self.route(channel, who.tenant.as_deref()) {
             Route::Allow => Ok(None),
             Route::Deny => Err(no_binding(channel)),
             Route::Plugin(p) => match p.on_subscribe(who, channel).map_err(plugin_rejection)? {
@@ -305,7 +347,7 @@ impl Plugins {
 
     /// Runs the publish hook on `data` (JSON text).
     pub fn publish(&self, who: &Identity, channel: &str, data: &str) -> Result<Routed, Rejection> {
-        let plugin = match self.route(channel) {
+        let plugin = match self.route(channel, who.tenant.as_deref()) {
             Route::Allow => return Ok(Routed::Pass),
             Route::Deny => return Err(no_binding(channel)),
             Route::Plugin(p) => p,
@@ -348,19 +390,19 @@ impl Plugins {
 }
 
 impl DeliverHook for Plugins {
-    fn prepare(&self, channel: &str, group: &str, data: &[u8]) -> Prepared {
+    fn prepare(&self, channel: &str, group: &Group, data: &[u8]) -> Prepared {
         if self.bindings.is_empty() {
             return Prepared::Unchanged;
         }
-        let Route::Plugin(plugin) = self.route(channel) else {
+        let Route::Plugin(plugin) = self.route(channel, group.tenant.as_deref()) else {
             return Prepared::Unchanged;
         };
         let Ok(text) = std::str::from_utf8(data) else {
             return Prepared::Skip;
         };
         let ctx = GroupContext {
-            key: group.to_owned(),
-            tenant: None,
+            key: group.key.to_string(),
+            tenant: group.tenant.as_deref().map(str::to_owned),
         };
         // A failing deliver hook delivers nothing to that group: the hook may be a filter,
         // and failing open could leak what it was meant to hide.

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::ratelimit::TokenBucket;
 use super::writer;
-use crate::hub::{ConnId, GroupKey};
+use crate::hub::{ConnId, Group, GroupKey};
 use crate::node::{ConnectionSlot, Node};
 use crate::outbox::{CloseReason, Outbox, outbox};
 use crate::plugins::Identity;
@@ -197,15 +197,16 @@ impl Session {
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
-        let group: GroupKey = match self
+        let key = self
             .node
             .plugins
             .current()
             .subscribe(&self.identity, channel)?
-        {
-            Some(g) => Arc::from(g),
-            None => Arc::from(self.identity.tenant.as_deref().unwrap_or("")),
-        };
+            .unwrap_or_default();
+        let group: GroupKey = Arc::new(Group {
+            tenant: self.identity.tenant.as_deref().map(Arc::from),
+            key: Arc::from(key),
+        });
         let ready = self
             .node
             .hub
