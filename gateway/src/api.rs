@@ -33,7 +33,7 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_js
         "ready": ready,
         "node": node.id,
         "broker": { "kind": node.broker.kind(), "connected": node.broker.is_ready() },
-        "draining": node.shutdown.is_cancelled(),
+        "draining": node.draining.is_cancelled() || node.shutdown.is_cancelled(),
     });
     (status, Json(body))
 }

@@ -149,6 +149,9 @@ pub struct ServerConfig {
     pub node_id: Option<String>,
     /// Seconds to wait for clients to close during graceful shutdown.
     pub shutdown_grace_secs: u64,
+    /// Seconds between leaving readiness and closing clients on shutdown, so load balancers
+    /// stop routing here first.
+    pub drain_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +160,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             node_id: None,
             shutdown_grace_secs: 5,
+            drain_secs: 0,
         }
     }
 }

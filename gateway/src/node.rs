@@ -69,6 +69,8 @@ pub struct Node {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Verifies tokens and origins on upgrade.
     pub auth: Authenticator,
+    /// Cancelled when the node leaves readiness, before it stops accepting.
+    pub draining: CancellationToken,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
     /// Tracks live sessions so shutdown can wait for them.
@@ -162,6 +164,7 @@ impl Node {
             plugins,
             cluster,
             auth,
+            draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             connections: AtomicUsize::new(0),
@@ -308,6 +311,6 @@ impl Node {
 
     /// Ready to serve: not shutting down and the broker is connected.
     pub fn is_ready(&self) -> bool {
-        !self.shutdown.is_cancelled() && self.broker.is_ready()
+        !self.draining.is_cancelled() && !self.shutdown.is_cancelled() && self.broker.is_ready()
     }
 }

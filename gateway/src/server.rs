@@ -140,10 +140,20 @@ impl Gateway {
             None => app = app.merge(crate::admin::router(node.clone())),
         }
         let token = node.shutdown.clone();
+        let draining = node.draining.clone();
+        let drain = Duration::from_secs(node.config.server.drain_secs);
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
+                draining.cancel();
+                if !drain.is_zero() {
+                    tracing::info!(
+                        secs = drain.as_secs(),
+                        "draining: readiness is false; still serving"
+                    );
+                    tokio::time::sleep(drain).await;
+                }
                 tracing::info!("shutting down: closing clients");
                 token.cancel();
             })

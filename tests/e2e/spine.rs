@@ -415,3 +415,25 @@ async fn metrics_parse_and_move_with_traffic() {
     );
     assert!(text.contains("node=\""), "node label on every series");
 }
+
+#[tokio::test]
+async fn drain_leaves_readiness_before_closing_clients() {
+    let mut gw = TestGateway::start("[server]\ndrain_secs = 2\n").await;
+    let mut c = gw.client().await;
+    c.subscribe("d").await;
+    gw.begin_shutdown();
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    while http_get(gw.addr, "/readyz").await.0 != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never turned false"
+        );
+    }
+    // Not ready, yet still serving its clients until the drain period ends.
+    c.publish_acked("d", json!("still served"), 1).await;
+    assert_eq!(c.recv().await["data"], "still served");
+    match c.ended().await {
+        Ended::Closed(code, _) => assert_eq!(code, 1001),
+        Ended::Dropped => panic!("expected 1001"),
+    }
+}

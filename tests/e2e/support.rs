@@ -65,9 +65,16 @@ impl TestGateway {
         Client::connect(&self.url()).await
     }
 
+    /// Starts graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Starts graceful shutdown and waits for the gateway to finish.
     pub async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+        self.begin_shutdown();
         tokio::time::timeout(PATIENCE, self.task.take().unwrap())
             .await
             .expect("gateway stops in time")
@@ -145,6 +152,25 @@ impl Client {
                 Message::Binary(_) => panic!("server sent a binary frame"),
                 Message::Close(c) => panic!("connection closed: {c:?}"),
                 _ => continue,
+            }
+        }
+    }
+
+    /// The next data frame as JSON, or how the connection ended.
+    pub async fn next_event(&mut self) -> Result<Value, Ended> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("an event in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(serde_json::from_str(t.as_str()).expect("JSON"));
+                }
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Err(Ended::Closed(code.into(), reason.to_string()));
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Err(Ended::Dropped),
+                Some(Ok(_)) => continue,
             }
         }
     }
