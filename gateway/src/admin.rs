@@ -26,6 +26,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/plugins/{name}", put(upload))
         .route("/admin/plugins/{name}/rollback", post(rollback))
         .route("/admin/plugins/{name}/bindings", delete(unbind))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            require_token,
+        ))
         // One byte over the limit reaches the handler, which answers 413 with a reason.
         .layer(DefaultBodyLimit::max(limit + 1))
         .with_state(node)
@@ -33,6 +37,18 @@ pub fn router(node: Arc<Node>) -> Router {
 
 fn reply(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     ApiError::new(status, code, message).into_response()
+}
+
+/// Lets a request through only with the admin token.
+async fn require_token(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&node, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -81,10 +97,7 @@ fn valid_name(name: &str) -> bool {
 
 /// `GET /admin/plugins`: every plugin's version, source, status, last error, bindings, call
 /// statistics, and (with Redis) the version each node serves.
-async fn list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&node, &headers) {
-        return e.into_response();
-    }
+async fn list(State(node): State<Arc<Node>>) -> Response {
     let mut plugins = Vec::new();
     for status in node.plugins.list().await {
         let mut v = serde_json::to_value(&status).expect("status serialises");
@@ -103,15 +116,7 @@ async fn list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
 
 /// `PUT /admin/plugins/{name}` with the component as the body: installs it on this node and,
 /// with Redis, on every node.
-async fn upload(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
-    if let Err(e) = authorize(&node, &headers) {
-        return e.into_response();
-    }
+async fn upload(State(node): State<Arc<Node>>, Path(name): Path<String>, body: Bytes) -> Response {
     if !valid_name(&name) {
         return reply(
             StatusCode::BAD_REQUEST,
@@ -148,14 +153,7 @@ async fn upload(
 }
 
 /// `POST /admin/plugins/{name}/rollback`: back to the previous version (cluster-wide with Redis).
-async fn rollback(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    if let Err(e) = authorize(&node, &headers) {
-        return e.into_response();
-    }
+async fn rollback(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
     match node.plugins.rollback(&name).await {
         Ok(v) => {
             let cluster = node.publish_plugin_version(&name, &v.code).await;
@@ -167,14 +165,7 @@ async fn rollback(
 }
 
 /// `DELETE /admin/plugins/{name}/bindings`: unbinds the plugin on this node.
-async fn unbind(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    if let Err(e) = authorize(&node, &headers) {
-        return e.into_response();
-    }
+async fn unbind(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
     match node.plugins.unbind(&name).await {
         Ok(()) => Json(json!({"plugin": name, "status": "unbound"})).into_response(),
         Err(e) => swap_failed(e),

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::redis_support::RedisServer;
-use crate::support::{Client, Ended, PATIENCE, TestGateway, eventually};
+use crate::support::{Client, Ended, PATIENCE, TestGateway};
 
 struct Nginx {
     port: u16,
@@ -92,14 +92,10 @@ async fn three_nodes_behind_nginx_and_a_drained_node() {
         )
     };
     let nodes = vec![
-        TestGateway::start(&cfg("n1")).await,
-        TestGateway::start(&cfg("n2")).await,
-        TestGateway::start(&cfg("n3")).await,
+        TestGateway::start_ready(&cfg("n1")).await,
+        TestGateway::start_ready(&cfg("n2")).await,
+        TestGateway::start_ready(&cfg("n3")).await,
     ];
-    for gw in &nodes {
-        let node = gw.node.clone();
-        eventually("redis", || node.is_ready()).await;
-    }
     let nginx = Nginx::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>()).await;
 
     let mut clients = Vec::new();

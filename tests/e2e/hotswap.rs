@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::redis_support::RedisServer;
-use crate::support::{Client, PATIENCE, TestGateway, eventually, http, plugins_dir};
+use crate::support::{Client, PATIENCE, TestGateway, http, plugins_dir};
 
 const TOKEN: &str = "admin-token-0123456789";
 
@@ -346,12 +346,8 @@ async fn an_upload_reaches_every_node_and_late_starters() {
         ),
     );
     let with_id = |id: &str| format!("{cfg}[server]\nnode_id = \"{id}\"\n");
-    let a = TestGateway::start(&with_id("a")).await;
-    let b = TestGateway::start(&with_id("b")).await;
-    for gw in [&a, &b] {
-        let node = gw.node.clone();
-        eventually("redis", || node.is_ready()).await;
-    }
+    let a = TestGateway::start_ready(&with_id("a")).await;
+    let b = TestGateway::start_ready(&with_id("b")).await;
     // Wait until both nodes listen for announcements (they report their version when they do).
     let v1 = hash(&wasm("stamp-v1"));
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -393,13 +389,11 @@ async fn an_upload_reaches_every_node_and_late_starters() {
     assert_eq!(c.recv().await["data"]["v"], 2);
 
     // A node started later serves the cluster's version, not its own file (still v1).
-    let late = TestGateway::start(&with_id("late")).await;
+    let late = TestGateway::start_ready(&with_id("late")).await;
     assert_eq!(
         late.node.plugins.current_hash("stamp").await,
         Some(hash(&wasm("stamp-v2")))
     );
-    let node = late.node.clone();
-    eventually("redis", || node.is_ready()).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let (_, list) = http(a.addr, "GET", "/admin/plugins", Some(TOKEN), "").await;

@@ -17,10 +17,7 @@ fn node_config(redis: &RedisServer, prefix: &str) -> String {
 async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestGateway> {
     let mut out = Vec::new();
     for _ in 0..n {
-        let gw = TestGateway::start(&node_config(redis, "sy:")).await;
-        let node = gw.node.clone();
-        eventually("the node to connect to redis", || node.is_ready()).await;
-        out.push(gw);
+        out.push(TestGateway::start_ready(&node_config(redis, "sy:")).await);
     }
     out
 }
@@ -205,12 +202,8 @@ fn api_config(redis: &RedisServer, node: &str) -> String {
 #[tokio::test]
 async fn http_publish_with_api_keys() {
     let redis = RedisServer::start().await;
-    let a = TestGateway::start(&api_config(&redis, "a")).await;
-    let b = TestGateway::start(&api_config(&redis, "b")).await;
-    for gw in [&a, &b] {
-        let node = gw.node.clone();
-        eventually("redis", || node.is_ready()).await;
-    }
+    let a = TestGateway::start_ready(&api_config(&redis, "a")).await;
+    let b = TestGateway::start_ready(&api_config(&redis, "b")).await;
     let mut c = b.client().await;
     c.subscribe("feed").await;
     let body = r#"{"channel":"feed","data":{"from":"backend"}}"#;
@@ -262,12 +255,8 @@ async fn presence_of(gw: &TestGateway, path: &str) -> serde_json::Value {
 #[tokio::test]
 async fn presence_across_nodes_and_after_a_crash() {
     let redis = RedisServer::start().await;
-    let a = TestGateway::start(&api_config(&redis, "a")).await;
-    let b = TestGateway::start(&api_config(&redis, "b")).await;
-    for gw in [&a, &b] {
-        let node = gw.node.clone();
-        eventually("redis", || node.is_ready()).await;
-    }
+    let a = TestGateway::start_ready(&api_config(&redis, "a")).await;
+    let b = TestGateway::start_ready(&api_config(&redis, "b")).await;
     let mut alice_a = a.client_as("alice", None).await;
     let mut alice_b = b.client_as("alice", None).await;
     alice_a.subscribe("room").await;

@@ -57,6 +57,14 @@ impl TestGateway {
         }
     }
 
+    /// Starts a gateway and waits until it is ready (its broker connected).
+    pub async fn start_ready(toml: &str) -> Self {
+        let gw = Self::start(toml).await;
+        let node = gw.node.clone();
+        eventually("the node to be ready", || node.is_ready()).await;
+        gw
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
