@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::broker::IncomingRx;
@@ -143,6 +144,12 @@ impl Gateway {
         let draining = node.draining.clone();
         let drain = Duration::from_secs(node.config.server.drain_secs);
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        // Deliveries are small frames that must leave at once: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;

@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Compare Switchyard with the floor and seed-ws baselines, same scenarios, same invocation.
+#
+# usage: bench/compare.sh
+#
+# Builds switchyard, the loadgen and the plugins (and the floor baseline), then runs every
+# scenario against every server with ../shared/bench/run.sh, collects run.sh's JSON lines in
+# target/bench-results/<timestamp>.jsonl and prints a markdown table (bench/table.py) with
+# each figure's ratio to floor and to seed-ws from this invocation.
+#
+# Servers (SERVERS, space-separated, in this order by default):
+#   embedded    switchyard, 1 node, embedded broker (no Redis)   bench/configs/plain.toml
+#   redis       switchyard, 2 nodes + Redis, no plugin           bench/configs/plain.toml
+#   allow-all   switchyard, 2 nodes + Redis, allow-all on "*"    bench/configs/allow-all.toml
+#   floor       ../shared/bench/floor, 2 nodes + Redis
+#   seed-ws     ../shared/bench/peers/seed-ws (Node ws), 2 nodes + Redis
+#
+# Environment:
+#   SCENARIOS     "fanout-light fanout throughput idle" (run.sh scenario names)
+#   SERVERS       "embedded redis allow-all floor seed-ws"
+#   QUIET_WAIT    seconds run.sh waits for an idle machine before each run (default 120)
+#   TRIES         runs per (scenario, server) while foreign CPU > MAX_FOREIGN % (default 2)
+#   MAX_FOREIGN   % of a core used by unrelated processes that makes a run repeat (default 10)
+#   PIN=1         run.sh --pin (servers + Redis on CPU 0, loadgen on CPU 1)
+#   KEEP_LOGS=1   run.sh --keep-logs (run directories under target/bench-results/harness/results)
+#   JOBS          cargo -j for the builds (default 1: the machine is shared)
+#   SHARED_BENCH  the shared bench directory (default <workspace>/../shared/bench)
+#   WINDOW_MODE   what the throughput scenario's window counts (loadgen --window-mode; default
+#                 deliveries: W messages' worth of undelivered deliveries per publisher, the
+#                 only bound that works for servers that do not acknowledge publishes)
+#
+# run.sh always uses the loadgen at <its directory>/loadgen/target/release/loadgen and writes
+# its run directories next to itself. So that it drives *our* loadgen (switchyard-loadgen, which
+# accepts run.sh's flags) and writes nothing into the shared directory, run.sh is invoked
+# through a directory of symbolic links, target/bench-results/harness/, that points at the
+# shared run.sh, lib/, floor sources and seed-ws sources, and holds its own build outputs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SHARED=$(cd "${SHARED_BENCH:-$ROOT/../shared/bench}" && pwd)
+SCENARIOS=${SCENARIOS:-"fanout-light fanout throughput idle"}
+SERVERS=${SERVERS:-"embedded redis allow-all floor seed-ws"}
+QUIET_WAIT=${QUIET_WAIT:-120}
+TRIES=${TRIES:-2}
+MAX_FOREIGN=${MAX_FOREIGN:-10}
+PIN=${PIN:-0}
+KEEP_LOGS=${KEEP_LOGS:-0}
+JOBS=${JOBS:-1}
+
+RESULTS=$ROOT/target/bench-results
+HARNESS=$RESULTS/harness
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$RESULTS/$STAMP.jsonl
+
+log() { echo "[compare] $*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+wants() { [[ " $SERVERS " == *" $1 "* ]]; }
+
+for s in $SERVERS; do
+  case $s in
+    embedded | redis | allow-all | floor | seed-ws) ;;
+    *) die "unknown server '$s' (embedded redis allow-all floor seed-ws)" ;;
+  esac
+done
+for s in $SCENARIOS; do
+  case $s in
+    fanout | fanout-light | throughput | idle) ;;
+    *) die "unknown scenario '$s' (fanout-light fanout throughput idle)" ;;
+  esac
+done
+[ -x "$SHARED/run.sh" ] || die "$SHARED/run.sh not found (set SHARED_BENCH)"
+command -v python3 >/dev/null || die "python3 is needed (run.sh and bench/table.py use it)"
+
+# Any cargo that run.sh itself might start stays on $JOBS jobs too.
+export CARGO_BUILD_JOBS=$JOBS
+# run.sh cannot pass loadgen flags per server; the loadgen reads these from the environment.
+# Same window semantics for every server (floor and seed-ws never send `published`).
+export LOADGEN_WINDOW_MODE=${WINDOW_MODE:-deliveries}
+# run.sh's targets are ws://127.0.0.1:PORT; Switchyard serves /ws (the baselines any path).
+export LOADGEN_PATH=/ws
+
+# ------------------------------------------------------------------ build
+cd "$ROOT"
+log "building switchyard and the loadgen (release, -j$JOBS)"
+# Two invocations: built together, feature unification would give both different dependency
+# builds from the usual `cargo build --release -p switchyard` (and rebuild them).
+cargo build -j"$JOBS" --release -p switchyard >&2
+cargo build -j"$JOBS" --release -p switchyard-loadgen >&2
+if wants allow-all; then
+  log "building the plugins"
+  scripts/build-plugins.sh -j"$JOBS" >&2
+  [ -f "$ROOT/target/plugins/allow-all.wasm" ] || die "target/plugins/allow-all.wasm missing"
+fi
+FLOOR_TARGET=$ROOT/target/bench-floor
+if wants floor; then
+  log "building the floor baseline into target/bench-floor"
+  cargo build -j"$JOBS" --release --manifest-path "$SHARED/floor/Cargo.toml" \
+    --target-dir "$FLOOR_TARGET" >&2
+fi
+
+# ------------------------------------------------------------------ harness (run.sh's view)
+mkdir -p "$HARNESS/results" "$HARNESS/loadgen/target/release" "$HARNESS/floor/target/release" \
+  "$HARNESS/peers/seed-ws"
+ln -sfn "$SHARED/run.sh" "$HARNESS/run.sh"
+ln -sfn "$SHARED/lib" "$HARNESS/lib"
+ln -sfn "$ROOT/target/release/loadgen" "$HARNESS/loadgen/target/release/loadgen"
+for f in src Cargo.toml Cargo.lock; do
+  ln -sfn "$SHARED/floor/$f" "$HARNESS/floor/$f"
+  # run.sh rebuilds floor when its sources are newer than the binary: keep the links old.
+  touch -h -d '2000-01-01' "$HARNESS/floor/$f"
+done
+ln -sfn "$FLOOR_TARGET/release/floor" "$HARNESS/floor/target/release/floor"
+if wants seed-ws; then
+  for f in server.js package.json package-lock.json; do
+    ln -sfn "$SHARED/peers/seed-ws/$f" "$HARNESS/peers/seed-ws/$f"
+  done
+  if [ ! -d "$HARNESS/peers/seed-ws/node_modules" ]; then
+    command -v npm >/dev/null || die "npm is needed for seed-ws"
+    log "installing seed-ws's npm packages into the harness"
+    (cd "$HARNESS/peers/seed-ws" && npm ci --no-audit --no-fund >&2) || die "npm ci failed"
+  fi
+  # node resolves modules from server.js's real path (in the shared directory): point it at
+  # the harness's node_modules.
+  export NODE_PATH=$HARNESS/peers/seed-ws/node_modules
+fi
+
+# ------------------------------------------------------------------ servers
+SY=$(printf '%q' "$ROOT/target/release/switchyard")
+PLAIN=$(printf '%q' "$ROOT/bench/configs/plain.toml")
+ALLOW=$(printf '%q' "$ROOT/bench/configs/allow-all.toml")
+# server name -> "nodes|peer"; run.sh replaces {PORT} and {REDIS_URL} per node.
+server_spec() {
+  case $1 in
+    embedded) echo "1|cmd:exec $SY --listen 127.0.0.1:{PORT} --config $PLAIN" ;;
+    redis) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $PLAIN" ;;
+    allow-all) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
+    floor) echo "2|floor" ;;
+    seed-ws) echo "2|seed-ws" ;;
+  esac
+}
+for cfg in "$ROOT/bench/configs/plain.toml" "$ROOT/bench/configs/allow-all.toml"; do
+  if [ "$cfg" = "$ROOT/bench/configs/allow-all.toml" ] && ! wants allow-all; then continue; fi
+  "$ROOT/target/release/switchyard" --check --config "$cfg" >/dev/null 2>&1 ||
+    die "switchyard --check --config $cfg failed"
+done
+
+# ------------------------------------------------------------------ runs
+mkdir -p "$RESULTS"
+log "results: $OUT"
+annotate() { # annotate JSON SERVER SCENARIO TRY ACCEPTED -> JSON with our fields added
+  python3 -c 'import json, sys
+r = json.loads(sys.argv[1])
+r["server"] = sys.argv[2]
+r["compare"] = {"stamp": sys.argv[5], "scenario": sys.argv[3], "try": int(sys.argv[4]), "accepted": sys.argv[6] == "1"}
+print(json.dumps(r, separators=(",", ":")))' "$1" "$2" "$3" "$4" "$STAMP" "$5"
+}
+failed=0
+for scen in $SCENARIOS; do
+  for server in $SERVERS; do
+    IFS='|' read -r nodes peer <<<"$(server_spec "$server")"
+    opts=(--nodes "$nodes" --quiet-wait "$QUIET_WAIT" --label "$server/$scen")
+    [ "$PIN" = 1 ] && opts+=(--pin)
+    [ "$KEEP_LOGS" = 1 ] && opts+=(--keep-logs)
+    for ((t = 1; t <= TRIES; t++)); do
+      log "$scen / $server ($nodes node(s)), try $t"
+      line=$("$HARNESS/run.sh" "${opts[@]}" "$peer" "$scen" | tail -n 1) || line=""
+      if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
+        log "run failed: $scen / $server"
+        failed=$((failed + 1))
+        break
+      fi
+      foreign=$(python3 -c 'import json,sys; print(int(float(json.loads(sys.argv[1])["machine"]["foreign_pct"])))' "$line" 2>/dev/null || echo 0)
+      accept=1
+      if [ "$foreign" -ge "$MAX_FOREIGN" ] && [ "$t" -lt "$TRIES" ]; then accept=0; fi
+      annotate "$line" "$server" "$scen" "$t" "$accept" >>"$OUT"
+      [ $accept = 1 ] && break
+      log "${foreign}% of a core went to unrelated processes during the window; repeating"
+      sleep 10
+    done
+  done
+done
+
+[ -s "$OUT" ] || die "no run produced a result"
+python3 "$ROOT/bench/table.py" "$OUT"
+log "raw results: $OUT"
+[ $failed -eq 0 ] || log "WARNING: $failed run(s) failed (see the run.sh messages above)"

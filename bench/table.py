@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Markdown tables from bench/compare.sh results (run.sh JSON lines plus a "server" field).
+
+usage: python3 bench/table.py RESULTS.jsonl
+
+For every scenario and server: delivered/s, lost, p50/p99 latency (ms), server CPU µs per
+delivery and, for the idle scenario, server RSS KiB per connection. Each figure is followed by
+its ratio to floor and to seed-ws from the same file ("×fl" / "×ws"). Then the targets of
+bench/README.md, each with PASS / FAIL / n/a.
+"""
+
+import json
+import sys
+
+ORDER = ["embedded", "redis", "allow-all", "floor", "seed-ws"]
+NAMES = {
+    "embedded": "switchyard embedded (1 node)",
+    "redis": "switchyard + Redis (2 nodes)",
+    "allow-all": "switchyard + Redis + allow-all",
+    "floor": "floor (2 nodes)",
+    "seed-ws": "seed-ws (2 nodes)",
+}
+SCENARIOS = ["fanout-light", "fanout", "throughput", "idle"]
+OFFERED = {"fanout-light": "20,000/s offered", "fanout": "200,000/s offered", "throughput": "max, window-bounded"}
+
+
+def load(path):
+    """Accepted runs, the last one per (scenario, server)."""
+    runs = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            c = r.get("compare", {})
+            if not c.get("accepted", True):
+                continue
+            runs[(r.get("scenario"), r.get("server", r.get("peer")))] = r
+    return runs
+
+
+def get(r, *path):
+    v = r
+    for k in path:
+        if not isinstance(v, dict):
+            return None
+        v = v.get(k)
+    return v
+
+
+def metrics(r):
+    """The figures of one run (None when absent)."""
+    lg = r.get("loadgen") or {}
+    lat = lg.get("latency_ms") or {}
+    if not lat and isinstance(lg.get("latency_us"), dict):  # the shared loadgen's field
+        lat = {k: v / 1000.0 for k, v in lg["latency_us"].items() if isinstance(v, (int, float))}
+    return {
+        "delivered_per_s": lg.get("delivered_per_s"),
+        "lost": lg.get("lost"),
+        "expected": lg.get("expected"),
+        "p50": lat.get("p50"),
+        "p99": lat.get("p99"),
+        "cpu_us": get(r, "servers", "cpu_us_per_delivery"),
+        "rss_per_conn": get(r, "idle", "rss_per_conn_kib"),
+        "connected": lg.get("connected", get(lg, "connect", "ok")),
+        "connect_p50": get(lg, "connect", "p50_ms"),
+        "connect_p99": get(lg, "connect", "p99_ms"),
+        "foreign": get(r, "machine", "foreign_pct"),
+        "bottleneck": r.get("bottleneck"),
+        "errors": get(lg, "errors", "total"),
+        "dups": lg.get("duplicates"),
+        "reordered": lg.get("reordered"),
+    }
+
+
+def num(x, digits=2):
+    if x is None:
+        return "–"
+    if isinstance(x, (int, float)) and abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None:
+        return None
+    if b == 0:
+        return 1.0 if a == 0 else None
+    return a / b
+
+
+def rtxt(x):
+    return "–" if x is None else f"{x:.2f}"
+
+
+def cell(v, fl, ws, digits=2):
+    return f"{num(v, digits)} ({rtxt(ratio(v, fl))} / {rtxt(ratio(v, ws))})"
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    runs = load(sys.argv[1])
+    servers = [s for s in ORDER if any(k[1] == s for k in runs)]
+    servers += sorted({k[1] for k in runs} - set(ORDER))
+    scenarios = [s for s in SCENARIOS if any(k[0] == s for k in runs)]
+    stamp = next((get(r, "compare", "stamp") for r in runs.values() if get(r, "compare", "stamp")), "?")
+    print(f"# Switchyard vs floor vs seed-ws ({stamp}, {sys.argv[1]})\n")
+    print("Cells: value (ratio to floor / ratio to seed-ws), same invocation. "
+          "Latency in ms, server CPU in µs per delivery (all server nodes, from /proc).\n")
+
+    m = {k: metrics(r) for k, r in runs.items()}
+    for scen in scenarios:
+        fl = m.get((scen, "floor"), {})
+        ws = m.get((scen, "seed-ws"), {})
+        if scen == "idle":
+            print("## idle (10,000 connections held)\n")
+            print("| server | connected | RSS KiB/conn | connect p50 ms | connect p99 ms | foreign CPU % |")
+            print("|---|---:|---:|---:|---:|---:|")
+            for s in servers:
+                x = m.get((scen, s))
+                if x is None:
+                    continue
+                print(f"| {NAMES.get(s, s)} | {num(x['connected'])} "
+                      f"| {cell(x['rss_per_conn'], fl.get('rss_per_conn'), ws.get('rss_per_conn'))} "
+                      f"| {cell(x['connect_p50'], fl.get('connect_p50'), ws.get('connect_p50'))} "
+                      f"| {cell(x['connect_p99'], fl.get('connect_p99'), ws.get('connect_p99'))} "
+                      f"| {num(x['foreign'], 1)} |")
+            print()
+            continue
+        print(f"## {scen} ({OFFERED.get(scen, '')})\n")
+        print("| server | delivered/s | lost | p50 ms | p99 ms | server CPU µs/delivery | dup / reord / errors | bottleneck | foreign CPU % |")
+        print("|---|---:|---:|---:|---:|---:|---|---|---:|")
+        for s in servers:
+            x = m.get((scen, s))
+            if x is None:
+                continue
+            print(f"| {NAMES.get(s, s)} "
+                  f"| {cell(x['delivered_per_s'], fl.get('delivered_per_s'), ws.get('delivered_per_s'))} "
+                  f"| {cell(x['lost'], fl.get('lost'), ws.get('lost'))} "
+                  f"| {cell(x['p50'], fl.get('p50'), ws.get('p50'), 3)} "
+                  f"| {cell(x['p99'], fl.get('p99'), ws.get('p99'), 3)} "
+                  f"| {cell(x['cpu_us'], fl.get('cpu_us'), ws.get('cpu_us'))} "
+                  f"| {num(x['dups'])} / {num(x['reordered'])} / {num(x['errors'])} "
+                  f"| {x['bottleneck'] or '–'} | {num(x['foreign'], 1)} |")
+        print()
+
+    # Targets (bench/README.md).
+    rows = []
+
+    def check(what, server, scen, value, limit, ok):
+        rows.append((what, NAMES.get(server, server), scen, value, limit,
+                     "n/a" if ok is None else ("PASS" if ok else "FAIL")))
+
+    for scen in [s for s in scenarios if s != "idle"]:
+        fl = m.get((scen, "floor"), {})
+        for s, lim in (("embedded", 1.25), ("redis", 1.25), ("allow-all", 1.5)):
+            x = m.get((scen, s))
+            if x is None:
+                continue
+            r = ratio(x["cpu_us"], fl.get("cpu_us"))
+            check("server CPU per delivery vs floor", s, scen, rtxt(r) + "×", f"≤ {lim}×",
+                  None if r is None else r <= lim)
+    if "fanout" in scenarios:
+        for s in ("embedded", "redis", "allow-all"):
+            x = m.get(("fanout", s))
+            if x is None:
+                continue
+            check("nothing lost at 200k offered deliveries/s", s, "fanout", num(x["lost"]), "0",
+                  None if x["lost"] is None else x["lost"] == 0)
+    if "fanout-light" in scenarios:
+        fl = m.get(("fanout-light", "floor"), {})
+        for s in ("embedded", "redis", "allow-all"):
+            x = m.get(("fanout-light", s))
+            if x is None:
+                continue
+            r = ratio(x["p99"], fl.get("p99"))
+            check("p99 latency at 20k deliveries/s vs floor", s, "fanout-light", rtxt(r) + "×", "≤ 1.5×",
+                  None if r is None else r <= 1.5)
+    if "idle" in scenarios:
+        fl = m.get(("idle", "floor"), {})
+        for s in ("embedded", "redis", "allow-all"):
+            x = m.get(("idle", s))
+            if x is None:
+                continue
+            r = ratio(x["rss_per_conn"], fl.get("rss_per_conn"))
+            check("idle RSS per connection (10k) vs floor", s, "idle", rtxt(r) + "×", "≤ 1.5×",
+                  None if r is None else r <= 1.5)
+    if rows:
+        print("## Targets\n")
+        print("| target | server | scenario | measured | limit | |")
+        print("|---|---|---|---:|---|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        print()
+        print("The embedded row compares 1 node (no Redis hop) with 2 floor nodes behind Redis.")
+
+
+if __name__ == "__main__":
+    main()
