@@ -1,5 +1,5 @@
 //! Hub fan-out of one message to N local subscribers (one delivery group, so the frame is
-//! encoded once and shared).
+//! encoded once and shared), and the cost of delivery groups with a deliver hook bound.
 //!
 //! `cargo bench -p switchyard --bench fanout`
 
@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::collections::HashMap;
 use switchyard::broker::Incoming;
 use switchyard::broker::memory::MemoryBroker;
-use switchyard::hub::{GroupKey, Hub};
+use switchyard::config::PluginsConfig;
+use switchyard::hub::{Group, GroupKey, Hub};
 use switchyard::outbox::{OutboxRx, outbox};
+use switchyard::plugins::registry::PluginRegistry;
 
 use common::{PAYLOAD_BYTES, padded};
 
@@ -86,9 +89,65 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// 10,000 subscribers split into 10 or 1,000 delivery groups (tenants), with the `allow-all`
+/// deliver hook bound: the hook runs and the frame is encoded once per group, so the cost per
+/// message should follow the number of groups, not of subscribers.
+fn groups(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let config: PluginsConfig = serde_json::from_value(serde_json::json!({
+        "dir": common::plugins_dir(),
+        "bindings": [{"pattern": "*", "plugin": "allow-all"}],
+    }))
+    .expect("plugins config");
+    let registry = Arc::new(PluginRegistry::load(config, HashMap::new()).expect("allow-all loads"));
+    let payload = padded(r#"{"text":"{pad}"}"#, PAYLOAD_BYTES);
+    let subscribers = 10_000usize;
+    let mut g = c.benchmark_group("groups_10k_subscribers");
+    for groups in [1usize, 10, 1_000] {
+        let (broker, _incoming) = MemoryBroker::new();
+        let hub = Hub::new(Arc::new(broker)).with_deliver_hook(registry.clone());
+        let mut receivers = Vec::with_capacity(subscribers);
+        for conn in 0..subscribers {
+            let (tx, rx) = outbox(QUEUE);
+            let group = Arc::new(Group {
+                tenant: Some(Arc::from(format!("t{}", conn % groups))),
+                key: Arc::from(""),
+            });
+            rt.block_on(hub.subscribe(CHANNEL, conn as u64, group, &tx))
+                .expect("subscribe");
+            receivers.push(rx);
+        }
+        let msg = Incoming {
+            channel: Arc::from(CHANNEL),
+            payload: Bytes::from(payload.clone()),
+        };
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("groups", groups), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let batch = left.min(QUEUE as u64);
+                    let start = Instant::now();
+                    for _ in 0..batch {
+                        black_box(hub.dispatch(black_box(&msg)));
+                    }
+                    timed += start.elapsed();
+                    assert_eq!(drain(&mut receivers), batch as usize * subscribers);
+                    left -= batch;
+                }
+                timed
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::criterion();
-    targets = fanout
+    targets = fanout, groups
 }
 criterion_main!(benches);
