@@ -188,17 +188,18 @@ async fn swap_under_load_by_file_and_by_api_loses_nothing() {
                     "publisher {p}: message after the API swap handled by the old version"
                 );
             }
-            let near = |at: u64| t + 200_000 > at && t < at + 200_000;
-            if near(file_swap.0) || near(api_swap) {
+            // Windows from each swap's start to 200 ms after it completed, against the rest
+            // (after a 500 ms warm-up).
+            if (t >= file_swap.0 && t < file_done + 200_000) || (t >= api_swap && t < api_done + 200_000) {
                 swapping.push(rx - t);
-            } else {
+            } else if t > 500_000 {
                 steady.push(rx - t);
             }
         }
     }
     // Figures for the notes (no thresholds in tests: the machine is shared).
     eprintln!(
-        "hot swap under ~2000 msg/s: {} messages; p99 steady {} us, p99 within 200 ms of a swap {} us; file swap took {} ms, API swap {} ms",
+        "hot swap under ~2000 msg/s: {} messages; p99 steady {} us, p99 from swap start to 200 ms after it {} us; file swap took {} ms (incl. 250 ms debounce), API swap {} ms",
         got.len(),
         p99(steady),
         p99(swapping),
