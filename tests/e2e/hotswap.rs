@@ -190,7 +190,9 @@ async fn swap_under_load_by_file_and_by_api_loses_nothing() {
             }
             // Windows from each swap's start to 200 ms after it completed, against the rest
             // (after a 500 ms warm-up).
-            if (t >= file_swap.0 && t < file_done + 200_000) || (t >= api_swap && t < api_done + 200_000) {
+            if (t >= file_swap.0 && t < file_done + 200_000)
+                || (t >= api_swap && t < api_done + 200_000)
+            {
                 swapping.push(rx - t);
             } else if t > 500_000 {
                 steady.push(rx - t);
