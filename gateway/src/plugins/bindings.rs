@@ -10,4 +10,4 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-pub use switchyard::plugin::types::{Level, Outgoing};
+pub use self::switchyard::plugin::types::{Level, Outgoing};
