@@ -31,6 +31,15 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, in discriminant order.
+    pub const ALL: [Hook; 5] = [
+        Hook::Init,
+        Hook::Connect,
+        Hook::Subscribe,
+        Hook::Publish,
+        Hook::Deliver,
+    ];
+
     /// The hook's name as in the WIT contract.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -164,6 +173,11 @@ impl Breaker {
     }
 }
 
+struct HookMetrics {
+    calls: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
 struct Slot {
     store: Store<HostState>,
     plugin: Plugin,
@@ -182,6 +196,7 @@ pub struct LoadedPlugin {
     /// Tenant this instance set serves, when bound per tenant (a metrics label).
     pub tenant: Option<Arc<str>>,
     breaker: Breaker,
+    metrics: std::sync::OnceLock<Vec<HookMetrics>>,
     runtime: Arc<Runtime>,
     pre: PluginPre<HostState>,
     config: String,
@@ -219,6 +234,7 @@ impl LoadedPlugin {
             stats: CallStats::default(),
             tenant: None,
             breaker: Breaker::default(),
+            metrics: std::sync::OnceLock::new(),
             runtime,
             pre,
             config,
@@ -317,15 +333,9 @@ impl LoadedPlugin {
         let result = f(&slot.plugin, &mut slot.store);
         let elapsed = started.elapsed();
         self.stats.record(elapsed, result.is_err());
-        let labels = [
-            ("plugin", self.name.to_string()),
-            ("hook", hook.as_str().to_owned()),
-            ("version", self.version.to_string()),
-            ("tenant", self.tenant_label()),
-        ];
-        metrics::counter!("switchyard_plugin_calls_total", &labels).increment(1);
-        metrics::histogram!("switchyard_plugin_call_seconds", &labels)
-            .record(elapsed.as_secs_f64());
+        let m = self.hook_metrics(hook);
+        m.calls.increment(1);
+        m.seconds.record(elapsed.as_secs_f64());
         match result {
             Ok(r) => {
                 self.breaker.succeeded();
@@ -370,6 +380,29 @@ impl LoadedPlugin {
             "kind" => err.failure.kind()
         )
         .increment(1);
+    }
+
+    /// Registered once per plugin and hook: building label sets on every call would cost as
+    /// much as a pass-through call itself.
+    fn hook_metrics(&self, hook: Hook) -> &HookMetrics {
+        let all = self.metrics.get_or_init(|| {
+            Hook::ALL
+                .iter()
+                .map(|h| {
+                    let labels = [
+                        ("plugin", self.name.to_string()),
+                        ("hook", h.as_str().to_owned()),
+                        ("version", self.version.to_string()),
+                        ("tenant", self.tenant_label()),
+                    ];
+                    HookMetrics {
+                        calls: metrics::counter!("switchyard_plugin_calls_total", &labels),
+                        seconds: metrics::histogram!("switchyard_plugin_call_seconds", &labels),
+                    }
+                })
+                .collect()
+        });
+        &all[hook as usize]
     }
 
     fn tenant_label(&self) -> String {
