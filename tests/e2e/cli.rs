@@ -121,3 +121,114 @@ async fn sigterm_drains_clients_with_1001_and_exits_zero() {
     // Drain stderr so the child never blocks on a full pipe.
     while let Ok(Some(_)) = lines.next_line().await {}
 }
+
+#[test]
+fn check_loads_plugins_and_caches_compiled_components() {
+    let plugins = crate::support::plugins_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let config = format!(
+        "[plugins]\ndir = {:?}\ncache_dir = {:?}\n[[plugins.bindings]]\npattern = \"chat:*\"\nplugin = \"chat-router\"\n",
+        plugins.display().to_string(),
+        cache.display().to_string()
+    );
+    let (code, text) = check(&config);
+    assert_eq!(code, 0, "{text}");
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        cached.len(),
+        1,
+        "one compiled component, named by content hash: {cached:?}"
+    );
+    assert!(cached[0].extension().is_some_and(|e| e == "cwasm"));
+    // A second process loads the compiled component from the cache.
+    let (code, text) = check(&config);
+    assert_eq!(code, 0, "{text}");
+    // A corrupt cache entry is ignored (recompiled), never trusted or fatal.
+    std::fs::write(&cached[0], b"not a compiled component").unwrap();
+    let (code, text) = check(&config);
+    assert_eq!(code, 0, "{text}");
+
+    let failing = format!(
+        "[plugins]\ndir = {:?}\n[[plugins.bindings]]\npattern = \"x:*\"\nplugin = \"hostile\"\nconfig = {{ mode = \"init-fail\" }}\n",
+        plugins.display().to_string()
+    );
+    let (code, text) = check(&failing);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("plugins.bindings[0]") && text.contains("init failed"),
+        "{text}"
+    );
+}
+
+/// Publishes `{"n": n}` on `s:1` and tells whether a stamp plugin handled it.
+async fn stamped(c: &mut Client, n: u64) -> bool {
+    let mut seen = c.publish_acked("s:1", json!({"n": n}), n).await;
+    while seen.is_empty() {
+        seen.push(c.recv().await);
+    }
+    seen[0]["data"].get("v").is_some()
+}
+
+#[tokio::test]
+async fn config_file_changes_rebind_plugins_without_restart() {
+    let plugins = crate::support::plugins_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let write = |pattern: &str| {
+        let text = format!(
+            "[plugins]\ndir = {:?}\n[[plugins.bindings]]\npattern = \"{pattern}\"\nplugin = \"stamp-v1\"\n",
+            plugins.display().to_string()
+        );
+        let tmp = dir.path().join("next.toml");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write("s:*");
+    let mut child = tokio::process::Command::new(gateway_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--config",
+        ])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = crate::support::listening_addr(child.stderr.take().unwrap()).await;
+    let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
+    c.subscribe("s:1").await;
+    assert!(stamped(&mut c, 1).await, "bound at start");
+    // Rebind elsewhere: s:* falls back to the default policy, no plugin.
+    write("other:*");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut n = 2;
+    while stamped(&mut c, n).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edited config was never applied"
+        );
+        n += 1;
+    }
+    // SIGHUP re-reads the file too.
+    write("s:*");
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !stamped(&mut c, n).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP reload never applied"
+        );
+        n += 1;
+    }
+}
