@@ -1,9 +1,8 @@
 //! The `switchyard` binary: `--check`, and SIGTERM drain.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::{Client, Ended, PATIENCE, gateway_bin, workspace};
 
@@ -80,27 +79,7 @@ fn check_rejects_bad_configs_precisely() {
 
 #[tokio::test]
 async fn sigterm_drains_clients_with_1001_and_exits_zero() {
-    let mut child = tokio::process::Command::new(gateway_bin())
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env_remove("SWITCHYARD_CONFIG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The listening line names the bound address.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["message"] == "switchyard listening" {
-                return v["addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("gateway exited before listening");
-    })
-    .await
-    .expect("gateway starts");
+    let (mut child, addr) = crate::support::spawn_gateway(None).await;
     let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
     c.subscribe("x").await;
     c.publish_acked("x", json!(1), 1).await;
@@ -118,8 +97,6 @@ async fn sigterm_drains_clients_with_1001_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert_eq!(exit.code(), Some(0));
-    // Drain stderr so the child never blocks on a full pipe.
-    while let Ok(Some(_)) = lines.next_line().await {}
 }
 
 #[test]
@@ -188,20 +165,7 @@ async fn config_file_changes_rebind_plugins_without_restart() {
         std::fs::rename(&tmp, &path).unwrap();
     };
     write("s:*");
-    let mut child = tokio::process::Command::new(gateway_bin())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--config",
-        ])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = crate::support::listening_addr(child.stderr.take().unwrap()).await;
+    let (child, addr) = crate::support::spawn_gateway(Some(&path)).await;
     let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
     c.subscribe("s:1").await;
     assert!(stamped(&mut c, 1).await, "bound at start");

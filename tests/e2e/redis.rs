@@ -316,20 +316,7 @@ async fn presence_across_nodes_and_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
     std::fs::write(&config, api_config(&redis, "c")).unwrap();
-    let mut child = tokio::process::Command::new(crate::support::gateway_bin())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--config",
-        ])
-        .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = crate::support::listening_addr(child.stderr.take().unwrap()).await;
+    let (mut child, addr) = crate::support::spawn_gateway(Some(&config)).await;
     let mut bob = Client::connect(&format!(
         "ws://{addr}/ws?token={}",
         crate::support::token("bob", None)

@@ -381,3 +381,20 @@ pub async fn listening_addr(stderr: tokio::process::ChildStderr) -> String {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     addr
 }
+
+/// Starts the real `switchyard` binary on an ephemeral port (JSON logs, optional config file);
+/// returns the child (killed on drop) and the address it listens on.
+pub async fn spawn_gateway(config: Option<&std::path::Path>) -> (tokio::process::Child, String) {
+    let mut cmd = tokio::process::Command::new(gateway_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("SWITCHYARD_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(path) = config {
+        cmd.arg("--config").arg(path);
+    }
+    let mut child = cmd.spawn().expect("spawn the gateway binary");
+    let addr = listening_addr(child.stderr.take().unwrap()).await;
+    (child, addr)
+}
