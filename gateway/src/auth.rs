@@ -309,6 +309,60 @@ mod tests {
     }
 
     #[test]
+    fn rs256_and_es256_with_public_key_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let a = Authenticator::new(&AuthConfig {
+            anonymous: false,
+            rs256_public_key_file: Some(dir.join("rs256.pub.pem")),
+            es256_public_key_file: Some(dir.join("es256.pub.pem")),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let claims = json!({"sub": "rsa-user", "tenant": "t", "exp": now() + 60});
+        let rsa = std::fs::read(dir.join("rs256.key.pem")).unwrap();
+        let ec = std::fs::read(dir.join("es256.key.pem")).unwrap();
+        let rs = encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(&rsa).unwrap(),
+        )
+        .unwrap();
+        let es = encode(
+            &Header::new(Algorithm::ES256),
+            &claims,
+            &EncodingKey::from_ec_pem(&ec).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            a.authenticate(Some(&rs)).unwrap().user.as_deref(),
+            Some("rsa-user")
+        );
+        assert_eq!(
+            a.authenticate(Some(&es)).unwrap().tenant.as_deref(),
+            Some("t")
+        );
+        // An HS256 token is refused: no secret is configured, whatever it is signed with.
+        assert!(matches!(
+            a.authenticate(Some(&token(claims))),
+            Err(AuthError::WrongAlgorithm(_))
+        ));
+        // A signature taken from another token does not verify this one's claims.
+        let other = encode(
+            &Header::new(Algorithm::ES256),
+            &json!({"sub": "someone-else", "exp": now() + 60}),
+            &EncodingKey::from_ec_pem(&ec).unwrap(),
+        )
+        .unwrap();
+        let (body, _) = es.rsplit_once('.').unwrap();
+        let (_, sig) = other.rsplit_once('.').unwrap();
+        let bad = format!("{body}.{sig}");
+        assert_eq!(
+            a.authenticate(Some(&bad)).err(),
+            Some(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
     fn origins() {
         let a = auth(|c| c.allowed_origins = vec!["https://ok.example".into()]);
         assert!(a.check_origin(Some("https://ok.example")).is_ok());
