@@ -241,6 +241,10 @@ pub struct PluginRef {
     /// Passed to the plugin's `init` as JSON text.
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
+    /// This plugin's call deadline in milliseconds, instead of `plugins.timeout_ms` (e.g. a
+    /// tighter budget for one tenant's plugin).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Binds a channel namespace to a plugin.
@@ -571,6 +575,21 @@ impl Config {
             }
             if !config.is_object() {
                 return invalid(format!("{key}.config"), "must be a table".into());
+            }
+        }
+        let overrides = p
+            .bindings
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| {
+                b.tenants
+                    .iter()
+                    .map(move |(t, r)| (format!("plugins.bindings[{i}].tenants.{t}"), r))
+            })
+            .chain(p.connect.iter().map(|c| ("plugins.connect".to_owned(), c)));
+        for (key, r) in overrides {
+            if r.timeout_ms == Some(0) {
+                return invalid(format!("{key}.timeout_ms"), "must be at least 1".into());
             }
         }
         let mut seen = std::collections::HashSet::new();

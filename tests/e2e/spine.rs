@@ -418,7 +418,7 @@ async fn metrics_parse_and_move_with_traffic() {
 
 #[tokio::test]
 async fn drain_leaves_readiness_before_closing_clients() {
-    let mut gw = TestGateway::start("[server]\ndrain_secs = 2\n").await;
+    let mut gw = TestGateway::start("[server]\ndrain_secs = 5\n").await;
     let mut c = gw.client().await;
     c.subscribe("d").await;
     gw.begin_shutdown();

@@ -326,8 +326,15 @@ pub fn plugins_dir() -> std::path::PathBuf {
 
 /// A `[plugins]` section pointing at the built example plugins, followed by `rest`.
 pub fn with_plugins(rest: &str) -> String {
+    // Deadlines are wall-clock: a loaded CI machine running debug builds must not turn a slow
+    // but healthy call into a timeout. Tests about deadlines set their own.
+    let timeout = if rest.contains("timeout_ms") {
+        ""
+    } else {
+        "timeout_ms = 1000\n"
+    };
     format!(
-        "[plugins]\ndir = {:?}\n{rest}",
+        "[plugins]\ndir = {:?}\n{timeout}{rest}",
         plugins_dir().display().to_string()
     )
 }

@@ -5,13 +5,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Client, SECRET, TestGateway, plugins_dir};
+use crate::support::{Client, SECRET, TestGateway};
 
 fn tenancy_config(extra: &str) -> String {
     format!(
-        "[auth]\nhs256_secret = {SECRET:?}\naudience = \"switchyard\"\n\
-         [plugins]\ndir = {:?}\n{extra}",
-        plugins_dir().display().to_string()
+        "[auth]\nhs256_secret = {SECRET:?}\naudience = \"switchyard\"\n{}",
+        crate::support::with_plugins(extra)
     )
 }
 
@@ -297,8 +296,9 @@ async fn good_traffic(gw: &TestGateway, n: u64) -> Vec<Duration> {
 #[tokio::test]
 async fn a_hostile_tenant_degrades_only_itself() {
     let gw = TestGateway::start(&tenancy_config(
-        "timeout_ms = 20\n[[plugins.bindings]]\npattern = \"orders:*\"\nplugin = \"allow-all\"\n\
-         [plugins.bindings.tenants.evil]\nplugin = \"hostile\"\nconfig = { mode = \"loop\", hooks = [\"publish\", \"deliver\"] }\n",
+        "timeout_ms = 1000\n[[plugins.bindings]]\npattern = \"orders:*\"\nplugin = \"allow-all\"\n\
+         [plugins.bindings.tenants.evil]\nplugin = \"hostile\"\ntimeout_ms = 20\n\
+         config = { mode = \"loop\", hooks = [\"publish\", \"deliver\"] }\n",
     ))
     .await;
     let baseline = good_traffic(&gw, 200).await;
@@ -326,7 +326,7 @@ async fn a_hostile_tenant_degrades_only_itself() {
         "every evil publish failed cleanly"
     );
     eprintln!(
-        "tenant good p99: {:?} without tenant evil's hostile plugin, {:?} with it (breaker opens after 5 failures)",
+        "tenant good p99: {:?} without tenant evil's hostile plugin, {:?} with it (evil's own deadline 20 ms, everyone else's 1 s; the breaker opens after 5 failures)",
         p99(baseline),
         p99(attacked)
     );

@@ -252,6 +252,11 @@ impl LoadedPlugin {
         self
     }
 
+    /// This instance set's call deadline.
+    pub fn timeout(&self) -> Duration {
+        self.limits.timeout
+    }
+
     /// The config JSON this instance set was initialised with.
     pub fn config(&self) -> &str {
         &self.config

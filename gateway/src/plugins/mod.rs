@@ -152,26 +152,33 @@ impl Plugins {
             max_memory: config.max_memory_bytes,
             pool_size: config.pool_size,
         };
-        let reusable = |name: &str, hash: &str, cfg: &str, tenant: Option<&str>| {
-            previous.and_then(|p| {
-                p.loaded()
-                    .find(|l| {
-                        &*l.name == name
-                            && &*l.hash == hash
-                            && l.config() == cfg
-                            && l.tenant.as_deref() == tenant
-                    })
-                    .cloned()
-            })
-        };
+        let reusable =
+            |name: &str, hash: &str, cfg: &str, tenant: Option<&str>, timeout: Duration| {
+                previous.and_then(|p| {
+                    p.loaded()
+                        .find(|l| {
+                            &*l.name == name
+                                && &*l.hash == hash
+                                && l.config() == cfg
+                                && l.tenant.as_deref() == tenant
+                                && l.timeout() == timeout
+                        })
+                        .cloned()
+                })
+            };
         let load = |key: String,
                     name: &str,
                     cfg: &serde_json::Value,
-                    tenant: Option<&str>|
+                    tenant: Option<&str>,
+                    timeout_ms: Option<u64>|
          -> Result<Arc<LoadedPlugin>, LoadError> {
+            let mut limits = limits.clone();
+            if let Some(ms) = timeout_ms {
+                limits.timeout = Duration::from_millis(ms);
+            }
             let code = code(name, &key)?;
             let cfg = cfg.to_string();
-            if let Some(l) = reusable(name, &code.hash, &cfg, tenant) {
+            if let Some(l) = reusable(name, &code.hash, &cfg, tenant, limits.timeout) {
                 return Ok(l);
             }
             let runtime = Runtime::global().map_err(|source| LoadError::Compile {
@@ -186,7 +193,7 @@ impl Plugins {
                     plugin: name.to_owned(),
                     source,
                 })?;
-            LoadedPlugin::new(runtime, name, &code.hash, &component, cfg, limits.clone())
+            LoadedPlugin::new(runtime, name, &code.hash, &component, cfg, limits)
                 .map(|l| Arc::new(l.for_tenant(tenant)))
                 .map_err(|source| LoadError::Init { key, source })
         };
@@ -195,7 +202,7 @@ impl Plugins {
                 continue;
             }
             let key = format!("plugins.bindings[{i}]");
-            let plugin = load(key.clone(), &b.plugin, &b.config, None)?;
+            let plugin = load(key.clone(), &b.plugin, &b.config, None, None)?;
             let mut tenants = std::collections::HashMap::new();
             for (tenant, r) in &b.tenants {
                 if unbound.contains(&r.plugin) {
@@ -206,6 +213,7 @@ impl Plugins {
                     &r.plugin,
                     &r.config,
                     Some(tenant),
+                    r.timeout_ms,
                 )?;
                 tenants.insert(tenant.clone(), l);
             }
@@ -220,7 +228,13 @@ impl Plugins {
             .as_ref()
             .filter(|c| !unbound.contains(&c.plugin))
         {
-            plugins.connect = Some(load("plugins.connect".into(), &c.plugin, &c.config, None)?);
+            plugins.connect = Some(load(
+                "plugins.connect".into(),
+                &c.plugin,
+                &c.config,
+                None,
+                c.timeout_ms,
+            )?);
         }
         Ok(plugins)
     }
