@@ -117,29 +117,32 @@ impl Authenticator {
                 DecodingKey::from_secret(secret.as_bytes()),
             );
         }
-        let pem = |key: &'static str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| AuthConfigError {
+        type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+        let files: [(&'static str, &Option<std::path::PathBuf>, Algorithm, Parse); 2] = [
+            (
+                "auth.rs256_public_key_file",
+                &config.rs256_public_key_file,
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem,
+            ),
+            (
+                "auth.es256_public_key_file",
+                &config.es256_public_key_file,
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem,
+            ),
+        ];
+        for (key, path, alg, parse) in files {
+            let Some(path) = path else { continue };
+            let pem = std::fs::read(path).map_err(|e| AuthConfigError {
                 key,
                 message: format!("cannot read {}: {e}", path.display()),
-            })
-        };
-        if let Some(path) = &config.rs256_public_key_file {
-            let k = DecodingKey::from_rsa_pem(&pem("auth.rs256_public_key_file", path)?).map_err(
-                |e| AuthConfigError {
-                    key: "auth.rs256_public_key_file",
-                    message: e.to_string(),
-                },
-            )?;
-            keys.insert(Algorithm::RS256, k);
-        }
-        if let Some(path) = &config.es256_public_key_file {
-            let k = DecodingKey::from_ec_pem(&pem("auth.es256_public_key_file", path)?).map_err(
-                |e| AuthConfigError {
-                    key: "auth.es256_public_key_file",
-                    message: e.to_string(),
-                },
-            )?;
-            keys.insert(Algorithm::ES256, k);
+            })?;
+            let k = parse(&pem).map_err(|e| AuthConfigError {
+                key,
+                message: e.to_string(),
+            })?;
+            keys.insert(alg, k);
         }
         if keys.is_empty() && !config.anonymous {
             return Err(AuthConfigError {
