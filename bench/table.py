@@ -117,6 +117,10 @@ def main():
     for scen in scenarios:
         fl = m.get((scen, "floor"), {})
         ws = m.get((scen, "seed-ws"), {})
+
+        def rel(x, key, *digits, fl=fl, ws=ws):
+            """A figure with its ratios to floor and seed-ws from the same run."""
+            return cell(x[key], fl.get(key), ws.get(key), *digits)
         if scen == "idle":
             print("## idle (10,000 connections held)\n")
             print("| server | connected | RSS KiB/conn | connect p50 ms | connect p99 ms | foreign CPU % |")
@@ -126,9 +130,9 @@ def main():
                 if x is None:
                     continue
                 print(f"| {NAMES.get(s, s)} | {num(x['connected'])} "
-                      f"| {cell(x['rss_per_conn'], fl.get('rss_per_conn'), ws.get('rss_per_conn'))} "
-                      f"| {cell(x['connect_p50'], fl.get('connect_p50'), ws.get('connect_p50'))} "
-                      f"| {cell(x['connect_p99'], fl.get('connect_p99'), ws.get('connect_p99'))} "
+                      f"| {rel(x, 'rss_per_conn')} "
+                      f"| {rel(x, 'connect_p50')} "
+                      f"| {rel(x, 'connect_p99')} "
                       f"| {num(x['foreign'], 1)} |")
             print()
             continue
@@ -140,11 +144,11 @@ def main():
             if x is None:
                 continue
             print(f"| {NAMES.get(s, s)} "
-                  f"| {cell(x['delivered_per_s'], fl.get('delivered_per_s'), ws.get('delivered_per_s'))} "
-                  f"| {cell(x['lost'], fl.get('lost'), ws.get('lost'))} "
-                  f"| {cell(x['p50'], fl.get('p50'), ws.get('p50'), 3)} "
-                  f"| {cell(x['p99'], fl.get('p99'), ws.get('p99'), 3)} "
-                  f"| {cell(x['cpu_us'], fl.get('cpu_us'), ws.get('cpu_us'))} "
+                  f"| {rel(x, 'delivered_per_s')} "
+                  f"| {rel(x, 'lost')} "
+                  f"| {rel(x, 'p50', 3)} "
+                  f"| {rel(x, 'p99', 3)} "
+                  f"| {rel(x, 'cpu_us')} "
                   f"| {num(x['dups'])} / {num(x['reordered'])} / {num(x['errors'])} "
                   f"| {x['bottleneck'] or '–'} | {num(x['foreign'], 1)} |")
         print()
