@@ -53,6 +53,9 @@ pub struct Cli {
     /// Redis URL; setting it switches from the embedded broker to Redis (overrides `broker.redis_url`).
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed node URLs, comma-separated; switches to sharded pub/sub (overrides `broker.redis_cluster`).
+    #[arg(long, env = "SWITCHYARD_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
     /// Node identity in logs, metrics and presence (overrides `server.node_id`).
     #[arg(long, env = "SWITCHYARD_NODE_ID")]
     pub node_id: Option<String>,
@@ -217,6 +220,9 @@ impl Default for Limits {
 pub struct BrokerConfig {
     /// Redis URL (`redis://host:port/db`); unset means the embedded single-node broker.
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes (`redis://host:port` each); set means sharded pub/sub
+    /// (SSUBSCRIBE/SPUBLISH) on a Redis Cluster, instead of `redis_url`.
+    pub redis_cluster: Vec<String>,
     /// Prefix for Redis pub/sub channel names.
     pub prefix: String,
 }
@@ -428,6 +434,9 @@ impl Config {
         if let Some(url) = &cli.redis_url {
             self.broker.redis_url = Some(url.clone());
         }
+        if !cli.redis_cluster.is_empty() {
+            self.broker.redis_cluster = cli.redis_cluster.clone();
+        }
         if let Some(id) = &cli.node_id {
             self.server.node_id = Some(id.clone());
         }
@@ -504,6 +513,29 @@ impl Config {
             return invalid(
                 "broker.redis_url",
                 "must start with redis://, rediss:// or unix:",
+            );
+        }
+        if !self.broker.redis_cluster.is_empty() && self.broker.redis_url.is_some() {
+            return invalid(
+                "broker.redis_cluster",
+                "set either broker.redis_url (one Redis) or broker.redis_cluster (a Redis Cluster), not both",
+            );
+        }
+        if let Some(i) = self
+            .broker
+            .redis_cluster
+            .iter()
+            .position(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
+            return invalid(
+                &format!("broker.redis_cluster[{i}]"),
+                "must start with redis:// or rediss://",
+            );
+        }
+        if self.broker.prefix.contains(['{', '}']) {
+            return invalid(
+                "broker.prefix",
+                "must not contain `{` or `}`: they would change which Redis Cluster slot keys hash to",
             );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
@@ -659,6 +691,29 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         assert!(c.broker.redis_url.is_none());
+    }
+
+    #[test]
+    fn redis_cluster_settings_are_checked() {
+        let ok = Config::from_toml(
+            "[broker]\nredis_cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.broker.redis_cluster.len(), 2);
+        for (text, key) in [
+            (
+                "[broker]\nredis_url = \"redis://a\"\nredis_cluster = [\"redis://b\"]\n",
+                "broker.redis_cluster",
+            ),
+            (
+                "[broker]\nredis_cluster = [\"redis://b\", \"http://c\"]\n",
+                "broker.redis_cluster[1]",
+            ),
+            ("[broker]\nprefix = \"{app}:\"\n", "broker.prefix"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod plugins;
 pub mod presence;
 pub mod protocol;
+pub mod redis_link;
 pub mod server;
 pub mod telemetry;
 pub mod ws;

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
+use crate::broker::redis_cluster::RedisClusterBroker;
 use crate::broker::{Broker, IncomingRx};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
@@ -23,6 +24,7 @@ use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
 use crate::protocol::{self, ErrorCode, Rejection};
+use crate::redis_link::RedisTarget;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,26 +101,34 @@ impl Node {
     pub async fn new(config: Config) -> Result<(Arc<Self>, IncomingRx), StartError> {
         let node_id = config.node_id();
         let ttl = std::time::Duration::from_secs(config.presence.ttl_secs);
-        let (broker, incoming, presence): (Arc<dyn Broker>, IncomingRx, Arc<dyn Presence>) =
-            match &config.broker.redis_url {
-                None => {
-                    let (b, rx) = MemoryBroker::new();
-                    (Arc::new(b), rx, Arc::new(MemoryPresence::new(&node_id)))
-                }
-                Some(url) => {
-                    let (b, rx) = RedisBroker::start(url, &config.broker.prefix, &node_id)
-                        .map_err(|e| StartError::Broker(e.to_string()))?;
-                    let p = RedisPresence::start(url, &config.broker.prefix, &node_id, ttl)
-                        .map_err(|e| StartError::Broker(e.to_string()))?;
-                    (Arc::new(b), rx, Arc::new(p))
-                }
-            };
-        let auth = Authenticator::new(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
-        let cluster = match &config.broker.redis_url {
-            Some(url) => Some(
-                ClusterStore::new(url, &config.broker.prefix)
-                    .map_err(|e| StartError::Broker(e.to_string()))?,
+        let target = RedisTarget::from_config(&config.broker);
+        let prefix = &config.broker.prefix;
+        let broker_err = |e: &dyn std::fmt::Display| StartError::Broker(e.to_string());
+        let (broker, incoming): (Arc<dyn Broker>, IncomingRx) = match &target {
+            None => {
+                let (b, rx) = MemoryBroker::new();
+                (Arc::new(b), rx)
+            }
+            Some(RedisTarget::Single(url)) => {
+                let (b, rx) =
+                    RedisBroker::start(url, prefix, &node_id).map_err(|e| broker_err(&e))?;
+                (Arc::new(b), rx)
+            }
+            Some(RedisTarget::Cluster(seeds)) => {
+                let (b, rx) = RedisClusterBroker::start(seeds, prefix, &node_id)
+                    .map_err(|e| broker_err(&e))?;
+                (Arc::new(b), rx)
+            }
+        };
+        let presence: Arc<dyn Presence> = match &target {
+            None => Arc::new(MemoryPresence::new(&node_id)),
+            Some(t) => Arc::new(
+                RedisPresence::start(t, prefix, &node_id, ttl).map_err(|e| broker_err(&e))?,
             ),
+        };
+        let auth = Authenticator::new(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
+        let cluster = match &target {
+            Some(t) => Some(ClusterStore::new(t, prefix).map_err(|e| broker_err(&e))?),
             None => None,
         };
         // A node that starts later serves the versions the cluster runs, not its own files.

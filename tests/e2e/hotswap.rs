@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::redis_support::RedisServer;
+use crate::redis_support::{RedisCluster, RedisServer};
 use crate::support::{Client, PATIENCE, TestGateway, http, plugins_dir};
 
 const TOKEN: &str = "admin-token-0123456789";
@@ -340,33 +340,58 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_serving() {
 #[tokio::test]
 async fn an_upload_reaches_every_node_and_late_starters() {
     let redis = RedisServer::start().await;
-    let (_keep, dir) = plugin_dir();
-    let cfg = swap_config(
-        &dir,
-        &format!(
-            "[broker]\nredis_url = \"{}\"\nprefix = \"hs:\"\n",
-            redis.url()
-        ),
-    );
-    let with_id = |id: &str| format!("{cfg}[server]\nnode_id = \"{id}\"\n");
-    let a = TestGateway::start_ready(&with_id("a")).await;
-    let b = TestGateway::start_ready(&with_id("b")).await;
-    // Wait until both nodes listen for announcements (they report their version when they do).
-    let v1 = hash(&wasm("stamp-v1"));
+    upload_reaches_every_node(&format!(
+        "[broker]\nredis_url = \"{}\"\nprefix = \"hs:\"\n",
+        redis.url()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn an_upload_reaches_every_node_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3).await;
+    upload_reaches_every_node(&format!(
+        "[broker]\nredis_cluster = {:?}\nprefix = \"hs:\"\n",
+        cluster.seeds()
+    ))
+    .await;
+}
+
+/// Waits until the admin list on `gw` shows every one of `nodes` serving `bytes` as `stamp`.
+async fn nodes_report(gw: &TestGateway, nodes: &[&str], bytes: &[u8]) {
+    let want = &hash(bytes)[..12];
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let nodes: HashMap<String, String> = redis
-            .cmd(redis::cmd("HGETALL").arg("hs:plugins:nodes:stamp"))
-            .await;
-        if nodes.len() == 2 && nodes.values().all(|h| *h == v1) {
-            break;
+        let (_, list) = http(gw.addr, "GET", "/admin/plugins", Some(TOKEN), "").await;
+        let list: Value = serde_json::from_str(&list).unwrap();
+        let stamp = list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "stamp")
+            .unwrap()
+            .clone();
+        if nodes.iter().all(|n| stamp["nodes"][n] == want) {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "nodes never reported: {nodes:?}"
+            "drift view never converged: {stamp}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Uploads v2 on node a of a two-node cluster on `broker` (TOML): b serves it, and so does a
+/// node started later.
+async fn upload_reaches_every_node(broker: &str) {
+    let (_keep, dir) = plugin_dir();
+    let cfg = swap_config(&dir, broker);
+    let with_id = |id: &str| format!("{cfg}[server]\nnode_id = \"{id}\"\n");
+    let a = TestGateway::start_ready(&with_id("a")).await;
+    let b = TestGateway::start_ready(&with_id("b")).await;
+    // Both nodes listen for announcements once they have reported their version.
+    nodes_report(&a, &["a", "b"], &wasm("stamp-v1")).await;
 
     let started = Instant::now();
     let (status, body) = http(
@@ -397,25 +422,5 @@ async fn an_upload_reaches_every_node_and_late_starters() {
         late.node.plugins.current_hash("stamp").await,
         Some(hash(&wasm("stamp-v2")))
     );
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, list) = http(a.addr, "GET", "/admin/plugins", Some(TOKEN), "").await;
-        let list: Value = serde_json::from_str(&list).unwrap();
-        let stamp = list["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "stamp")
-            .unwrap()
-            .clone();
-        let v2 = &hash(&wasm("stamp-v2"))[..12];
-        if ["a", "b", "late"].iter().all(|n| stamp["nodes"][n] == v2) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "drift view never converged: {stamp}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    nodes_report(&a, &["a", "b", "late"], &wasm("stamp-v2")).await;
 }

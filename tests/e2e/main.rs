@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod cluster;
 mod deploy;
 mod hotswap;
 mod plugins;

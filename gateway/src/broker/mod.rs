@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 pub mod memory;
 pub mod redis;
+pub mod redis_cluster;
 
 /// A message that arrived from the broker for this node.
 #[derive(Debug, Clone)]

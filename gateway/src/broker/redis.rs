@@ -33,7 +33,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Connect and command timeout: a Redis that does not answer within it counts as down.
-const TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the idle subscriber connection is pinged to detect a silent failure.
 const PING_EVERY: Duration = Duration::from_secs(3);
 
@@ -334,7 +334,7 @@ impl Subscriber {
 }
 
 /// Runs a Redis command future with [`TIMEOUT`], flattening both failures into a message.
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(TIMEOUT, f).await {

@@ -1,18 +1,18 @@
 //! Cluster-wide plugin versions, kept in Redis so every node serves the same code.
 //!
-//! Layout: `<prefix>plugins:blob:<hash>` (the component bytes, by content hash),
-//! `<prefix>plugins:current` (hash: plugin name -> content hash), and
-//! `<prefix>plugins:nodes:<name>` (hash: node id -> the content hash that node serves, so
-//! drift is visible). An upload or rollback on any node writes the blob and the current hash,
+//! Layout: `<prefix>{plugins}:blob:<hash>` (the component bytes, by content hash),
+//! `<prefix>{plugins}:current` (hash: plugin name -> content hash), and
+//! `<prefix>{plugins}:nodes:<name>` (hash: node id -> the content hash that node serves, so
+//! drift is visible). The `{plugins}` hash tag keeps every key in one Redis Cluster slot, so
+//! writing a blob and pointing `current` at it stays one atomic transaction there too. An upload or rollback on any node writes the blob and the current hash,
 //! then announces `{"plugin":..,"hash":..}` on the reserved broker channel [`CONTROL_CHANNEL`];
 //! every node fetches and installs it. A node that starts later reads `plugins:current`.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
 use super::Code;
+use crate::redis_link::{RedisConn, RedisTarget};
 
 /// Broker channel announcing new versions; `$` is never allowed in client channel names.
 pub const CONTROL_CHANNEL: &str = "$plugins";
@@ -29,19 +29,14 @@ fn err(e: impl std::fmt::Display) -> ClusterError {
 /// The shared plugin store.
 #[derive(Clone)]
 pub struct ClusterStore {
-    con: ConnectionManager,
+    con: RedisConn,
     prefix: String,
 }
 
 impl ClusterStore {
     /// Connects (lazily) to the store.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, ClusterError> {
-        let client = redis::Client::open(url).map_err(err)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let con = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+    pub fn new(target: &RedisTarget, prefix: &str) -> Result<Self, ClusterError> {
+        let con = target.connect(Duration::from_secs(5)).map_err(err)?;
         Ok(Self {
             con,
             prefix: prefix.to_owned(),
@@ -49,7 +44,7 @@ impl ClusterStore {
     }
 
     fn key(&self, rest: &str) -> String {
-        format!("{}plugins:{rest}", self.prefix)
+        format!("{}{{plugins}}:{rest}", self.prefix)
     }
 
     /// Makes `code` plugin `name`'s current version cluster-wide (the caller announces it).

@@ -9,18 +9,22 @@
 //! Each node remembers its own members and re-adds them with a fresh expiry every third of the
 //! TTL; readers drop members whose score has passed, so a node killed without a goodbye
 //! disappears within one TTL. Keys also carry a key-level TTL so abandoned sets vanish.
-//! Updates go through one task, in order, and never block a session.
+//! Updates go through one task, in order, and never block a session. Every pipeline touches
+//! one key, so the same code runs on a Redis Cluster (keys spread over its slots).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ConnectionEntry, Presence, PresenceError, SubscriberEntry, now_ms};
 use crate::hub::ConnId;
+use crate::redis_link::{RedisConn, RedisTarget};
+
+/// Per-key pipelines in flight at once during a heartbeat or shutdown.
+const CONCURRENCY: usize = 64;
 
 enum Update {
     Add { key: String, member: String },
@@ -33,24 +37,20 @@ pub struct RedisPresence {
     node: String,
     prefix: String,
     ttl: Duration,
-    con: ConnectionManager,
+    con: RedisConn,
     updates: mpsc::UnboundedSender<Update>,
 }
 
 impl RedisPresence {
     /// Starts the presence writer for node `node`; entries live `ttl` without a heartbeat.
     pub fn start(
-        url: &str,
+        target: &RedisTarget,
         prefix: &str,
         node: &str,
         ttl: Duration,
     ) -> Result<Self, PresenceError> {
-        let client = redis::Client::open(url).map_err(|e| PresenceError(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        let con = ConnectionManager::new_lazy_with_config(client, config)
+        let con = target
+            .connect(Duration::from_secs(2))
             .map_err(|e| PresenceError(e.to_string()))?;
         let (updates, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer(con.clone(), rx, ttl));
@@ -175,11 +175,7 @@ impl Presence for RedisPresence {
 }
 
 /// Applies updates in order and refreshes this node's entries every third of the TTL.
-async fn writer(
-    mut con: ConnectionManager,
-    mut rx: mpsc::UnboundedReceiver<Update>,
-    ttl: Duration,
-) {
+async fn writer(mut con: RedisConn, mut rx: mpsc::UnboundedReceiver<Update>, ttl: Duration) {
     // This node's live members per key, re-added by every heartbeat.
     let mut own: HashMap<String, Vec<String>> = HashMap::new();
     let mut heartbeat = tokio::time::interval(ttl / 3);
@@ -203,35 +199,40 @@ async fn writer(
                     let _ = redis::cmd("ZREM").arg(&key).arg(&member).query_async::<i64>(&mut con).await;
                 }
                 Some(Update::Shutdown(done)) => {
-                    let mut pipe = redis::pipe();
-                    for (key, members) in own.drain() {
-                        pipe.cmd("ZREM").arg(key).arg(members).ignore();
-                    }
-                    let _ = pipe.query_async::<()>(&mut con).await;
+                    futures_util::stream::iter(own.drain())
+                        .map(|(key, members)| {
+                            let mut con = con.clone();
+                            async move {
+                                let _ = redis::cmd("ZREM").arg(key).arg(members).query_async::<i64>(&mut con).await;
+                            }
+                        })
+                        .buffer_unordered(CONCURRENCY)
+                        .collect::<()>()
+                        .await;
                     let _ = done.send(());
                 }
             },
             _ = heartbeat.tick() => {
-                let mut pipe = redis::pipe();
-                let expires = now_ms() + ttl_ms;
-                for (key, members) in &own {
-                    pipe.cmd("ZADD").arg(key);
-                    for m in members {
-                        pipe.arg(expires).arg(m);
-                    }
-                    pipe.ignore();
-                    pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms * 2).ignore();
-                }
-                if !own.is_empty() {
-                    let _ = pipe.query_async::<()>(&mut con).await;
-                }
+                // Owned copies: the futures must not borrow `own` across the await.
+                let entries: Vec<(String, Vec<String>)> =
+                    own.iter().map(|(k, m)| (k.clone(), m.clone())).collect();
+                futures_util::stream::iter(entries)
+                    .map(|(key, members)| {
+                        let mut con = con.clone();
+                        async move {
+                            let _ = add(&mut con, &key, &members, ttl_ms).await;
+                        }
+                    })
+                    .buffer_unordered(CONCURRENCY)
+                    .collect::<()>()
+                    .await;
             }
         }
     }
 }
 
 async fn add(
-    con: &mut ConnectionManager,
+    con: &mut RedisConn,
     key: &str,
     members: &[String],
     ttl_ms: u64,
