@@ -12,6 +12,10 @@
 #   embedded    switchyard, 1 node, embedded broker (no Redis)   bench/configs/plain.toml
 #   redis       switchyard, 2 nodes + Redis, no plugin           bench/configs/plain.toml
 #   allow-all   switchyard, 2 nodes + Redis, allow-all on "*"    bench/configs/allow-all.toml
+#   cluster     switchyard, 2 nodes + a 3-master Redis Cluster (sharded pub/sub), no plugin;
+#               not in the default list. The cluster is started by this script; run.sh's CPU
+#               and memory figures do not include its three redis-server processes, so compare
+#               its latency with `redis`, not its CPU.
 #   floor       ../shared/bench/floor, 2 nodes + Redis
 #   seed-ws     ../shared/bench/peers/seed-ws (Node ws), 2 nodes + Redis
 #
@@ -61,8 +65,8 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 for s in $SERVERS; do
   case $s in
-    embedded | redis | allow-all | floor | seed-ws) ;;
-    *) die "unknown server '$s' (embedded redis allow-all floor seed-ws)" ;;
+    embedded | redis | allow-all | cluster | floor | seed-ws) ;;
+    *) die "unknown server '$s' (embedded redis allow-all cluster floor seed-ws)" ;;
   esac
 done
 for s in $SCENARIOS; do
@@ -127,6 +131,37 @@ if wants seed-ws; then
   export NODE_PATH=$HARNESS/peers/seed-ws/node_modules
 fi
 
+# ------------------------------------------------------------------ redis cluster (server "cluster")
+CLUSTER_SEEDS=""
+CLUSTER_PIDS=()
+stop_cluster() { for p in "${CLUSTER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap stop_cluster EXIT
+if wants cluster; then
+  CLUSTER_DIR=$RESULTS/cluster-$STAMP
+  mkdir -p "$CLUSTER_DIR"
+  ports=()
+  for _ in 1 2 3; do
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    bus=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --cluster-enabled yes \
+      --cluster-config-file "nodes-$port.conf" --dir "$CLUSTER_DIR" --cluster-port "$bus" \
+      >"$CLUSTER_DIR/redis-$port.log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+    ports+=("$port")
+  done
+  for port in "${ports[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 ||
+    die "redis-cli --cluster create failed (see $CLUSTER_DIR/create.log)"
+  for port in "${ports[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "$port" cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+  done
+  CLUSTER_SEEDS=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}")
+  CLUSTER_SEEDS=${CLUSTER_SEEDS%,}
+  log "redis cluster: $CLUSTER_SEEDS"
+fi
+
 # ------------------------------------------------------------------ servers
 SY=$(printf '%q' "$ROOT/target/release/switchyard")
 PLAIN=$(printf '%q' "$ROOT/bench/configs/plain.toml")
@@ -137,6 +172,7 @@ server_spec() {
     embedded) echo "1|cmd:exec $SY --listen 127.0.0.1:{PORT} --config $PLAIN" ;;
     redis) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $PLAIN" ;;
     allow-all) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
+    cluster) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-cluster $CLUSTER_SEEDS --config $PLAIN" ;;
     floor) echo "2|floor" ;;
     seed-ws) echo "2|seed-ws" ;;
   esac

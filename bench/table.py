@@ -12,7 +12,7 @@ bench/README.md, each with PASS / FAIL / n/a.
 import json
 import sys
 
-ORDER = ["embedded", "redis", "allow-all", "floor", "seed-ws"]
+ORDER = ["embedded", "redis", "cluster", "allow-all", "floor", "seed-ws"]
 NAMES = {
     "embedded": "switchyard embedded (1 node)",
     "redis": "switchyard + Redis (2 nodes)",
