@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio_util::sync::CancellationToken;
@@ -80,6 +82,9 @@ pub struct Node {
     connections: AtomicUsize,
     next_conn: AtomicU64,
 }
+
+/// A publish handed to [`Node::start_publish`]: resolves once the broker accepted it.
+pub type PublishAck = BoxFuture<'static, Result<(), Rejection>>;
 
 /// Holds one of the node's connection slots; released on drop.
 pub struct ConnectionSlot {
@@ -219,10 +224,23 @@ impl Node {
         channel: &str,
         data: &str,
     ) -> Result<(), Rejection> {
+        self.start_publish(who, channel, data)?.await
+    }
+
+    /// [`Node::publish`] in two steps, so a connection can have several publishes in flight:
+    /// checks and the publish hook run now; the returned future hands the messages to the
+    /// broker when first polled and resolves once the broker accepted them. Futures polled in
+    /// the order they were created reach the broker in that order.
+    pub fn start_publish(
+        &self,
+        who: &Identity,
+        channel: &str,
+        data: &str,
+    ) -> Result<PublishAck, Rejection> {
         self.check_channel(channel)?;
         match self.plugins.current().publish(who, channel, data)? {
-            Routed::Pass => self.send_to_broker(channel, data).await,
-            Routed::Drop => Ok(()),
+            Routed::Pass => Ok(self.send_to_broker(channel, data)),
+            Routed::Drop => Ok(futures_util::future::ready(Ok(())).boxed()),
             Routed::Forward(list) => {
                 // Check every destination before publishing any, so a bad route publishes nothing.
                 for (to, _) in &list {
@@ -233,32 +251,38 @@ impl Node {
                         )
                     })?;
                 }
-                for (to, data) in &list {
-                    self.send_to_broker(to, data).await?;
-                }
-                Ok(())
+                let acks: Vec<PublishAck> = list
+                    .iter()
+                    .map(|(to, data)| self.send_to_broker(to, data))
+                    .collect();
+                // join_all polls every send on its first poll, in list order.
+                Ok(futures_util::future::join_all(acks)
+                    .map(|results| results.into_iter().collect())
+                    .boxed())
             }
         }
     }
 
-    async fn send_to_broker(&self, channel: &str, data: &str) -> Result<(), Rejection> {
+    fn send_to_broker(&self, channel: &str, data: &str) -> PublishAck {
         let started = std::time::Instant::now();
-        let result = self
+        let sent = self
             .broker
-            .publish(channel, Bytes::copy_from_slice(data.as_bytes()))
-            .await;
-        match result {
-            Ok(()) => {
-                metrics::counter!("switchyard_messages_published_total").increment(1);
-                metrics::histogram!("switchyard_publish_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                Ok(())
-            }
-            Err(e) => {
-                metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_unavailable").increment(1);
-                Err(Rejection::new(ErrorCode::Unavailable, e.to_string()))
+            .publish(channel, Bytes::copy_from_slice(data.as_bytes()));
+        async move {
+            match sent.await {
+                Ok(()) => {
+                    metrics::counter!("switchyard_messages_published_total").increment(1);
+                    metrics::histogram!("switchyard_publish_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    Ok(())
+                }
+                Err(e) => {
+                    metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_unavailable").increment(1);
+                    Err(Rejection::new(ErrorCode::Unavailable, e.to_string()))
+                }
             }
         }
+        .boxed()
     }
 
     /// Makes plugin `name`'s version `code` the cluster's (store + announce); returns whether

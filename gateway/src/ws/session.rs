@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
-use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, SplitStream};
+use futures_util::{FutureExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -20,6 +21,13 @@ use crate::node::{ConnectionSlot, Node};
 use crate::outbox::{CloseReason, Outbox, outbox};
 use crate::plugins::Identity;
 use crate::protocol::{self, Action, ErrorCode, Rejection};
+
+/// Publishes one connection may have waiting for the broker; beyond it the session stops
+/// reading until the oldest is accepted, which pushes back on the client through TCP.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// A reply the session owes, in request order; `None` for a publish without an id.
+type Reply = BoxFuture<'static, Option<protocol::Frame>>;
 
 /// How long a closing session keeps reading, so the client's close reply is consumed and the
 /// socket ends cleanly rather than with a reset that could swallow our close frame.
@@ -49,12 +57,15 @@ pub async fn run(
             outbox,
             subscriptions: HashSet::new(),
             identity,
+            pending: FuturesOrdered::new(),
         };
         let since = crate::presence::now_ms();
         if let Some(user) = &session.identity.user {
             node.presence.connected(session.conn, user, since);
         }
         let ended = session.read(stream, writer).await;
+        // Publishes the client sent before it left still reach the broker.
+        session.settle_pending().await;
         session.leave_all();
         if let Some(user) = &session.identity.user {
             node.presence.disconnected(session.conn, user, since);
@@ -83,6 +94,9 @@ struct Session {
     subscriptions: HashSet<Arc<str>>,
     bucket: TokenBucket,
     identity: Identity,
+    /// Replies owed, oldest first: publishes in flight to the broker and the replies to later
+    /// requests, which wait their turn so replies keep request order.
+    pending: FuturesOrdered<Reply>,
 }
 
 impl Session {
@@ -108,7 +122,13 @@ impl Session {
                     self.outbox.close(CloseReason::IdleTimeout);
                     break "idle";
                 }
-                msg = stream.next() => msg,
+                Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Some(frame) = reply {
+                        self.outbox.push(frame);
+                    }
+                    continue;
+                }
+                msg = stream.next(), if self.pending.len() < MAX_IN_FLIGHT => msg,
             };
             deadline = Instant::now() + idle;
             match msg {
@@ -143,13 +163,28 @@ impl Session {
         ended
     }
 
-    fn send(&self, frame: protocol::Frame) {
-        self.outbox.push(frame);
+    /// Sends a reply now, or queues it behind the replies still owed.
+    fn send(&mut self, frame: protocol::Frame) {
+        if self.pending.is_empty() {
+            self.outbox.push(frame);
+        } else {
+            self.pending
+                .push_back(futures_util::future::ready(Some(frame)).boxed());
+        }
     }
 
-    fn reject(&self, rejection: &Rejection, id: Option<&RawValue>) {
+    fn reject(&mut self, rejection: &Rejection, id: Option<&RawValue>) {
         tracing::debug!(code = %rejection.code, message = %rejection.message, "request refused");
         self.send(protocol::error(rejection, id));
+    }
+
+    /// Waits for every owed reply and sends it.
+    async fn settle_pending(&mut self) {
+        while let Some(reply) = self.pending.next().await {
+            if let Some(frame) = reply {
+                self.outbox.push(frame);
+            }
+        }
     }
 
     async fn handle(&mut self, text: &str) {
@@ -171,9 +206,13 @@ impl Session {
         };
         let id = request.id;
         let result = match request.action {
-            Action::Subscribe { channel } => self.subscribe(&channel, id).await,
+            Action::Subscribe { channel } => {
+                // Its reply waits for the broker too: keep it behind earlier publishes' replies.
+                self.settle_pending().await;
+                self.subscribe(&channel, id).await
+            }
             Action::Unsubscribe { channel } => self.unsubscribe(&channel, id),
-            Action::Publish { channel, data } => self.publish(&channel, data, id).await,
+            Action::Publish { channel, data } => self.publish(&channel, data, id),
         };
         if let Err(rejection) = result {
             self.reject(&rejection, id);
@@ -235,7 +274,9 @@ impl Session {
         Ok(())
     }
 
-    async fn publish(
+    /// Starts a publish; its reply is owed until the broker accepted it, and meanwhile the
+    /// session reads on.
+    fn publish(
         &mut self,
         channel: &str,
         data: &RawValue,
@@ -251,12 +292,22 @@ impl Session {
                 ),
             ));
         }
-        self.node
-            .publish(&self.identity, channel, data.get())
-            .await?;
-        if let Some(id) = id {
-            self.send(protocol::published(id));
-        }
+        let ack = self
+            .node
+            .start_publish(&self.identity, channel, data.get())?;
+        let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
+        self.pending.push_back(
+            async move {
+                match ack.await {
+                    Ok(()) => id.map(|id| protocol::published(&id)),
+                    Err(rejection) => {
+                        tracing::debug!(code = %rejection.code, message = %rejection.message, "publish failed");
+                        Some(protocol::error(&rejection, id.as_deref()))
+                    }
+                }
+            }
+            .boxed(),
+        );
         Ok(())
     }
 
