@@ -350,3 +350,68 @@ async fn presence_across_nodes_and_after_a_crash() {
         0
     );
 }
+
+#[tokio::test]
+async fn pipelined_publishes_keep_order_and_replies_keep_request_order() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 2).await;
+    let mut sub = gws[1].client().await;
+    sub.subscribe("p").await;
+    let mut publisher = gws[0].client().await;
+    // Everything is sent before any reply is read: the session has many publishes in flight.
+    for i in 1..=100u64 {
+        publisher
+            .send(json!({"type": "publish", "channel": "p", "data": {"i": i}, "id": i}))
+            .await;
+    }
+    publisher
+        .send(json!({"type": "publish", "channel": "bad channel", "data": 0, "id": 101}))
+        .await;
+    publisher
+        .send(json!({"type": "subscribe", "channel": "q", "id": 102}))
+        .await;
+    publisher
+        .send(json!({"type": "publish", "channel": "p", "data": {"i": 103}, "id": 103}))
+        .await;
+    for i in 1..=100u64 {
+        assert_eq!(
+            publisher.recv().await,
+            json!({"type": "published", "id": i})
+        );
+    }
+    let e = publisher.recv().await;
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_u64()),
+        (Some("error"), Some(101)),
+        "{e}"
+    );
+    assert_eq!(
+        publisher.recv().await,
+        json!({"type": "subscribed", "channel": "q", "id": 102})
+    );
+    assert_eq!(
+        publisher.recv().await,
+        json!({"type": "published", "id": 103})
+    );
+    for i in (1..=100u64).chain([103]) {
+        let m = sub.recv().await;
+        assert_eq!(m["data"]["i"], i, "{m}");
+    }
+}
+
+#[tokio::test]
+async fn publishes_sent_just_before_a_close_are_not_lost() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 2).await;
+    let mut sub = gws[1].client().await;
+    sub.subscribe("p").await;
+    let mut publisher = gws[0].client().await;
+    for i in 0..50u64 {
+        publisher.publish("p", json!({"i": i})).await;
+    }
+    use futures_util::SinkExt;
+    publisher.ws.close(None).await.unwrap();
+    for i in 0..50u64 {
+        assert_eq!(sub.recv().await["data"]["i"], i);
+    }
+}
