@@ -409,7 +409,6 @@ async fn publishes_sent_just_before_a_close_are_not_lost() {
     for i in 0..50u64 {
         publisher.publish("p", json!({"i": i})).await;
     }
-    use futures_util::SinkExt;
     publisher.ws.close(None).await.unwrap();
     for i in 0..50u64 {
         assert_eq!(sub.recv().await["data"]["i"], i);
