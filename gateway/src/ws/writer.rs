@@ -21,7 +21,8 @@ pub async fn run(
 ) {
     let mut ping = ping_every
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
-    let mut batch = Vec::with_capacity(BATCH);
+    // Grows on first use: an idle connection should not hold a batch's worth of memory.
+    let mut batch = Vec::new();
     let signal = rx.close_signal();
     loop {
         let reason = tokio::select! {
