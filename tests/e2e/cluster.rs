@@ -275,3 +275,31 @@ async fn presence_and_http_publish_on_a_cluster() {
         assert_eq!(m["data"], json!({"n": 1}));
     }
 }
+
+#[tokio::test]
+async fn pipelined_publishes_keep_per_channel_order_across_shards() {
+    let cluster = RedisCluster::start(3).await;
+    let owners = channels_on_every_shard(&cluster, 1).await;
+    let channels: Vec<&String> = owners.keys().collect();
+    let gws = gateways(&cluster, 2).await;
+    let mut subs = subscribers(&gws[1..], &channels).await;
+    let mut publisher = gws[0].client().await;
+    // Sent without waiting for replies, interleaved over channels on every shard.
+    for i in 0..300u64 {
+        let ch = channels[i as usize % channels.len()];
+        publisher
+            .send(json!({"type": "publish", "channel": ch, "data": {"i": i}}))
+            .await;
+    }
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..300 {
+        let m = subs[0].recv().await;
+        let (ch, i) = (
+            m["channel"].as_str().unwrap(),
+            m["data"]["i"].as_u64().unwrap(),
+        );
+        if let Some(prev) = last.insert(ch.to_owned(), i) {
+            assert!(prev < i, "{ch}: {i} after {prev}");
+        }
+    }
+}

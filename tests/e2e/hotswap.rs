@@ -332,8 +332,7 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_serving() {
     )
     .await;
     assert_eq!(status, 200);
-    c.publish_acked("s:1", json!({"n": 6}), 6).await;
-    let m = c.recv().await;
+    let m = c.publish_own("s:1", json!({"n": 6}), 6).await;
     assert_eq!(m["data"], json!({"n": 6}), "no stamp once unbound");
 }
 
@@ -413,8 +412,10 @@ async fn upload_reaches_every_node(broker: &str) {
     // Traffic through node b uses v2.
     let mut c = b.client().await;
     c.subscribe("s:9").await;
-    c.publish_acked("s:9", json!({"x": 1}), 1).await;
-    assert_eq!(c.recv().await["data"]["v"], 2);
+    assert_eq!(
+        c.publish_own("s:9", json!({"x": 1}), 1).await["data"]["v"],
+        2
+    );
 
     // A node started later serves the cluster's version, not its own file (still v1).
     let late = TestGateway::start_ready(&with_id("late")).await;

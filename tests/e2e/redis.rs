@@ -108,8 +108,10 @@ async fn external_publish_reaches_websocket_clients() {
     let _: i64 = redis
         .cmd(redis::cmd("PUBLISH").arg("orders:1").arg("1"))
         .await;
-    c.publish_acked("orders:1", json!("marker"), 9).await;
-    assert_eq!(c.recv().await["data"], "marker");
+    assert_eq!(
+        c.publish_own("orders:1", json!("marker"), 9).await["data"],
+        "marker"
+    );
 }
 
 #[tokio::test]
@@ -157,8 +159,10 @@ async fn survives_a_redis_crash_and_restart() {
     // Same connections, no client action: messages flow again both ways.
     a.publish_acked("life", json!("after"), 3).await;
     assert_eq!(b.recv().await["data"], "after");
-    b.publish_acked("other", json!("b-side"), 4).await;
-    assert_eq!(b.recv().await["data"], "b-side");
+    assert_eq!(
+        b.publish_own("other", json!("b-side"), 4).await["data"],
+        "b-side"
+    );
     assert_eq!(
         a.recv().await["data"],
         "after",
@@ -184,8 +188,7 @@ async fn node_starts_while_redis_is_down_and_connects_later() {
     let node = gw.node.clone();
     eventually("the node to connect", || node.is_ready()).await;
     c.subscribe("s").await;
-    c.publish_acked("s", json!(1), 2).await;
-    assert_eq!(c.recv().await["data"], 1);
+    assert_eq!(c.publish_own("s", json!(1), 2).await["data"], 1);
     let _ = Client::connect(&gw.url()).await;
 }
 

@@ -430,8 +430,10 @@ async fn drain_leaves_readiness_before_closing_clients() {
         );
     }
     // Not ready, yet still serving its clients until the drain period ends.
-    c.publish_acked("d", json!("still served"), 1).await;
-    assert_eq!(c.recv().await["data"], "still served");
+    assert_eq!(
+        c.publish_own("d", json!("still served"), 1).await["data"],
+        "still served"
+    );
     match c.ended().await {
         Ended::Closed(code, _) => assert_eq!(code, 1001),
         Ended::Dropped => panic!("expected 1001"),

@@ -228,6 +228,16 @@ impl Client {
         }
     }
 
+    /// Publishes with an id on a channel this client is subscribed to; returns its own
+    /// delivery, which may arrive before or after the acknowledgement.
+    pub async fn publish_own(&mut self, channel: &str, data: Value, id: u64) -> Value {
+        let early = self.publish_acked(channel, data, id).await;
+        match early.into_iter().next() {
+            Some(m) => m,
+            None => self.recv().await,
+        }
+    }
+
     /// Next error reply's code (other frames are not expected).
     pub async fn expect_error(&mut self) -> Value {
         let v = self.recv().await;

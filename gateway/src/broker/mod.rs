@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 pub mod memory;
+mod publisher;
 pub mod redis;
 pub mod redis_cluster;
 
@@ -40,7 +41,9 @@ pub enum BrokerError {
 
 /// A pub/sub backend.
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes `payload` on `channel`; resolves once the broker has accepted it.
+    /// Publishes `payload` on `channel`; resolves once the broker has accepted it. Publishes
+    /// reach the broker in the order of these calls (or, at the latest, of the futures' first
+    /// polls), which is what keeps one connection's pipelined publishes in order.
     fn publish(&self, channel: &str, payload: Bytes)
     -> BoxFuture<'static, Result<(), BrokerError>>;
 

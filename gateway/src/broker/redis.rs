@@ -24,6 +24,7 @@ use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use tokio::sync::{mpsc, oneshot};
 
+use super::publisher::Publisher;
 use super::{Broker, BrokerError, Incoming, IncomingRx};
 
 /// Messages buffered between the Redis reader and the fan-out.
@@ -44,7 +45,7 @@ enum Command {
 
 /// Pub/sub through one Redis server.
 pub struct RedisBroker {
-    publisher: ConnectionManager,
+    publisher: Publisher,
     prefix: Arc<str>,
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
@@ -65,8 +66,34 @@ impl RedisBroker {
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
-        let publisher =
+        let con =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let publisher = Publisher::start(Box::new(move |messages| {
+            let mut con = con.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                for (channel, payload) in &messages {
+                    pipe.cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(payload.as_ref())
+                        .ignore();
+                }
+                // The first command after an outage may hit the dead socket ("broken pipe")
+                // before the manager notices; one retry goes through the fresh connection.
+                let mut retried = false;
+                let result = loop {
+                    match pipe.query_async::<()>(&mut con).await {
+                        Ok(()) => break Ok(()),
+                        Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
+                            retried = true
+                        }
+                        Err(e) => break Err(unavailable(e)),
+                    }
+                };
+                vec![result; messages.len()]
+            }
+            .boxed()
+        }));
         let (tx, rx) = mpsc::channel(BUFFER);
         let (commands, command_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
@@ -104,28 +131,8 @@ impl Broker for RedisBroker {
             )))
             .boxed();
         }
-        let mut con = self.publisher.clone();
-        let channel = format!("{}{channel}", self.prefix);
-        async move {
-            // The first command after an outage may hit the dead socket ("broken pipe") before
-            // the manager notices; one retry goes through the fresh connection.
-            let mut retried = false;
-            loop {
-                match redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(payload.as_ref())
-                    .query_async::<i64>(&mut con)
-                    .await
-                {
-                    Ok(_) => return Ok(()),
-                    Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
-                        retried = true
-                    }
-                    Err(e) => return Err(unavailable(e)),
-                }
-            }
-        }
-        .boxed()
+        self.publisher
+            .publish(format!("{}{channel}", self.prefix), payload)
     }
 
     fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {

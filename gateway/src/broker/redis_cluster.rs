@@ -15,7 +15,7 @@
 //! [`SETTLE`] later while connections settle, and every [`RECONCILE_EVERY`] as a last line of
 //! defence. Readiness is false from the disconnection until the first full re-subscribe.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use futures_util::{FutureExt, StreamExt};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::publisher::Publisher;
 use super::redis::bounded;
 use super::{Broker, BrokerError, Incoming, IncomingRx};
 use crate::redis_link::{LazyCluster, RedisTarget};
@@ -69,7 +70,7 @@ enum Control {
 
 /// Sharded pub/sub through a Redis Cluster.
 pub struct RedisClusterBroker {
-    con: LazyCluster,
+    publisher: Publisher,
     prefix: Arc<str>,
     commands: mpsc::UnboundedSender<Command>,
     ready: Arc<AtomicBool>,
@@ -161,7 +162,9 @@ impl RedisClusterBroker {
         tokio::spawn(subscriber.run());
         Ok((
             Self {
-                con,
+                publisher: Publisher::start(Box::new(move |messages| {
+                    spublish(con.clone(), messages).boxed()
+                })),
                 prefix: prefix.into(),
                 commands,
                 ready,
@@ -177,19 +180,8 @@ impl Broker for RedisClusterBroker {
         channel: &str,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let lazy = self.con.clone();
-        let channel = format!("{}{channel}", self.prefix);
-        async move {
-            let mut con = lazy.get().await.map_err(unavailable)?;
-            redis::cmd("SPUBLISH")
-                .arg(&channel)
-                .arg(payload.as_ref())
-                .query_async::<i64>(&mut con)
-                .await
-                .map(drop)
-                .map_err(unavailable)
-        }
-        .boxed()
+        self.publisher
+            .publish(format!("{}{channel}", self.prefix), payload)
     }
 
     fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
@@ -402,6 +394,48 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// Sends one batch: a pipeline of SPUBLISH per channel (one slot each, so redis-rs can route
+/// it; in batch order within it), all channels at once.
+async fn spublish(
+    lazy: LazyCluster,
+    messages: Vec<super::publisher::Message>,
+) -> Vec<Result<(), BrokerError>> {
+    let con = match lazy.get().await {
+        Ok(con) => con,
+        Err(e) => return vec![Err(unavailable(e)); messages.len()],
+    };
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<(redis::Pipeline, Vec<usize>)> = Vec::new();
+    for (i, (channel, payload)) in messages.iter().enumerate() {
+        let g = *index.entry(channel.as_str()).or_insert_with(|| {
+            groups.push((redis::pipe(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g]
+            .0
+            .cmd("SPUBLISH")
+            .arg(channel)
+            .arg(payload.as_ref())
+            .ignore();
+        groups[g].1.push(i);
+    }
+    let sent = futures_util::future::join_all(groups.iter().map(|(pipe, _)| {
+        let mut con = con.clone();
+        async move { pipe.query_async::<()>(&mut con).await }
+    }))
+    .await;
+    let mut results = vec![Ok(()); messages.len()];
+    for ((_, members), result) in groups.iter().zip(sent) {
+        if let Err(e) = result {
+            let e = unavailable(e);
+            for &i in members {
+                results[i] = Err(e.clone());
+            }
+        }
+    }
+    results
 }
 
 async fn ssubscribe(con: &LazyCluster, name: String) -> Result<(), String> {

@@ -1,0 +1,73 @@
+//! One task per node that sends publishes to Redis in the order they were made.
+//!
+//! Sessions keep many publishes in flight, so order cannot be left to the Redis client:
+//! redis-rs does not promise that concurrent commands leave in the order they were issued (its
+//! cluster client visibly reorders them). Here a publish is queued the moment it is made, and
+//! the task sends everything queued as one batch (one pipeline per destination) while the
+//! previous batch was in flight, then the next — so order holds and a busy node pays one
+//! round trip per batch instead of one per message.
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use super::BrokerError;
+
+/// Publishes sent in one batch at most.
+const MAX_BATCH: usize = 1024;
+
+/// One message to publish: the Redis channel name and the payload.
+pub(super) type Message = (String, Bytes);
+
+/// Sends one batch, in order; returns one result per message.
+pub(super) type SendBatch =
+    Box<dyn FnMut(Vec<Message>) -> BoxFuture<'static, Vec<Result<(), BrokerError>>> + Send>;
+
+struct Queued {
+    message: Message,
+    ack: oneshot::Sender<Result<(), BrokerError>>,
+}
+
+/// The queue in front of the publishing task.
+pub(super) struct Publisher {
+    tx: mpsc::UnboundedSender<Queued>,
+}
+
+impl Publisher {
+    /// Starts the task; `send` performs one batch.
+    pub(super) fn start(send: SendBatch) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, send));
+        Self { tx }
+    }
+
+    /// Queues a publish now; the future resolves once Redis accepted it.
+    pub(super) fn publish(
+        &self,
+        channel: String,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (ack, done) = oneshot::channel();
+        let queued = Queued {
+            message: (channel, payload),
+            ack,
+        };
+        if self.tx.send(queued).is_err() {
+            return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
+        }
+        async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Queued>, mut send: SendBatch) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (messages, acks): (Vec<Message>, Vec<_>) =
+            batch.drain(..).map(|q| (q.message, q.ack)).unzip();
+        let results = send(messages).await;
+        for (ack, result) in acks.into_iter().zip(results) {
+            let _ = ack.send(result);
+        }
+    }
+}
