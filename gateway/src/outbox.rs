@@ -4,6 +4,7 @@
 //! Pushing never waits: a full queue marks the session a slow consumer and asks its writer to
 //! close it, so one stuck client can neither slow the fan-out nor grow memory without bound.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{Notify, mpsc};
@@ -56,27 +57,35 @@ impl CloseReason {
 struct Ctl {
     reason: OnceLock<CloseReason>,
     notify: Notify,
+    /// Frames queued and not yet taken by the writer.
+    queued: AtomicUsize,
+    /// Most frames that may be queued.
+    capacity: usize,
 }
 
 /// The producer side of a session's queue, held by the hub and the session.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Frame>,
+    // Unbounded channel plus our own count: the bound is checked with one atomic add instead
+    // of a bounded channel's semaphore (a hot spot in perf on every delivery).
+    tx: mpsc::UnboundedSender<Frame>,
     ctl: Arc<Ctl>,
 }
 
 /// The writer's side: frames to send, and the close request.
 pub struct OutboxRx {
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::UnboundedReceiver<Frame>,
     ctl: Arc<Ctl>,
 }
 
 /// Creates a queue holding at most `capacity` frames.
 pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = mpsc::unbounded_channel();
     let ctl = Arc::new(Ctl {
         reason: OnceLock::new(),
         notify: Notify::new(),
+        queued: AtomicUsize::new(0),
+        capacity,
     });
     (
         Outbox {
@@ -91,14 +100,16 @@ impl Outbox {
     /// Queues a frame; on overflow, closes the session as a slow consumer. Returns false when
     /// the frame was not queued.
     pub fn push(&self, frame: Frame) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseReason::SlowConsumer);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.ctl.queued.fetch_add(1, Ordering::AcqRel) >= self.ctl.capacity {
+            self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+            self.close(CloseReason::SlowConsumer);
+            return false;
         }
+        if self.tx.send(frame).is_err() {
+            self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Asks the writer to close the connection; the first reason wins.
@@ -123,12 +134,16 @@ impl Outbox {
 impl OutboxRx {
     /// Waits for the next frame; `None` once every producer is gone.
     pub async fn recv(&mut self) -> Option<Frame> {
-        self.rx.recv().await
+        let frame = self.rx.recv().await?;
+        self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(frame)
     }
 
     /// Takes a frame that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Frame> {
-        self.rx.try_recv().ok()
+        let frame = self.rx.try_recv().ok()?;
+        self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(frame)
     }
 
     /// A handle that observes the close request while the queue is being drained.

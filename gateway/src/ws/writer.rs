@@ -24,10 +24,14 @@ pub async fn run(
     // Grows on first use: an idle connection should not hold a batch's worth of memory.
     let mut batch = Vec::new();
     let signal = rx.close_signal();
+    // One waiter for the whole connection: re-creating it per batch cost a lock on the
+    // notifier twice per delivery (seen in perf at ~4% of the node's CPU).
+    let closed = signal.closed();
+    tokio::pin!(closed);
     loop {
         let reason = tokio::select! {
             biased;
-            reason = signal.closed() => reason,
+            reason = &mut closed => reason,
             frame = rx.recv() => {
                 let Some(frame) = frame else { return };
                 batch.push(frame);
@@ -46,7 +50,7 @@ pub async fn run(
                 // A slow consumer is closed while its write is stuck, not after.
                 tokio::select! {
                     biased;
-                    reason = signal.closed() => reason,
+                    reason = &mut closed => reason,
                     res = write => match res {
                         Ok(()) => continue,
                         Err(_) => return,
