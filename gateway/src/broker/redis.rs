@@ -38,16 +38,49 @@ pub(super) const TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the idle subscriber connection is pinged to detect a silent failure.
 const PING_EVERY: Duration = Duration::from_secs(3);
 
-enum Command {
+/// A request to a subscriber task (this broker's or the cluster broker's).
+pub(super) enum Command {
+    /// Subscribe (client channel name); answered once subscribed or failed.
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    /// Unsubscribe (client channel name).
     Unsubscribe(String),
+}
+
+/// The sending side of a subscriber task's queue: [`Broker::subscribe`] and
+/// [`Broker::unsubscribe`] in the order they were called.
+pub(super) struct Commands(mpsc::UnboundedSender<Command>);
+
+impl Commands {
+    /// A queue and the receiver its subscriber task reads.
+    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
+    /// Queues a subscribe; resolves with the task's answer.
+    pub(super) fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (ack, done) = oneshot::channel();
+        if self
+            .0
+            .send(Command::Subscribe(channel.to_owned(), ack))
+            .is_err()
+        {
+            return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
+        }
+        async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
+    }
+
+    /// Queues an unsubscribe.
+    pub(super) fn unsubscribe(&self, channel: &str) {
+        let _ = self.0.send(Command::Unsubscribe(channel.to_owned()));
+    }
 }
 
 /// Pub/sub through one Redis server.
 pub struct RedisBroker {
     publisher: Publisher,
     prefix: Arc<str>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Commands,
     connected: Arc<AtomicBool>,
 }
 
@@ -95,7 +128,7 @@ impl RedisBroker {
             .boxed()
         }));
         let (tx, rx) = mpsc::channel(BUFFER);
-        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (commands, command_rx) = Commands::new();
         let connected = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber {
             client,
@@ -136,19 +169,11 @@ impl Broker for RedisBroker {
     }
 
     fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (ack, done) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::Subscribe(channel.to_owned(), ack))
-            .is_err()
-        {
-            return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
-        }
-        async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
+        self.commands.subscribe(channel)
     }
 
     fn unsubscribe(&self, channel: &str) {
-        let _ = self.commands.send(Command::Unsubscribe(channel.to_owned()));
+        self.commands.unsubscribe(channel)
     }
 
     fn is_ready(&self) -> bool {

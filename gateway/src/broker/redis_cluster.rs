@@ -24,10 +24,10 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::publisher::Publisher;
-use super::redis::bounded;
+use super::redis::{Command, Commands, bounded};
 use super::{Broker, BrokerError, Incoming, IncomingRx};
 use crate::redis_link::{LazyCluster, RedisTarget};
 
@@ -55,11 +55,6 @@ const SETTLE: [Duration; 4] = [
 /// SSUBSCRIBEs in flight at once while re-subscribing.
 const CONCURRENCY: usize = 64;
 
-enum Command {
-    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
-    Unsubscribe(String),
-}
-
 /// What the connections report that needs the subscriber's attention.
 enum Control {
     /// A connection to some cluster node dropped.
@@ -72,7 +67,7 @@ enum Control {
 pub struct RedisClusterBroker {
     publisher: Publisher,
     prefix: Arc<str>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Commands,
     ready: Arc<AtomicBool>,
 }
 
@@ -145,7 +140,7 @@ impl RedisClusterBroker {
             .build()
             .map_err(|e| BrokerError::Unavailable(format!("bad redis cluster config: {e}")))?;
         let con = LazyCluster::new(client);
-        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (commands, command_rx) = Commands::new();
         let ready = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber {
             con: con.clone(),
@@ -185,19 +180,11 @@ impl Broker for RedisClusterBroker {
     }
 
     fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (ack, done) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::Subscribe(channel.to_owned(), ack))
-            .is_err()
-        {
-            return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
-        }
-        async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
+        self.commands.subscribe(channel)
     }
 
     fn unsubscribe(&self, channel: &str) {
-        let _ = self.commands.send(Command::Unsubscribe(channel.to_owned()));
+        self.commands.unsubscribe(channel)
     }
 
     fn is_ready(&self) -> bool {
