@@ -228,9 +228,9 @@ impl Node {
     }
 
     /// [`Node::publish`] in two steps, so a connection can have several publishes in flight:
-    /// checks and the publish hook run now; the returned future hands the messages to the
-    /// broker when first polled and resolves once the broker accepted them. Futures polled in
-    /// the order they were created reach the broker in that order.
+    /// checks, the publish hook and the hand-over to the broker happen now (the embedded
+    /// broker's at the future's first poll), so calls reach the broker in call order; the
+    /// returned future resolves once the broker accepted every message.
     pub fn start_publish(
         &self,
         who: &Identity,

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub mod memory;
 mod publisher;
@@ -23,6 +24,31 @@ pub struct Incoming {
     pub channel: Arc<str>,
     /// Payload as published: JSON text for gateway publishers, anything for external ones.
     pub payload: Bytes,
+}
+
+impl Incoming {
+    /// The message a Redis channel `name` carried, if `name` is one of ours (starts with
+    /// `prefix`, the rest being UTF-8).
+    pub(crate) fn from_redis(prefix: &str, name: &[u8], payload: &[u8]) -> Option<Self> {
+        let channel = std::str::from_utf8(name.strip_prefix(prefix.as_bytes())?).ok()?;
+        Some(Self {
+            channel: Arc::from(channel),
+            payload: Bytes::copy_from_slice(payload),
+        })
+    }
+}
+
+/// Sends a request built around a reply slot to a broker task; resolves with the task's
+/// reply, or `Closed` when the task is gone.
+pub(crate) fn ask<T>(
+    tx: &mpsc::UnboundedSender<T>,
+    request: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> T,
+) -> BoxFuture<'static, Result<(), BrokerError>> {
+    let (reply, done) = oneshot::channel();
+    if tx.send(request(reply)).is_err() {
+        return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
+    }
+    async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
 }
 
 /// The stream of messages a broker delivers to this node.

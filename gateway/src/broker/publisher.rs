@@ -8,7 +8,6 @@
 //! round trip per batch instead of one per message.
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,15 +47,10 @@ impl Publisher {
         channel: String,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (ack, done) = oneshot::channel();
-        let queued = Queued {
+        super::ask(&self.tx, |ack| Queued {
             message: (channel, payload),
             ack,
-        };
-        if self.tx.send(queued).is_err() {
-            return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
-        }
-        async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
+        })
     }
 }
 

@@ -59,15 +59,7 @@ impl Commands {
 
     /// Queues a subscribe; resolves with the task's answer.
     pub(super) fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (ack, done) = oneshot::channel();
-        if self
-            .0
-            .send(Command::Subscribe(channel.to_owned(), ack))
-            .is_err()
-        {
-            return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
-        }
-        async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
+        super::ask(&self.0, |ack| Command::Subscribe(channel.to_owned(), ack))
     }
 
     /// Queues an unsubscribe.
@@ -313,12 +305,12 @@ impl Subscriber {
                     let Some(msg) = msg else {
                         return Ended::Lost("connection closed".into());
                     };
-                    let Some(channel) = msg.get_channel_name().strip_prefix(self.prefix.as_str()) else {
+                    let Some(incoming) = Incoming::from_redis(
+                        &self.prefix,
+                        msg.get_channel_name().as_bytes(),
+                        msg.get_payload_bytes(),
+                    ) else {
                         continue;
-                    };
-                    let incoming = Incoming {
-                        channel: Arc::from(channel),
-                        payload: Bytes::copy_from_slice(msg.get_payload_bytes()),
                     };
                     if self.incoming.send(incoming).await.is_err() {
                         return Ended::Stopped;

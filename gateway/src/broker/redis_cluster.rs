@@ -44,13 +44,14 @@ const TIMEOUT: Duration = super::redis::TIMEOUT;
 /// Every channel is re-subscribed this often even without a sign of trouble, bounding how
 /// long a subscription lost without any notice can stay lost.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
-/// After trouble, every channel is re-subscribed again at these delays (from the first
-/// successful re-subscribe), covering connections redis-rs replaces while a cluster recovers.
+/// After trouble, every channel is re-subscribed again after each of these pauses (0.5, 1, 2
+/// and 4 s after the first successful re-subscribe), covering connections redis-rs replaces
+/// while a cluster recovers.
 const SETTLE: [Duration; 4] = [
+    Duration::from_millis(500),
     Duration::from_millis(500),
     Duration::from_secs(1),
     Duration::from_secs(2),
-    Duration::from_secs(4),
 ];
 /// SSUBSCRIBEs in flight at once while re-subscribing.
 const CONCURRENCY: usize = 64;
@@ -102,15 +103,9 @@ impl RedisClusterBroker {
                     let (Some(channel), Some(payload)) = (bulk(channel), bulk(payload)) else {
                         return Ok(());
                     };
-                    let Some(channel) = channel
-                        .strip_prefix(push_prefix.as_bytes())
-                        .and_then(|c| std::str::from_utf8(c).ok())
+                    let Some(incoming) = Incoming::from_redis(&push_prefix, channel, payload)
                     else {
                         return Ok(());
-                    };
-                    let incoming = Incoming {
-                        channel: Arc::from(channel),
-                        payload: Bytes::copy_from_slice(payload),
                     };
                     if tx.try_send(incoming).is_err() {
                         metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_backlog")
@@ -302,7 +297,7 @@ impl Subscriber {
                     let (_, step) = settle.take().expect("guarded by the branch condition");
                     settle = SETTLE
                         .get(step + 1)
-                        .map(|d| (tokio::time::Instant::now() + *d - SETTLE[step], step + 1));
+                        .map(|d| (tokio::time::Instant::now() + *d, step + 1));
                     self.lost.extend(self.desired.iter().cloned());
                     repair_at = tokio::time::Instant::now();
                 }
