@@ -186,7 +186,7 @@ async fn writer(mut con: RedisConn, mut rx: mpsc::UnboundedReceiver<Update>, ttl
             update = rx.recv() => match update {
                 None => return,
                 Some(Update::Add { key, member }) => {
-                    let _ = add(&mut con, &key, std::slice::from_ref(&member), ttl_ms).await;
+                    let _ = add(&key, std::slice::from_ref(&member), ttl_ms).query_async::<()>(&mut con).await;
                     own.entry(key).or_default().push(member);
                 }
                 Some(Update::Remove { key, member }) => {
@@ -199,44 +199,40 @@ async fn writer(mut con: RedisConn, mut rx: mpsc::UnboundedReceiver<Update>, ttl
                     let _ = redis::cmd("ZREM").arg(&key).arg(&member).query_async::<i64>(&mut con).await;
                 }
                 Some(Update::Shutdown(done)) => {
-                    futures_util::stream::iter(own.drain())
-                        .map(|(key, members)| {
-                            let mut con = con.clone();
-                            async move {
-                                let _ = redis::cmd("ZREM").arg(key).arg(members).query_async::<i64>(&mut con).await;
-                            }
-                        })
-                        .buffer_unordered(CONCURRENCY)
-                        .collect::<()>()
-                        .await;
+                    let pipes = own.drain().map(|(key, members)| {
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("ZREM").arg(key).arg(members).ignore();
+                        pipe
+                    });
+                    send_each(&con, pipes.collect()).await;
                     let _ = done.send(());
                 }
             },
             _ = heartbeat.tick() => {
-                // Owned copies: the futures must not borrow `own` across the await.
-                let entries: Vec<(String, Vec<String>)> =
-                    own.iter().map(|(k, m)| (k.clone(), m.clone())).collect();
-                futures_util::stream::iter(entries)
-                    .map(|(key, members)| {
-                        let mut con = con.clone();
-                        async move {
-                            let _ = add(&mut con, &key, &members, ttl_ms).await;
-                        }
-                    })
-                    .buffer_unordered(CONCURRENCY)
-                    .collect::<()>()
-                    .await;
+                let pipes = own.iter().map(|(key, members)| add(key, members, ttl_ms));
+                send_each(&con, pipes.collect()).await;
             }
         }
     }
 }
 
-async fn add(
-    con: &mut RedisConn,
-    key: &str,
-    members: &[String],
-    ttl_ms: u64,
-) -> redis::RedisResult<()> {
+/// Sends one single-key pipeline each, [`CONCURRENCY`] at a time (on a cluster each goes to
+/// its key's shard). Failures are dropped: the next heartbeat writes every entry again.
+async fn send_each(con: &RedisConn, pipes: Vec<redis::Pipeline>) {
+    futures_util::stream::iter(pipes)
+        .map(|pipe| {
+            let mut con = con.clone();
+            async move {
+                let _ = pipe.query_async::<()>(&mut con).await;
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<()>()
+        .await;
+}
+
+/// Adds (or refreshes) `members` of `key` with a fresh expiry, and the key's own TTL.
+fn add(key: &str, members: &[String], ttl_ms: u64) -> redis::Pipeline {
     let expires = now_ms() + ttl_ms;
     let mut pipe = redis::pipe();
     pipe.cmd("ZADD").arg(key);
@@ -248,5 +244,5 @@ async fn add(
         .arg(key)
         .arg(ttl_ms * 2)
         .ignore();
-    pipe.query_async(con).await
+    pipe
 }
