@@ -155,6 +155,9 @@ pub struct ServerConfig {
     /// Seconds between leaving readiness and closing clients on shutdown, so load balancers
     /// stop routing here first.
     pub drain_secs: u64,
+    /// Threads that run connections, plugin hooks and the broker: 0 = one per CPU core; 1 =
+    /// everything on one thread (cheapest per message when several nodes share a machine).
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -164,6 +167,7 @@ impl Default for ServerConfig {
             node_id: None,
             shutdown_grace_secs: 5,
             drain_secs: 0,
+            worker_threads: 0,
         }
     }
 }

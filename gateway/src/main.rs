@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         };
     }
     telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match server::runtime(&config.server) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard: cannot start runtime: {e}");

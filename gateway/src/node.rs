@@ -81,6 +81,26 @@ pub struct Node {
     pub sessions: TaskTracker,
     connections: AtomicUsize,
     next_conn: AtomicU64,
+    publish_metrics: Arc<PublishMetrics>,
+}
+
+/// Metric handles every publish records into, looked up once: the `metrics` macros look the
+/// name up in the registry on every call.
+struct PublishMetrics {
+    published: metrics::Counter,
+    seconds: metrics::Histogram,
+    failed: metrics::Counter,
+}
+
+impl PublishMetrics {
+    /// Registers the handles; call after the recorder is installed.
+    fn new() -> Self {
+        Self {
+            published: metrics::counter!("switchyard_messages_published_total"),
+            seconds: metrics::histogram!("switchyard_publish_seconds"),
+            failed: metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_unavailable"),
+        }
+    }
 }
 
 /// A publish handed to [`Node::start_publish`]: resolves once the broker accepted it.
@@ -169,8 +189,10 @@ impl Node {
             tracing::info!(%binding, "plugin bound");
         }
         let hub = Arc::new(Hub::new(broker.clone()).with_deliver_hook(plugins.clone()));
+        let metrics = crate::metrics::handle(&node_id);
         let node = Arc::new(Self {
-            metrics: crate::metrics::handle(&node_id),
+            metrics,
+            publish_metrics: Arc::new(PublishMetrics::new()),
             id: node_id,
             presence,
             config: Arc::new(config),
@@ -268,16 +290,16 @@ impl Node {
         let sent = self
             .broker
             .publish(channel, Bytes::copy_from_slice(data.as_bytes()));
+        let m = self.publish_metrics.clone();
         async move {
             match sent.await {
                 Ok(()) => {
-                    metrics::counter!("switchyard_messages_published_total").increment(1);
-                    metrics::histogram!("switchyard_publish_seconds")
-                        .record(started.elapsed().as_secs_f64());
+                    m.published.increment(1);
+                    m.seconds.record(started.elapsed().as_secs_f64());
                     Ok(())
                 }
                 Err(e) => {
-                    metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_unavailable").increment(1);
+                    m.failed.increment(1);
                     Err(Rejection::new(ErrorCode::Unavailable, e.to_string()))
                 }
             }

@@ -4,10 +4,13 @@
 //! Pushing never waits: a full queue marks the session a slow consumer and asks its writer to
 //! close it, so one stuck client can neither slow the fan-out nor grow memory without bound.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Poll;
 
-use tokio::sync::{Notify, mpsc};
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 use crate::protocol::Frame;
 
@@ -54,106 +57,155 @@ impl CloseReason {
     }
 }
 
-struct Ctl {
+/// Most frames a queue keeps allocated room for once it is empty again; a burst's larger
+/// buffer is released so a connection that went quiet goes back to holding almost nothing.
+const KEEP_CAPACITY: usize = 64;
+
+struct Shared {
+    /// Frames queued and not yet taken by the writer. A plain locked deque: it allocates
+    /// nothing until the first frame (an idle connection's queue costs no heap), and the
+    /// writer takes a whole batch under one lock.
+    queue: Mutex<VecDeque<Frame>>,
+    /// The writer, parked while the queue is empty.
+    writer: AtomicWaker,
+    /// Live producer handles; the writer stops once the last one is gone and the queue is empty.
+    producers: AtomicUsize,
     reason: OnceLock<CloseReason>,
     notify: Notify,
-    /// Frames queued and not yet taken by the writer.
-    queued: AtomicUsize,
     /// Most frames that may be queued.
     capacity: usize,
 }
 
-/// The producer side of a session's queue, held by the hub and the session.
-#[derive(Clone)]
-pub struct Outbox {
-    // Unbounded channel plus our own count: the bound is checked with one atomic add instead
-    // of a bounded channel's semaphore (a hot spot in perf on every delivery).
-    tx: mpsc::UnboundedSender<Frame>,
-    ctl: Arc<Ctl>,
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Frame>> {
+        // A panic while holding this lock cannot leave the deque half-updated.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
+/// The producer side of a session's queue, held by the hub and the session.
+pub struct Outbox(Arc<Shared>);
+
 /// The writer's side: frames to send, and the close request.
-pub struct OutboxRx {
-    rx: mpsc::UnboundedReceiver<Frame>,
-    ctl: Arc<Ctl>,
-}
+pub struct OutboxRx(Arc<Shared>);
 
 /// Creates a queue holding at most `capacity` frames.
 pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let ctl = Arc::new(Ctl {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        writer: AtomicWaker::new(),
+        producers: AtomicUsize::new(1),
         reason: OnceLock::new(),
         notify: Notify::new(),
-        queued: AtomicUsize::new(0),
         capacity,
     });
-    (
-        Outbox {
-            tx,
-            ctl: ctl.clone(),
-        },
-        OutboxRx { rx, ctl },
-    )
+    (Outbox(shared.clone()), OutboxRx(shared))
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.0.producers.fetch_add(1, Ordering::Relaxed);
+        Outbox(self.0.clone())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.0.producers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.writer.wake();
+        }
+    }
 }
 
 impl Outbox {
     /// Queues a frame; on overflow, closes the session as a slow consumer. Returns false when
     /// the frame was not queued.
     pub fn push(&self, frame: Frame) -> bool {
-        if self.ctl.queued.fetch_add(1, Ordering::AcqRel) >= self.ctl.capacity {
-            self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
-            self.close(CloseReason::SlowConsumer);
-            return false;
+        {
+            let mut queue = self.0.queue();
+            if queue.len() >= self.0.capacity {
+                drop(queue);
+                self.close(CloseReason::SlowConsumer);
+                return false;
+            }
+            queue.push_back(frame);
         }
-        if self.tx.send(frame).is_err() {
-            self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
+        self.0.writer.wake();
         true
     }
 
     /// Asks the writer to close the connection; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        if self.ctl.reason.set(reason).is_ok() {
-            self.ctl.notify.notify_waiters();
-            self.ctl.notify.notify_one();
+        if self.0.reason.set(reason).is_ok() {
+            self.0.notify.notify_waiters();
+            self.0.notify.notify_one();
         }
     }
 
     /// The reason the session is closing, if it is.
     pub fn closing(&self) -> Option<CloseReason> {
-        self.ctl.reason.get().copied()
+        self.0.reason.get().copied()
     }
 
-    /// Resolves once a close has been requested.
-    pub async fn closed(&self) -> CloseReason {
-        wait_closed(&self.ctl).await
+    /// A handle that observes the close request without counting as a producer.
+    pub fn close_signal(&self) -> CloseSignal {
+        CloseSignal(self.0.clone())
     }
 }
 
 impl OutboxRx {
+    /// Waits until frames are queued and moves up to `limit` of them to the end of `batch`;
+    /// returns 0 once every producer is gone and nothing is left.
+    pub async fn recv_many(&mut self, batch: &mut Vec<Frame>, limit: usize) -> usize {
+        std::future::poll_fn(|cx| {
+            if let Some(n) = self.take(batch, limit) {
+                return Poll::Ready(n);
+            }
+            self.0.writer.register(cx.waker());
+            // A push between the check above and the registration must not be missed.
+            match self.take(batch, limit) {
+                Some(n) => Poll::Ready(n),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
     /// Waits for the next frame; `None` once every producer is gone.
     pub async fn recv(&mut self) -> Option<Frame> {
-        let frame = self.rx.recv().await?;
-        self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(frame)
+        let mut one = Vec::with_capacity(1);
+        self.recv_many(&mut one, 1).await;
+        one.pop()
     }
 
     /// Takes a frame that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Frame> {
-        let frame = self.rx.try_recv().ok()?;
-        self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(frame)
+        self.0.queue().pop_front()
     }
 
     /// A handle that observes the close request while the queue is being drained.
     pub fn close_signal(&self) -> CloseSignal {
-        CloseSignal(self.ctl.clone())
+        CloseSignal(self.0.clone())
+    }
+
+    /// Some(frames taken), or Some(0) when the queue is empty for good, or None to wait.
+    fn take(&self, batch: &mut Vec<Frame>, limit: usize) -> Option<usize> {
+        let mut queue = self.0.queue();
+        if queue.is_empty() {
+            let gone = self.0.producers.load(Ordering::Acquire) == 0;
+            return gone.then_some(0);
+        }
+        let n = queue.len().min(limit);
+        batch.extend(queue.drain(..n));
+        if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
+            *queue = VecDeque::new();
+        }
+        Some(n)
     }
 }
 
 /// Observes a session's close request.
-pub struct CloseSignal(Arc<Ctl>);
+pub struct CloseSignal(Arc<Shared>);
 
 impl CloseSignal {
     /// Resolves once a close has been requested.
@@ -162,10 +214,10 @@ impl CloseSignal {
     }
 }
 
-async fn wait_closed(ctl: &Ctl) -> CloseReason {
+async fn wait_closed(shared: &Shared) -> CloseReason {
     loop {
-        let notified = ctl.notify.notified();
-        if let Some(r) = ctl.reason.get() {
+        let notified = shared.notify.notified();
+        if let Some(r) = shared.reason.get() {
             return *r;
         }
         notified.await;

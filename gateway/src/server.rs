@@ -11,7 +11,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::broker::IncomingRx;
-use crate::config::{Cli, Config};
+use crate::config::{Cli, Config, ServerConfig};
 use crate::node::{Node, StartError};
 use crate::plugins::cluster::CONTROL_CHANNEL;
 use crate::{api, ws};
@@ -236,6 +236,22 @@ async fn dispatch(node: Arc<Node>, mut incoming: IncomingRx) {
             dropped.increment(stats.dropped as u64);
         }
     }
+}
+
+/// Builds the tokio runtime `server.worker_threads` asks for.
+pub fn runtime(config: &ServerConfig) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match config.worker_threads {
+        // The node runs inside `block_on` on the calling thread, as a single-threaded server.
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    builder.enable_all().build()
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -79,24 +79,34 @@ fn check_rejects_bad_configs_precisely() {
 
 #[tokio::test]
 async fn sigterm_drains_clients_with_1001_and_exits_zero() {
-    let (mut child, addr) = crate::support::spawn_gateway(None).await;
-    let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
-    c.subscribe("x").await;
-    c.publish_acked("x", json!(1), 1).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    match c.ended().await {
-        Ended::Closed(code, _) => assert_eq!(code, 1001),
-        Ended::Dropped => panic!("expected a 1001 close frame"),
+    // Both runtimes: one worker per core (the default) and the single-threaded node.
+    let single = tempfile::tempdir().unwrap();
+    let single_config = single.path().join("single.toml");
+    std::fs::write(&single_config, "[server]\nworker_threads = 1\n").unwrap();
+    for config in [None, Some(single_config.as_path())] {
+        let (mut child, addr) = crate::support::spawn_gateway(config).await;
+        let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
+        c.subscribe("x").await;
+        assert_eq!(
+            c.publish_own("x", json!(1), 1).await["data"],
+            1,
+            "{config:?}"
+        );
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().unwrap().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        match c.ended().await {
+            Ended::Closed(code, _) => assert_eq!(code, 1001, "{config:?}"),
+            Ended::Dropped => panic!("expected a 1001 close frame ({config:?})"),
+        }
+        let exit = tokio::time::timeout(PATIENCE, child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.code(), Some(0), "{config:?}");
     }
-    let exit = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! The client protocol, limits and lifecycle of a single embedded node.
 
+use std::time::Duration;
+
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -258,6 +260,23 @@ async fn idle_client_is_closed() {
     match idle.ended().await {
         Ended::Closed(code, reason) => assert_eq!((code, reason.as_str()), (4002, "idle timeout")),
         Ended::Dropped => panic!("expected an idle-timeout close frame"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_talking_is_not_idle() {
+    let gw = TestGateway::start("[limits]\nidle_timeout_secs = 2\nping_interval_secs = 0\n").await;
+    let mut c = gw.client().await;
+    // Requests spread over 2.5 idle timeouts: the idle timer is re-armed from the last frame,
+    // not from the connection's start (each reply proves the connection is still open).
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        c.subscribe("s").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match c.ended().await {
+        Ended::Closed(code, reason) => assert_eq!((code, reason.as_str()), (4002, "idle timeout")),
+        Ended::Dropped => panic!("expected an idle-timeout close frame once the client went quiet"),
     }
 }
 

@@ -34,18 +34,22 @@ type Reply = BoxFuture<'static, Option<protocol::Frame>>;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a session until the client leaves or the server closes it.
-pub async fn run(
+///
+/// A plain function returning the future, with the socket split before it: an `async fn`
+/// would keep the unsplit `WebSocket` (hundreds of bytes) in every connection's task for its
+/// whole life.
+pub fn run(
     socket: WebSocket,
     node: Arc<Node>,
     slot: ConnectionSlot,
     remote: SocketAddr,
     identity: Identity,
-) {
+) -> impl Future<Output = ()> {
     let span = tracing::info_span!("conn", id = slot.id, %remote, user = identity.user.as_deref());
+    let (sink, stream) = socket.split();
     async move {
         tracing::debug!("connected");
         let limits = &node.config.limits;
-        let (sink, stream) = socket.split();
         let (outbox, rx) = outbox(limits.outbound_queue);
         let ping =
             (limits.ping_interval_secs > 0).then(|| Duration::from_secs(limits.ping_interval_secs));
@@ -84,7 +88,6 @@ pub async fn run(
         drop(slot);
     }
     .instrument(span)
-    .await;
 }
 
 struct Session {
@@ -107,18 +110,32 @@ impl Session {
         mut writer: JoinHandle<()>,
     ) -> &'static str {
         let idle = Duration::from_secs(self.node.config.limits.idle_timeout_secs);
-        let mut deadline = Instant::now() + idle;
+        // The waits below live across iterations: re-creating them per frame cost a timer-wheel
+        // insert and removal, and a lock on the node-wide shutdown token, for every request.
+        // The idle timer is not moved per frame either; when it fires early it is re-armed
+        // from the time of the last frame.
+        let mut last_read = Instant::now();
+        let idle_timer = sleep_until(last_read + idle);
+        let close_signal = self.outbox.close_signal();
+        let closed = close_signal.closed();
         let shutdown = self.node.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(idle_timer, closed, cancelled);
         let ended = loop {
             let msg = tokio::select! {
                 biased;
-                _ = self.outbox.closed() => break "closed by server",
+                _ = &mut closed => break "closed by server",
                 _ = &mut writer => return "write failed",
-                _ = shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     self.outbox.close(CloseReason::ShuttingDown);
                     break "shutdown";
                 }
-                _ = sleep_until(deadline) => {
+                _ = &mut idle_timer => {
+                    let deadline = last_read + idle;
+                    if deadline > Instant::now() {
+                        idle_timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     self.outbox.close(CloseReason::IdleTimeout);
                     break "idle";
                 }
@@ -130,7 +147,7 @@ impl Session {
                 }
                 msg = stream.next(), if self.pending.len() < MAX_IN_FLIGHT => msg,
             };
-            deadline = Instant::now() + idle;
+            last_read = Instant::now();
             match msg {
                 Some(Ok(Message::Text(text))) => self.handle(text.as_str()).await,
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {

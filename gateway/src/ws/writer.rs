@@ -32,14 +32,9 @@ pub async fn run(
         let reason = tokio::select! {
             biased;
             reason = &mut closed => reason,
-            frame = rx.recv() => {
-                let Some(frame) = frame else { return };
-                batch.push(frame);
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Some(f) => batch.push(f),
-                        None => break,
-                    }
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
                 }
                 let write = async {
                     for frame in batch.drain(..) {
