@@ -5,7 +5,7 @@
 //! close it, so one stuck client can neither slow the fan-out nor grow memory without bound.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Poll;
 
@@ -66,6 +66,11 @@ struct Shared {
     /// nothing until the first frame (an idle connection's queue costs no heap), and the
     /// writer takes a whole batch under one lock.
     queue: Mutex<VecDeque<Frame>>,
+    /// The queue's length, stored under its lock, so the writer sees "nothing queued" without
+    /// taking the lock (it looks several times per wake-up).
+    queued: AtomicUsize,
+    /// A ping is due (set by the session's timer, so the writer keeps no timer of its own).
+    ping: AtomicBool,
     /// The writer, parked while the queue is empty.
     writer: AtomicWaker,
     /// Live producer handles; the writer stops once the last one is gone and the queue is empty.
@@ -93,6 +98,8 @@ pub struct OutboxRx(Arc<Shared>);
 pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
+        queued: AtomicUsize::new(0),
+        ping: AtomicBool::new(false),
         writer: AtomicWaker::new(),
         producers: AtomicUsize::new(1),
         reason: OnceLock::new(),
@@ -129,9 +136,21 @@ impl Outbox {
                 return false;
             }
             queue.push_back(frame);
+            self.0.queued.store(queue.len(), Ordering::Release);
+            if queue.len() > 1 {
+                // The writer was woken for the first frame and has not taken it yet: it will
+                // take this one with it.
+                return true;
+            }
         }
         self.0.writer.wake();
         true
+    }
+
+    /// Asks the writer to send a ping after the frames already queued.
+    pub fn ping(&self) {
+        self.0.ping.store(true, Ordering::Release);
+        self.0.writer.wake();
     }
 
     /// Asks the writer to close the connection; the first reason wins.
@@ -139,6 +158,7 @@ impl Outbox {
         if self.0.reason.set(reason).is_ok() {
             self.0.notify.notify_waiters();
             self.0.notify.notify_one();
+            self.0.writer.wake();
         }
     }
 
@@ -153,54 +173,106 @@ impl Outbox {
     }
 }
 
+/// What the writer is to do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Frames were moved into the batch: write them.
+    Frames,
+    /// Nothing is queued and a ping is due.
+    Ping,
+    /// The session is to be closed with this reason.
+    Close(CloseReason),
+    /// Every producer is gone and every frame was taken: the writer is done.
+    Done,
+}
+
 impl OutboxRx {
-    /// Waits until frames are queued and moves up to `limit` of them to the end of `batch`;
-    /// returns 0 once every producer is gone and nothing is left.
-    pub async fn recv_many(&mut self, batch: &mut Vec<Frame>, limit: usize) -> usize {
+    /// Waits until there is something to do. A close request comes first; otherwise, when
+    /// frames are queued, the batch (empty on entry) gets up to `limit` of them.
+    ///
+    /// The writer waits for frames and for the close request on one `AtomicWaker`: a
+    /// `Notify` waiter for the close was re-polled on every wake-up and took its lock each
+    /// time (~280 instructions per delivery in callgrind).
+    pub async fn next(&mut self, batch: &mut VecDeque<Frame>, limit: usize) -> Next {
         std::future::poll_fn(|cx| {
-            if let Some(n) = self.take(batch, limit) {
-                return Poll::Ready(n);
+            if let Some(next) = self.take(batch, limit) {
+                return Poll::Ready(next);
             }
             self.0.writer.register(cx.waker());
-            // A push between the check above and the registration must not be missed.
+            // A push or close between the check above and the registration must not be missed.
             match self.take(batch, limit) {
-                Some(n) => Poll::Ready(n),
+                Some(next) => Poll::Ready(next),
                 None => Poll::Pending,
             }
         })
         .await
     }
 
-    /// Waits for the next frame; `None` once every producer is gone.
+    /// Resolves once a close has been requested; for the writer while it is writing.
+    pub async fn closed(&self) -> CloseReason {
+        std::future::poll_fn(|cx| {
+            if let Some(r) = self.0.reason.get() {
+                return Poll::Ready(*r);
+            }
+            self.0.writer.register(cx.waker());
+            match self.0.reason.get() {
+                Some(r) => Poll::Ready(*r),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Waits for the next frame; `None` once every producer is gone or a close is requested.
     pub async fn recv(&mut self) -> Option<Frame> {
-        let mut one = Vec::with_capacity(1);
-        self.recv_many(&mut one, 1).await;
-        one.pop()
+        let mut one = VecDeque::new();
+        loop {
+            match self.next(&mut one, 1).await {
+                Next::Frames => return one.pop_front(),
+                Next::Ping => continue,
+                Next::Close(_) | Next::Done => return None,
+            }
+        }
     }
 
     /// Takes a frame that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Frame> {
-        self.0.queue().pop_front()
+        let mut queue = self.0.queue();
+        let frame = queue.pop_front();
+        self.0.queued.store(queue.len(), Ordering::Release);
+        frame
     }
 
-    /// A handle that observes the close request while the queue is being drained.
+    /// A handle that observes the close request.
     pub fn close_signal(&self) -> CloseSignal {
         CloseSignal(self.0.clone())
     }
 
-    /// Some(frames taken), or Some(0) when the queue is empty for good, or None to wait.
-    fn take(&self, batch: &mut Vec<Frame>, limit: usize) -> Option<usize> {
-        let mut queue = self.0.queue();
-        if queue.is_empty() {
-            let gone = self.0.producers.load(Ordering::Acquire) == 0;
-            return gone.then_some(0);
+    /// What to do now, or `None` to wait.
+    fn take(&self, batch: &mut VecDeque<Frame>, limit: usize) -> Option<Next> {
+        if let Some(r) = self.0.reason.get() {
+            return Some(Next::Close(*r));
         }
-        let n = queue.len().min(limit);
-        batch.extend(queue.drain(..n));
+        if self.0.queued.load(Ordering::Acquire) == 0 {
+            if self.0.ping.swap(false, Ordering::AcqRel) {
+                return Some(Next::Ping);
+            }
+            let gone = self.0.producers.load(Ordering::Acquire) == 0;
+            return gone.then_some(Next::Done);
+        }
+        let mut queue = self.0.queue();
+        if queue.len() <= limit && batch.is_empty() {
+            // The usual case: trade buffers instead of moving frames one by one.
+            std::mem::swap(batch, &mut *queue);
+        } else {
+            let n = queue.len().min(limit);
+            batch.extend(queue.drain(..n));
+        }
         if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
             *queue = VecDeque::new();
         }
-        Some(n)
+        self.0.queued.store(queue.len(), Ordering::Release);
+        Some(Next::Frames)
     }
 }
 

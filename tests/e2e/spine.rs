@@ -281,6 +281,37 @@ async fn a_client_that_keeps_talking_is_not_idle() {
 }
 
 #[tokio::test]
+async fn server_pings_keep_a_quiet_client_alive() {
+    use futures_util::StreamExt;
+    let gw = TestGateway::start("[limits]\nidle_timeout_secs = 2\nping_interval_secs = 1\n").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.url()).await.unwrap();
+    // The client sends nothing but the pongs tungstenite answers with while it reads: for
+    // 2.5 idle timeouts it must see pings and no close.
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut pings = 0;
+    while let Ok(next) = tokio::time::timeout_at(until, ws.next()).await {
+        match next {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("expected only pings, got {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 5 s at one per second");
+    ws.send(Message::text(
+        r#"{"type":"subscribe","channel":"p","id":1}"#,
+    ))
+    .await
+    .unwrap();
+    let reply = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => break serde_json::from_str::<Value>(&t).unwrap(),
+            Some(Ok(Message::Ping(_))) => continue,
+            other => panic!("expected the subscribe reply, got {other:?}"),
+        }
+    };
+    assert_eq!(reply["type"], "subscribed");
+}
+
+#[tokio::test]
 async fn connection_limit_refuses_upgrade_with_503() {
     let gw = TestGateway::start("[limits]\nmax_connections = 2\n").await;
     let _a = gw.client().await;
