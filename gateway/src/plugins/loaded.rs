@@ -282,6 +282,7 @@ impl LoadedPlugin {
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks());
+        let _ticking = self.runtime.ticking();
         let plugin = self
             .pre
             .instantiate(&mut store)
@@ -335,7 +336,9 @@ impl LoadedPlugin {
         };
         slot.store.set_epoch_deadline(self.deadline_ticks());
         let started = Instant::now();
+        let ticking = self.runtime.ticking();
         let result = f(&slot.plugin, &mut slot.store);
+        drop(ticking);
         let elapsed = started.elapsed();
         self.stats.record(elapsed, result.is_err());
         let m = self.hook_metrics(hook);

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -22,6 +24,27 @@ pub struct Runtime {
     /// Host imports, ready to pre-instantiate components against.
     pub linker: Linker<HostState>,
     compiled: Mutex<HashMap<String, Component>>,
+    ticker: Arc<Ticker>,
+}
+
+/// The thread that advances the engine's epoch, only while some plugin code runs.
+///
+/// A ticker that woke every millisecond for the life of the process cost more CPU than the
+/// plugin calls themselves at moderate rates (allow-all on every hook: 1.62 vs 1.28 times
+/// floor's CPU per delivery at 20k deliveries/s; with a 10 ms tick the two were equal).
+struct Ticker {
+    /// Plugin calls (and inits) in progress.
+    running: AtomicUsize,
+    thread: OnceLock<Thread>,
+}
+
+/// Keeps the epoch ticking while a plugin call runs; see [`Runtime::ticking`].
+pub struct Ticking<'a>(&'a Ticker);
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a component could not be compiled.
@@ -65,21 +88,44 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| CompileError::Engine(e.to_string()))?;
-        let ticker = engine.clone();
-        std::thread::Builder::new()
+        let ticker = Arc::new(Ticker {
+            running: AtomicUsize::new(0),
+            thread: OnceLock::new(),
+        });
+        let (epoch, state) = (engine.clone(), ticker.clone());
+        let thread = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 loop {
+                    if state.running.load(Ordering::Acquire) == 0 {
+                        // Woken by the next call's `ticking` (an unpark that came first makes
+                        // this return at once; a spurious return just looks again).
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(TICK);
-                    ticker.increment_epoch();
+                    epoch.increment_epoch();
                 }
             })
             .map_err(|e| CompileError::Engine(e.to_string()))?;
+        let _ = ticker.thread.set(thread.thread().clone());
         Ok(Self {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            ticker,
         })
+    }
+
+    /// Starts the epoch ticking (if it is not already) until the guard is dropped; hold it
+    /// around every call into plugin code, whose deadline is counted in ticks.
+    pub fn ticking(&self) -> Ticking<'_> {
+        if self.ticker.running.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = self.ticker.thread.get()
+        {
+            thread.unpark();
+        }
+        Ticking(&self.ticker)
     }
 
     /// Compiles `bytes` (hash `hash`), reusing an earlier compilation from memory or from
