@@ -303,10 +303,7 @@ mod tests {
                 dropped: 1
             }
         );
-        assert_eq!(
-            slow_rx.close_signal().closed().await,
-            CloseReason::SlowConsumer
-        );
+        assert_eq!(slow_rx.closed().await, CloseReason::SlowConsumer);
         assert!(fast_rx.recv().await.is_some());
         assert!(fast_rx.recv().await.is_some());
     }

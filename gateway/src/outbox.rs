@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
 
 use crate::protocol::Frame;
 
@@ -76,7 +75,8 @@ struct Shared {
     /// Live producer handles; the writer stops once the last one is gone and the queue is empty.
     producers: AtomicUsize,
     reason: OnceLock<CloseReason>,
-    notify: Notify,
+    /// The session's reader, waiting for the close request (see [`CloseSignal`]).
+    reader: AtomicWaker,
     /// Most frames that may be queued.
     capacity: usize,
 }
@@ -103,7 +103,7 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
         writer: AtomicWaker::new(),
         producers: AtomicUsize::new(1),
         reason: OnceLock::new(),
-        notify: Notify::new(),
+        reader: AtomicWaker::new(),
         capacity,
     });
     (Outbox(shared.clone()), OutboxRx(shared))
@@ -156,8 +156,7 @@ impl Outbox {
     /// Asks the writer to close the connection; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         if self.0.reason.set(reason).is_ok() {
-            self.0.notify.notify_waiters();
-            self.0.notify.notify_one();
+            self.0.reader.wake();
             self.0.writer.wake();
         }
     }
@@ -210,17 +209,7 @@ impl OutboxRx {
 
     /// Resolves once a close has been requested; for the writer while it is writing.
     pub async fn closed(&self) -> CloseReason {
-        std::future::poll_fn(|cx| {
-            if let Some(r) = self.0.reason.get() {
-                return Poll::Ready(*r);
-            }
-            self.0.writer.register(cx.waker());
-            match self.0.reason.get() {
-                Some(r) => Poll::Ready(*r),
-                None => Poll::Pending,
-            }
-        })
-        .await
+        wait_closed(&self.0, &self.0.writer).await
     }
 
     /// Waits for the next frame; `None` once every producer is gone or a close is requested.
@@ -241,11 +230,6 @@ impl OutboxRx {
         let frame = queue.pop_front();
         self.0.queued.store(queue.len(), Ordering::Release);
         frame
-    }
-
-    /// A handle that observes the close request.
-    pub fn close_signal(&self) -> CloseSignal {
-        CloseSignal(self.0.clone())
     }
 
     /// What to do now, or `None` to wait.
@@ -276,24 +260,30 @@ impl OutboxRx {
     }
 }
 
-/// Observes a session's close request.
+/// Observes a session's close request, for one waiting task (the session's reader): it waits
+/// on an `AtomicWaker`, which holds one waker.
 pub struct CloseSignal(Arc<Shared>);
 
 impl CloseSignal {
     /// Resolves once a close has been requested.
     pub async fn closed(&self) -> CloseReason {
-        wait_closed(&self.0).await
+        wait_closed(&self.0, &self.0.reader).await
     }
 }
 
-async fn wait_closed(shared: &Shared) -> CloseReason {
-    loop {
-        let notified = shared.notify.notified();
+async fn wait_closed(shared: &Shared, waker: &AtomicWaker) -> CloseReason {
+    std::future::poll_fn(|cx| {
         if let Some(r) = shared.reason.get() {
-            return *r;
+            return Poll::Ready(*r);
         }
-        notified.await;
-    }
+        waker.register(cx.waker());
+        // A close between the check above and the registration must not be missed.
+        match shared.reason.get() {
+            Some(r) => Poll::Ready(*r),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -306,7 +296,7 @@ mod tests {
         assert!(tx.push("a".into()));
         assert!(tx.push("b".into()));
         assert!(!tx.push("c".into()));
-        assert_eq!(rx.close_signal().closed().await, CloseReason::SlowConsumer);
+        assert_eq!(rx.closed().await, CloseReason::SlowConsumer);
         tx.close(CloseReason::ShuttingDown);
         assert_eq!(tx.closing(), Some(CloseReason::SlowConsumer));
     }

@@ -114,42 +114,25 @@ impl Session {
         // The ping timer lives here, not in the writer: the writer wakes for every delivery
         // and polled its timer each time; this task wakes only for the client's frames.
         let ping_every = Duration::from_secs(limits.ping_interval_secs);
-        let pinging = !ping_every.is_zero();
+        let mut next_ping = (!ping_every.is_zero()).then(|| Instant::now() + ping_every);
         // The waits below live across iterations: re-creating them per frame cost a timer-wheel
         // insert and removal, and a lock on the node-wide shutdown token, for every request.
-        // The idle timer is not moved per frame either; when it fires early it is re-armed
-        // from the time of the last frame.
+        // One timer serves the idle deadline and the pings, and it is not moved per frame:
+        // when it fires it looks at the time of the last frame and re-arms.
         let mut last_read = Instant::now();
-        let idle_timer = sleep_until(last_read + idle);
-        let ping_timer = sleep_until(last_read + ping_every);
+        let timer = sleep_until(next_ping.map_or(last_read + idle, |p| p.min(last_read + idle)));
         let close_signal = self.outbox.close_signal();
         let closed = close_signal.closed();
         let shutdown = self.node.shutdown.clone();
         let cancelled = shutdown.cancelled();
-        tokio::pin!(idle_timer, ping_timer, closed, cancelled);
+        tokio::pin!(timer, closed, cancelled);
         let ended = loop {
+            // Frames and replies come before the shutdown and the timer, which are polled only
+            // once nothing else is ready: they cost a lock and a timer poll each time.
             let msg = tokio::select! {
                 biased;
                 _ = &mut closed => break "closed by server",
                 _ = &mut writer => return "write failed",
-                _ = &mut cancelled => {
-                    self.outbox.close(CloseReason::ShuttingDown);
-                    break "shutdown";
-                }
-                _ = &mut idle_timer => {
-                    let deadline = last_read + idle;
-                    if deadline > Instant::now() {
-                        idle_timer.as_mut().reset(deadline);
-                        continue;
-                    }
-                    self.outbox.close(CloseReason::IdleTimeout);
-                    break "idle";
-                }
-                _ = &mut ping_timer, if pinging => {
-                    self.outbox.ping();
-                    ping_timer.as_mut().reset(Instant::now() + ping_every);
-                    continue;
-                }
                 Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Some(frame) = reply {
                         self.outbox.push(frame);
@@ -157,6 +140,24 @@ impl Session {
                     continue;
                 }
                 msg = stream.next(), if self.pending.len() < MAX_IN_FLIGHT => msg,
+                _ = &mut cancelled => {
+                    self.outbox.close(CloseReason::ShuttingDown);
+                    break "shutdown";
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    let deadline = last_read + idle;
+                    if deadline <= now {
+                        self.outbox.close(CloseReason::IdleTimeout);
+                        break "idle";
+                    }
+                    if let Some(at) = next_ping.as_mut().filter(|at| **at <= now) {
+                        self.outbox.ping();
+                        *at = now + ping_every;
+                    }
+                    timer.as_mut().reset(next_ping.map_or(deadline, |p| p.min(deadline)));
+                    continue;
+                }
             };
             last_read = Instant::now();
             match msg {
