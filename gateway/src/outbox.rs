@@ -74,6 +74,8 @@ struct Shared {
     writer: AtomicWaker,
     /// Live producer handles; the writer stops once the last one is gone and the queue is empty.
     producers: AtomicUsize,
+    /// The writer is gone (its socket failed): frames pushed now would never be sent.
+    writer_gone: AtomicBool,
     reason: OnceLock<CloseReason>,
     /// The session's reader, waiting for the close request (see [`CloseSignal`]).
     reader: AtomicWaker,
@@ -102,6 +104,7 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
         ping: AtomicBool::new(false),
         writer: AtomicWaker::new(),
         producers: AtomicUsize::new(1),
+        writer_gone: AtomicBool::new(false),
         reason: OnceLock::new(),
         reader: AtomicWaker::new(),
         capacity,
@@ -124,10 +127,19 @@ impl Drop for Outbox {
     }
 }
 
+impl Drop for OutboxRx {
+    fn drop(&mut self) {
+        self.0.writer_gone.store(true, Ordering::Release);
+    }
+}
+
 impl Outbox {
     /// Queues a frame; on overflow, closes the session as a slow consumer. Returns false when
     /// the frame was not queued.
     pub fn push(&self, frame: Frame) -> bool {
+        if self.0.writer_gone.load(Ordering::Acquire) {
+            return false;
+        }
         {
             let mut queue = self.0.queue();
             if queue.len() >= self.0.capacity {
@@ -299,5 +311,39 @@ mod tests {
         assert_eq!(rx.closed().await, CloseReason::SlowConsumer);
         tx.close(CloseReason::ShuttingDown);
         assert_eq!(tx.closing(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn the_writer_gets_every_frame_in_order_then_the_ping_then_done() {
+        let (tx, mut rx) = outbox(8);
+        let writer = tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            let mut seen = Vec::new();
+            loop {
+                match rx.next(&mut batch, 2).await {
+                    Next::Frames => {
+                        assert!(batch.len() <= 2, "at most the limit per batch");
+                        seen.extend(batch.drain(..).map(|f| f.as_str().to_owned()));
+                    }
+                    Next::Ping => seen.push("<ping>".to_owned()),
+                    Next::Close(r) => panic!("unexpected close: {r:?}"),
+                    Next::Done => return seen,
+                }
+            }
+        });
+        for f in ["a", "b", "c"] {
+            assert!(tx.push(f.into()));
+        }
+        tx.ping();
+        drop(tx);
+        assert_eq!(writer.await.unwrap(), ["a", "b", "c", "<ping>"]);
+    }
+
+    #[test]
+    fn pushes_after_the_writer_is_gone_are_refused() {
+        let (tx, rx) = outbox(8);
+        drop(rx);
+        assert!(!tx.push("a".into()));
+        assert_eq!(tx.closing(), None, "not a slow consumer");
     }
 }
