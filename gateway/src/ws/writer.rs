@@ -18,39 +18,34 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub async fn run(mut sink: SplitSink<WebSocket, Message>, mut rx: OutboxRx) {
     // Grows on first use: an idle connection should not hold a batch's worth of memory.
     let mut batch = VecDeque::new();
-    loop {
-        let reason = match rx.next(&mut batch, BATCH).await {
-            Next::Close(reason) => reason,
+    let reason = loop {
+        let ping = match rx.next(&mut batch, BATCH).await {
+            Next::Close(reason) => break reason,
             Next::Done => return,
-            Next::Ping => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            Next::Frames => {
-                let write = async {
-                    while let Some(frame) = batch.pop_front() {
-                        sink.feed(Message::Text(frame)).await?;
-                    }
-                    sink.flush().await
-                };
-                // A slow consumer is closed while its write is stuck, not after. The write is
-                // polled first: it usually completes at once, and then the close wait is never
-                // registered.
-                tokio::select! {
-                    biased;
-                    res = write => match res {
-                        Ok(()) => continue,
-                        Err(_) => return,
-                    },
-                    reason = rx.closed() => reason,
-                }
-            }
+            Next::Ping => true,
+            Next::Frames => false,
         };
-        close(&mut sink, reason).await;
-        return;
-    }
+        let write = async {
+            if ping {
+                sink.feed(Message::Ping(Default::default())).await?;
+            }
+            while let Some(frame) = batch.pop_front() {
+                sink.feed(Message::Text(frame)).await?;
+            }
+            sink.flush().await
+        };
+        // A slow consumer is closed while its write (or ping) is stuck, not after. The write
+        // is polled first: it usually completes at once, and then the close wait is never
+        // registered.
+        tokio::select! {
+            biased;
+            res = write => if res.is_err() {
+                return;
+            },
+            reason = rx.closed() => break reason,
+        }
+    };
+    close(&mut sink, reason).await;
 }
 
 async fn close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReason) {
