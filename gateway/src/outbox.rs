@@ -61,14 +61,13 @@ impl CloseReason {
 const KEEP_CAPACITY: usize = 64;
 
 struct Shared {
-    /// Frames queued and not yet taken by the writer, and who owns the socket's next write.
-    queue: Mutex<Queue>,
-    /// Work for the writer (frames queued, plus one for a flush a direct write left owed),
-    /// stored under the queue's lock, so the writer sees "nothing to do" without taking the
-    /// lock (it looks several times per wake-up).
+    /// Frames queued and not yet taken by the writer. A plain locked deque: it allocates
+    /// nothing until the first frame (an idle connection's queue costs no heap), and the
+    /// writer takes a whole batch under one lock.
+    queue: Mutex<VecDeque<Frame>>,
+    /// The queue's length, stored under its lock, so the writer sees "nothing queued" without
+    /// taking the lock (it looks several times per wake-up).
     queued: AtomicUsize,
-    /// Writes a frame straight to the socket when nothing is queued (see [`DirectWrite`]).
-    direct: OnceLock<Arc<dyn DirectWrite>>,
     /// A ping is due (set by the session's timer, so the writer keeps no timer of its own).
     ping: AtomicBool,
     /// The writer, parked while the queue is empty.
@@ -84,47 +83,11 @@ struct Shared {
     capacity: usize,
 }
 
-/// The queue proper. A plain deque: it allocates nothing until the first frame (an idle
-/// connection's queue costs no heap), and the writer takes a whole batch under one lock.
-#[derive(Default)]
-struct Queue {
-    frames: VecDeque<Frame>,
-    /// The writer has taken work and not finished it: producers must queue, not write.
-    writing: bool,
-    /// A direct write left bytes in the socket's buffer that the writer must flush.
-    flush_owed: bool,
-}
-
-impl Queue {
-    fn work(&self) -> usize {
-        self.frames.len() + usize::from(self.flush_owed)
-    }
-}
-
 impl Shared {
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        // A panic while holding this lock cannot leave the queue half-updated.
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Frame>> {
+        // A panic while holding this lock cannot leave the deque half-updated.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Writes a frame to the socket from the producer's side, without waiting: the fan-out
-/// delivers to an idle connection with one `write` and no task wake-up (the writer task is
-/// woken only when a socket cannot take a frame at once or frames are already queued).
-pub trait DirectWrite: Send + Sync {
-    /// Tries to write and flush `frame` now.
-    fn try_write(&self, frame: &Frame) -> Attempt;
-}
-
-/// How a direct write went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempt {
-    /// Written and flushed.
-    Written,
-    /// Accepted, but the flush could not finish: the writer must complete it.
-    Started,
-    /// Not accepted (socket busy or locked): queue the frame.
-    NotNow,
 }
 
 /// The producer side of a session's queue, held by the hub and the session.
@@ -136,9 +99,8 @@ pub struct OutboxRx(Arc<Shared>);
 /// Creates a queue holding at most `capacity` frames.
 pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Queue::default()),
+        queue: Mutex::new(VecDeque::new()),
         queued: AtomicUsize::new(0),
-        direct: OnceLock::new(),
         ping: AtomicBool::new(false),
         writer: AtomicWaker::new(),
         producers: AtomicUsize::new(1),
@@ -178,44 +140,23 @@ impl Outbox {
         if self.0.writer_gone.load(Ordering::Acquire) {
             return false;
         }
-        let mut queue = self.0.queue();
-        if queue.frames.len() >= self.0.capacity {
-            drop(queue);
-            self.close(CloseReason::SlowConsumer);
-            return false;
-        }
-        if !queue.writing
-            && queue.work() == 0
-            && self.0.reason.get().is_none()
-            && let Some(direct) = self.0.direct.get()
         {
-            match direct.try_write(&frame) {
-                Attempt::Written => return true,
-                Attempt::Started => {
-                    queue.flush_owed = true;
-                    self.0.queued.store(queue.work(), Ordering::Release);
-                    drop(queue);
-                    self.0.writer.wake();
-                    return true;
-                }
-                Attempt::NotNow => {}
+            let mut queue = self.0.queue();
+            if queue.len() >= self.0.capacity {
+                drop(queue);
+                self.close(CloseReason::SlowConsumer);
+                return false;
+            }
+            queue.push_back(frame);
+            self.0.queued.store(queue.len(), Ordering::Release);
+            if queue.len() > 1 {
+                // The writer was woken for the first frame and has not taken it yet: it will
+                // take this one with it.
+                return true;
             }
         }
-        queue.frames.push_back(frame);
-        self.0.queued.store(queue.work(), Ordering::Release);
-        if queue.work() > 1 || queue.writing {
-            // The writer was woken for earlier work, or is writing: it will take this frame
-            // when it looks again.
-            return true;
-        }
-        drop(queue);
         self.0.writer.wake();
         true
-    }
-
-    /// Lets producers write frames straight to the socket while nothing is queued.
-    pub fn write_directly(&self, direct: Arc<dyn DirectWrite>) {
-        let _ = self.0.direct.set(direct);
     }
 
     /// Asks the writer to send a ping after the frames already queued.
@@ -246,10 +187,9 @@ impl Outbox {
 /// What the writer is to do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Frames were moved into the batch (possibly none, when only a flush is owed): write
-    /// them and flush, then call [`OutboxRx::written`].
+    /// Frames were moved into the batch: write them.
     Frames,
-    /// Nothing is queued and a ping is due: send it, then call [`OutboxRx::written`].
+    /// Nothing is queued and a ping is due.
     Ping,
     /// The session is to be closed with this reason.
     Close(CloseReason),
@@ -288,13 +228,8 @@ impl OutboxRx {
     pub async fn recv(&mut self) -> Option<Frame> {
         let mut one = VecDeque::new();
         loop {
-            let next = self.next(&mut one, 1).await;
-            self.written();
-            match next {
-                Next::Frames => match one.pop_front() {
-                    Some(frame) => return Some(frame),
-                    None => continue,
-                },
+            match self.next(&mut one, 1).await {
+                Next::Frames => return one.pop_front(),
                 Next::Ping => continue,
                 Next::Close(_) | Next::Done => return None,
             }
@@ -304,8 +239,8 @@ impl OutboxRx {
     /// Takes a frame that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Frame> {
         let mut queue = self.0.queue();
-        let frame = queue.frames.pop_front();
-        self.0.queued.store(queue.work(), Ordering::Release);
+        let frame = queue.pop_front();
+        self.0.queued.store(queue.len(), Ordering::Release);
         frame
     }
 
@@ -316,36 +251,24 @@ impl OutboxRx {
         }
         if self.0.queued.load(Ordering::Acquire) == 0 {
             if self.0.ping.swap(false, Ordering::AcqRel) {
-                self.0.queue().writing = true;
                 return Some(Next::Ping);
             }
             let gone = self.0.producers.load(Ordering::Acquire) == 0;
             return gone.then_some(Next::Done);
         }
         let mut queue = self.0.queue();
-        queue.writing = true;
-        queue.flush_owed = false;
-        if queue.frames.len() <= limit && batch.is_empty() {
+        if queue.len() <= limit && batch.is_empty() {
             // The usual case: trade buffers instead of moving frames one by one.
-            std::mem::swap(batch, &mut queue.frames);
+            std::mem::swap(batch, &mut *queue);
         } else {
-            let n = queue.frames.len().min(limit);
-            batch.extend(queue.frames.drain(..n));
+            let n = queue.len().min(limit);
+            batch.extend(queue.drain(..n));
         }
-        if queue.frames.is_empty() && queue.frames.capacity() > KEEP_CAPACITY {
-            queue.frames = VecDeque::new();
+        if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
+            *queue = VecDeque::new();
         }
-        self.0.queued.store(queue.work(), Ordering::Release);
+        self.0.queued.store(queue.len(), Ordering::Release);
         Some(Next::Frames)
-    }
-
-    /// The writer wrote and flushed everything it took: producers may write directly again
-    /// once nothing is queued.
-    pub fn written(&self) {
-        let mut queue = self.0.queue();
-        if queue.work() == 0 {
-            queue.writing = false;
-        }
     }
 }
 

@@ -51,15 +51,6 @@ pub fn run(
         tracing::debug!("connected");
         let limits = &node.config.limits;
         let (outbox, rx) = outbox(limits.outbound_queue);
-        let sink = Arc::new(writer::SharedSink::new(sink));
-        // On a single-threaded node a writer task buys no parallelism: the fan-out writes to
-        // idle sockets itself (one `write`, no task wake-up). With a worker pool the writers
-        // spread the sockets' writes over the workers instead.
-        if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::CurrentThread
-        {
-            outbox.write_directly(sink.clone());
-        }
         // Not instrumented: the writer logs nothing, and entering the span on every poll cost
         // ~110 instructions per delivery.
         let writer = tokio::spawn(writer::run(sink, rx));
