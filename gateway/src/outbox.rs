@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
@@ -205,18 +205,8 @@ impl OutboxRx {
     /// `Notify` waiter for the close was re-polled on every wake-up and took its lock each
     /// time (~280 instructions per delivery in callgrind).
     pub async fn next(&mut self, batch: &mut VecDeque<Frame>, limit: usize) -> Next {
-        std::future::poll_fn(|cx| {
-            if let Some(next) = self.take(batch, limit) {
-                return Poll::Ready(next);
-            }
-            self.0.writer.register(cx.waker());
-            // A push or close between the check above and the registration must not be missed.
-            match self.take(batch, limit) {
-                Some(next) => Poll::Ready(next),
-                None => Poll::Pending,
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| ready_or_register(&self.0.writer, cx, || self.take(batch, limit)))
+            .await
     }
 
     /// Resolves once a close has been requested; for the writer while it is writing.
@@ -284,18 +274,25 @@ impl CloseSignal {
 }
 
 async fn wait_closed(shared: &Shared, waker: &AtomicWaker) -> CloseReason {
-    std::future::poll_fn(|cx| {
-        if let Some(r) = shared.reason.get() {
-            return Poll::Ready(*r);
-        }
-        waker.register(cx.waker());
-        // A close between the check above and the registration must not be missed.
-        match shared.reason.get() {
-            Some(r) => Poll::Ready(*r),
-            None => Poll::Pending,
-        }
-    })
-    .await
+    std::future::poll_fn(|cx| ready_or_register(waker, cx, || shared.reason.get().copied())).await
+}
+
+/// Ready with what `check` finds, or registered on `waker` and pending. `check` runs again
+/// after the registration: a push or close between the first look and the registration would
+/// otherwise be missed.
+fn ready_or_register<T>(
+    waker: &AtomicWaker,
+    cx: &mut Context<'_>,
+    mut check: impl FnMut() -> Option<T>,
+) -> Poll<T> {
+    if let Some(found) = check() {
+        return Poll::Ready(found);
+    }
+    waker.register(cx.waker());
+    match check() {
+        Some(found) => Poll::Ready(found),
+        None => Poll::Pending,
+    }
 }
 
 #[cfg(test)]

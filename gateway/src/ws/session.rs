@@ -119,8 +119,11 @@ impl Session {
         // insert and removal, and a lock on the node-wide shutdown token, for every request.
         // One timer serves the idle deadline and the pings, and it is not moved per frame:
         // when it fires it looks at the time of the last frame and re-arms.
+        let wake_at = |next_ping: Option<Instant>, deadline: Instant| {
+            next_ping.map_or(deadline, |p| p.min(deadline))
+        };
         let mut last_read = Instant::now();
-        let timer = sleep_until(next_ping.map_or(last_read + idle, |p| p.min(last_read + idle)));
+        let timer = sleep_until(wake_at(next_ping, last_read + idle));
         let close_signal = self.outbox.close_signal();
         let closed = close_signal.closed();
         let shutdown = self.node.shutdown.clone();
@@ -155,7 +158,7 @@ impl Session {
                         self.outbox.ping();
                         *at = now + ping_every;
                     }
-                    timer.as_mut().reset(next_ping.map_or(deadline, |p| p.min(deadline)));
+                    timer.as_mut().reset(wake_at(next_ping, deadline));
                     continue;
                 }
             };
