@@ -61,7 +61,7 @@ pub fn run(
             outbox,
             subscriptions: HashSet::new(),
             identity,
-            pending: FuturesOrdered::new(),
+            pending: Owed::default(),
         };
         let since = crate::presence::now_ms();
         if let Some(user) = &session.identity.user {
@@ -99,7 +99,37 @@ struct Session {
     identity: Identity,
     /// Replies owed, oldest first: publishes in flight to the broker and the replies to later
     /// requests, which wait their turn so replies keep request order.
-    pending: FuturesOrdered<Reply>,
+    pending: Owed,
+}
+
+/// Replies a session owes, oldest first. Allocates nothing until the first publish: a
+/// `FuturesOrdered` costs ~150 bytes on creation, which most (subscribe-only) connections
+/// would carry for their whole life.
+#[derive(Default)]
+struct Owed(Option<FuturesOrdered<Reply>>);
+
+impl Owed {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, reply: Reply) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(reply);
+    }
+
+    /// The oldest reply once it is ready; `None` when nothing is owed.
+    async fn next(&mut self) -> Option<Option<protocol::Frame>> {
+        match &mut self.0 {
+            Some(replies) => replies.next().await,
+            None => None,
+        }
+    }
 }
 
 impl Session {
@@ -163,10 +193,12 @@ impl Session {
                 }
             };
             last_read = Instant::now();
+            // `handle` is boxed: inline, its state (240 bytes) would be part of every
+            // connection's task for its whole life; boxed, it costs an allocation per request.
             match msg {
-                Some(Ok(Message::Text(text))) => self.handle(text.as_str()).await,
+                Some(Ok(Message::Text(text))) => Box::pin(self.handle(text.as_str())).await,
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                    Ok(text) => self.handle(text).await,
+                    Ok(text) => Box::pin(self.handle(text)).await,
                     Err(_) => self.reject(
                         &Rejection::new(ErrorCode::InvalidJson, "binary frame is not UTF-8 JSON"),
                         None,
@@ -186,11 +218,14 @@ impl Session {
                 }
             }
         };
-        // Consume the client's close reply (bounded) so the socket ends cleanly.
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
+        // Consume the client's close reply (bounded) so the socket ends cleanly. The session's
+        // timer bounds it: a second timer would add its size to every connection's task.
+        timer.as_mut().reset(Instant::now() + DRAIN_TIMEOUT);
+        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+        tokio::select! {
+            _ = drain => {}
+            _ = &mut timer => {}
+        }
         let _ = writer.await;
         ended
     }
