@@ -1,6 +1,6 @@
 //! A session's bounded outbound queue and its close signal.
 //!
-//! The hub and the session's own reader push frames; only the session's writer drains them.
+//! The hub and the session push frames; only the session's link drains them.
 //! Pushing never waits: a full queue marks the session a slow consumer and asks its writer to
 //! close it, so one stuck client can neither slow the fan-out nor grow memory without bound.
 
@@ -68,8 +68,6 @@ struct Shared {
     /// The queue's length, stored under its lock, so the writer sees "nothing queued" without
     /// taking the lock (it looks several times per wake-up).
     queued: AtomicUsize,
-    /// A ping is due (set by the session's timer, so the writer keeps no timer of its own).
-    ping: AtomicBool,
     /// The writer, parked while the queue is empty.
     writer: AtomicWaker,
     /// Live producer handles; the writer stops once the last one is gone and the queue is empty.
@@ -77,8 +75,6 @@ struct Shared {
     /// The writer is gone (its socket failed): frames pushed now would never be sent.
     writer_gone: AtomicBool,
     reason: OnceLock<CloseReason>,
-    /// The session's reader, waiting for the close request (see [`CloseSignal`]).
-    reader: AtomicWaker,
     /// Most frames that may be queued.
     capacity: usize,
 }
@@ -101,12 +97,10 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
         queued: AtomicUsize::new(0),
-        ping: AtomicBool::new(false),
         writer: AtomicWaker::new(),
         producers: AtomicUsize::new(1),
         writer_gone: AtomicBool::new(false),
         reason: OnceLock::new(),
-        reader: AtomicWaker::new(),
         capacity,
     });
     (Outbox(shared.clone()), OutboxRx(shared))
@@ -159,16 +153,9 @@ impl Outbox {
         true
     }
 
-    /// Asks the writer to send a ping after the frames already queued.
-    pub fn ping(&self) {
-        self.0.ping.store(true, Ordering::Release);
-        self.0.writer.wake();
-    }
-
     /// Asks the writer to close the connection; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         if self.0.reason.set(reason).is_ok() {
-            self.0.reader.wake();
             self.0.writer.wake();
         }
     }
@@ -177,11 +164,6 @@ impl Outbox {
     pub fn closing(&self) -> Option<CloseReason> {
         self.0.reason.get().copied()
     }
-
-    /// A handle that observes the close request without counting as a producer.
-    pub fn close_signal(&self) -> CloseSignal {
-        CloseSignal(self.0.clone())
-    }
 }
 
 /// What the writer is to do next.
@@ -189,8 +171,6 @@ impl Outbox {
 pub enum Next {
     /// Frames were moved into the batch: write them.
     Frames,
-    /// Nothing is queued and a ping is due.
-    Ping,
     /// The session is to be closed with this reason.
     Close(CloseReason),
     /// Every producer is gone and every frame was taken: the writer is done.
@@ -204,25 +184,36 @@ impl OutboxRx {
     /// The writer waits for frames and for the close request on one `AtomicWaker`: a
     /// `Notify` waiter for the close was re-polled on every wake-up and took its lock each
     /// time (~280 instructions per delivery in callgrind).
-    pub async fn next(&mut self, batch: &mut VecDeque<Frame>, limit: usize) -> Next {
-        std::future::poll_fn(|cx| ready_or_register(&self.0.writer, cx, || self.take(batch, limit)))
-            .await
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<Frame>,
+        limit: usize,
+    ) -> Poll<Next> {
+        ready_or_register(&self.0.writer, cx, || self.take(batch, limit))
     }
 
-    /// Resolves once a close has been requested; for the writer while it is writing.
+    /// [`Self::poll_next`] as a future.
+    pub async fn next(&mut self, batch: &mut VecDeque<Frame>, limit: usize) -> Next {
+        std::future::poll_fn(|cx| self.poll_next(cx, batch, limit)).await
+    }
+
+    /// Ready once a close has been requested; for the writer while the socket is full.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        ready_or_register(&self.0.writer, cx, || self.0.reason.get().copied())
+    }
+
+    /// [`Self::poll_closed`] as a future.
     pub async fn closed(&self) -> CloseReason {
-        wait_closed(&self.0, &self.0.writer).await
+        std::future::poll_fn(|cx| self.poll_closed(cx)).await
     }
 
     /// Waits for the next frame; `None` once every producer is gone or a close is requested.
     pub async fn recv(&mut self) -> Option<Frame> {
         let mut one = VecDeque::new();
-        loop {
-            match self.next(&mut one, 1).await {
-                Next::Frames => return one.pop_front(),
-                Next::Ping => continue,
-                Next::Close(_) | Next::Done => return None,
-            }
+        match self.next(&mut one, 1).await {
+            Next::Frames => one.pop_front(),
+            Next::Close(_) | Next::Done => None,
         }
     }
 
@@ -240,9 +231,6 @@ impl OutboxRx {
             return Some(Next::Close(*r));
         }
         if self.0.queued.load(Ordering::Acquire) == 0 {
-            if self.0.ping.swap(false, Ordering::AcqRel) {
-                return Some(Next::Ping);
-            }
             let gone = self.0.producers.load(Ordering::Acquire) == 0;
             return gone.then_some(Next::Done);
         }
@@ -260,21 +248,6 @@ impl OutboxRx {
         self.0.queued.store(queue.len(), Ordering::Release);
         Some(Next::Frames)
     }
-}
-
-/// Observes a session's close request, for one waiting task (the session's reader): it waits
-/// on an `AtomicWaker`, which holds one waker.
-pub struct CloseSignal(Arc<Shared>);
-
-impl CloseSignal {
-    /// Resolves once a close has been requested.
-    pub async fn closed(&self) -> CloseReason {
-        wait_closed(&self.0, &self.0.reader).await
-    }
-}
-
-async fn wait_closed(shared: &Shared, waker: &AtomicWaker) -> CloseReason {
-    std::future::poll_fn(|cx| ready_or_register(waker, cx, || shared.reason.get().copied())).await
 }
 
 /// Ready with what `check` finds, or registered on `waker` and pending. `check` runs again
@@ -311,7 +284,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_writer_gets_every_frame_in_order_then_the_ping_then_done() {
+    async fn the_writer_gets_every_frame_in_order_then_done() {
         let (tx, mut rx) = outbox(8);
         let writer = tokio::spawn(async move {
             let mut batch = VecDeque::new();
@@ -322,7 +295,6 @@ mod tests {
                         assert!(batch.len() <= 2, "at most the limit per batch");
                         seen.extend(batch.drain(..).map(|f| f.as_str().to_owned()));
                     }
-                    Next::Ping => seen.push("<ping>".to_owned()),
                     Next::Close(r) => panic!("unexpected close: {r:?}"),
                     Next::Done => return seen,
                 }
@@ -331,9 +303,8 @@ mod tests {
         for f in ["a", "b", "c"] {
             assert!(tx.push(f.into()));
         }
-        tx.ping();
         drop(tx);
-        assert_eq!(writer.await.unwrap(), ["a", "b", "c", "<ping>"]);
+        assert_eq!(writer.await.unwrap(), ["a", "b", "c"]);
     }
 
     #[test]

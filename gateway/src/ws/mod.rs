@@ -11,9 +11,9 @@ use crate::node::Node;
 use crate::plugins;
 use crate::protocol::ErrorCode;
 
+mod link;
 mod ratelimit;
 mod session;
-mod writer;
 
 /// Socket read buffer per connection: small, because idle connections dominate memory (it
 /// grows for a larger frame, but one read takes at most this much). 4 KiB -> 1 KiB took 10k idle

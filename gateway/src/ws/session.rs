@@ -2,20 +2,22 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::future::BoxFuture;
-use futures_util::stream::{FuturesOrdered, SplitStream};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::value::RawValue;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until};
-use tracing::Instrument;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_util::sync::WaitForCancellationFuture;
+use tracing::Span;
 
+use super::link::{Link, Stop};
 use super::ratelimit::TokenBucket;
-use super::writer;
 use crate::hub::{ConnId, Group, GroupKey};
 use crate::node::{ConnectionSlot, Node};
 use crate::outbox::{CloseReason, Outbox, outbox};
@@ -29,15 +31,19 @@ const MAX_IN_FLIGHT: usize = 256;
 /// A reply the session owes, in request order; `None` for a publish without an id.
 type Reply = BoxFuture<'static, Option<protocol::Frame>>;
 
+/// How long a close frame may take to leave before the socket is dropped anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a closing session keeps reading, so the client's close reply is consumed and the
 /// socket ends cleanly rather than with a reset that could swallow our close frame.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a session until the client leaves or the server closes it.
 ///
-/// A plain function returning the future, with the socket split before it: an `async fn`
-/// would keep the unsplit `WebSocket` (hundreds of bytes) in every connection's task for its
-/// whole life.
+/// A plain function returning the future, with the session and its link built before it:
+/// what an `async fn` takes as arguments stays in its task for the task's whole life, and
+/// moving it into a local there would hold it twice. The future is not instrumented with
+/// the connection's span: it is polled for every delivery, and entering the span costs ~110
+/// instructions each time; requests and the session's own log lines enter it.
 pub fn run(
     socket: WebSocket,
     node: Arc<Node>,
@@ -46,28 +52,29 @@ pub fn run(
     identity: Identity,
 ) -> impl Future<Output = ()> {
     let span = tracing::info_span!("conn", id = slot.id, %remote, user = identity.user.as_deref());
-    let (sink, stream) = socket.split();
+    let limits = &node.config.limits;
+    let (outbox, rx) = outbox(limits.outbound_queue);
+    let mut link = Link::new(socket, rx);
+    let mut session = Session {
+        conn: slot.id,
+        bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst),
+        node,
+        outbox,
+        subscriptions: HashSet::new(),
+        identity,
+        pending: Owed::default(),
+        span,
+    };
     async move {
-        tracing::debug!("connected");
-        let limits = &node.config.limits;
-        let (outbox, rx) = outbox(limits.outbound_queue);
-        // Not instrumented: the writer logs nothing, and entering the span on every poll cost
-        // ~110 instructions per delivery.
-        let writer = tokio::spawn(writer::run(sink, rx));
-        let mut session = Session {
-            conn: slot.id,
-            bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst),
-            node: node.clone(),
-            outbox,
-            subscriptions: HashSet::new(),
-            identity,
-            pending: Owed::default(),
-        };
+        session.span.in_scope(|| tracing::debug!("connected"));
+        let node = session.node.clone();
         let since = crate::presence::now_ms();
         if let Some(user) = &session.identity.user {
             node.presence.connected(session.conn, user, since);
         }
-        let ended = session.read(stream, writer).await;
+        let ended = session.serve(&mut link).await;
+        // Frames pushed from now on are refused rather than queued for nobody.
+        drop(link);
         // Publishes the client sent before it left still reach the broker.
         session.settle_pending().await;
         session.leave_all();
@@ -75,8 +82,7 @@ pub fn run(
             node.presence.disconnected(session.conn, user, since);
         }
         let closing = session.outbox.closing();
-        drop(session);
-        match closing {
+        session.span.in_scope(|| match closing {
             Some(CloseReason::ShuttingDown) | None => tracing::debug!(%ended, "disconnected"),
             Some(reason) => {
                 if reason == CloseReason::SlowConsumer {
@@ -84,10 +90,10 @@ pub fn run(
                 }
                 tracing::info!(reason = reason.text(), "closed by server")
             }
-        }
+        });
+        drop(session);
         drop(slot);
     }
-    .instrument(span)
 }
 
 struct Session {
@@ -100,6 +106,8 @@ struct Session {
     /// Replies owed, oldest first: publishes in flight to the broker and the replies to later
     /// requests, which wait their turn so replies keep request order.
     pending: Owed,
+    /// The connection's span, entered around requests and log lines.
+    span: Span,
 }
 
 /// Replies a session owes, oldest first. Allocates nothing until the first publish: a
@@ -124,60 +132,65 @@ impl Owed {
     }
 
     /// The oldest reply once it is ready; `None` when nothing is owed.
-    async fn next(&mut self) -> Option<Option<protocol::Frame>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Option<protocol::Frame>>> {
         match &mut self.0 {
-            Some(replies) => replies.next().await,
-            None => None,
+            Some(replies) => replies.poll_next_unpin(cx),
+            None => Poll::Ready(None),
         }
     }
 }
 
+/// What woke the session.
+enum Event {
+    /// The link stopped writing.
+    Stop(Stop),
+    /// The oldest owed reply is ready.
+    Reply(Option<protocol::Frame>),
+    /// A frame from the client, or the end of the stream.
+    Frame(Option<Result<Message, axum::Error>>),
+    Shutdown,
+    Timer,
+}
+
 impl Session {
-    /// Reads frames until the connection ends; returns why it ended.
-    async fn read(
-        &mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut writer: JoinHandle<()>,
-    ) -> &'static str {
+    /// Serves the connection until it ends; returns why it ended.
+    async fn serve(&mut self, link: &mut Link) -> &'static str {
         let limits = &self.node.config.limits;
         let idle = Duration::from_secs(limits.idle_timeout_secs);
-        // The ping timer lives here, not in the writer: the writer wakes for every delivery
-        // and polled its timer each time; this task wakes only for the client's frames.
         let ping_every = Duration::from_secs(limits.ping_interval_secs);
         let mut next_ping = (!ping_every.is_zero()).then(|| Instant::now() + ping_every);
-        // The waits below live across iterations: re-creating them per frame cost a timer-wheel
-        // insert and removal, and a lock on the node-wide shutdown token, for every request.
-        // One timer serves the idle deadline and the pings, and it is not moved per frame:
-        // when it fires it looks at the time of the last frame and re-arms.
         let wake_at = |next_ping: Option<Instant>, deadline: Instant| {
             next_ping.map_or(deadline, |p| p.min(deadline))
         };
         let mut last_read = Instant::now();
+        // These waits live across iterations: re-creating them per frame cost a timer-wheel
+        // insert and removal, and a lock on the node-wide shutdown token, for every request.
+        // One timer serves the idle deadline, the pings and the close; it is not moved per
+        // frame: when it fires it looks at the time of the last frame and re-arms.
+        let node = self.node.clone();
         let timer = sleep_until(wake_at(next_ping, last_read + idle));
-        let close_signal = self.outbox.close_signal();
-        let closed = close_signal.closed();
-        let shutdown = self.node.shutdown.clone();
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(timer, closed, cancelled);
+        let shutdown = node.shutdown.cancelled();
+        tokio::pin!(timer, shutdown);
         let ended = loop {
-            // Frames and replies come before the shutdown and the timer, which are polled only
-            // once nothing else is ready: they cost a lock and a timer poll each time.
-            let msg = tokio::select! {
-                biased;
-                _ = &mut closed => break "closed by server",
-                _ = &mut writer => return "write failed",
-                Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Some(frame) = reply {
+            let event = std::future::poll_fn(|cx| {
+                self.poll_event(cx, link, timer.as_mut(), shutdown.as_mut())
+            })
+            .await;
+            let msg = match event {
+                Event::Stop(Stop::Close(_)) => break "closed by server",
+                Event::Stop(Stop::Failed) => return "write failed",
+                Event::Reply(frame) => {
+                    if let Some(frame) = frame {
                         self.outbox.push(frame);
                     }
                     continue;
                 }
-                msg = stream.next(), if self.pending.len() < MAX_IN_FLIGHT => msg,
-                _ = &mut cancelled => {
+                Event::Frame(msg) => msg,
+                Event::Shutdown => {
                     self.outbox.close(CloseReason::ShuttingDown);
                     break "shutdown";
                 }
-                _ = &mut timer => {
+                Event::Timer => {
                     let now = Instant::now();
                     let deadline = last_read + idle;
                     if deadline <= now {
@@ -185,7 +198,7 @@ impl Session {
                         break "idle";
                     }
                     if let Some(at) = next_ping.as_mut().filter(|at| **at <= now) {
-                        self.outbox.ping();
+                        link.ping();
                         *at = now + ping_every;
                     }
                     timer.as_mut().reset(wake_at(next_ping, deadline));
@@ -193,21 +206,30 @@ impl Session {
                 }
             };
             last_read = Instant::now();
-            // `handle` is boxed: inline, its state (240 bytes) would be part of every
-            // connection's task for its whole life; boxed, it costs an allocation per request.
-            match msg {
-                Some(Ok(Message::Text(text))) => Box::pin(self.handle(text.as_str())).await,
+            let stopped = match msg {
+                Some(Ok(Message::Text(text))) => {
+                    self.handle_while_writing(text.as_str(), link).await
+                }
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                    Ok(text) => Box::pin(self.handle(text)).await,
-                    Err(_) => self.reject(
-                        &Rejection::new(ErrorCode::InvalidJson, "binary frame is not UTF-8 JSON"),
-                        None,
-                    ),
+                    Ok(text) => self.handle_while_writing(text, link).await,
+                    Err(_) => {
+                        let rejection = Rejection::new(
+                            ErrorCode::InvalidJson,
+                            "binary frame is not UTF-8 JSON",
+                        );
+                        self.reject(&rejection, None);
+                        None
+                    }
                 },
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => return "client closed",
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                Some(Ok(Message::Close(_))) | None => {
+                    // Sends tungstenite's reply to the client's close frame.
+                    bounded(timer.as_mut(), CLOSE_TIMEOUT, link.flush()).await;
+                    return "client closed";
+                }
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "read failed");
+                    self.span
+                        .in_scope(|| tracing::debug!(error = %e, "read failed"));
                     match close_reason(e) {
                         Some(reason) => {
                             self.outbox.close(reason);
@@ -216,18 +238,79 @@ impl Session {
                         None => return "read error",
                     }
                 }
+            };
+            match stopped {
+                Some(Stop::Close(_)) => break "closed by server",
+                Some(Stop::Failed) => return "write failed",
+                None => {}
             }
         };
-        // Consume the client's close reply (bounded) so the socket ends cleanly. The session's
-        // timer bounds it: a second timer would add its size to every connection's task.
-        timer.as_mut().reset(Instant::now() + DRAIN_TIMEOUT);
-        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
-        tokio::select! {
-            _ = drain => {}
-            _ = &mut timer => {}
+        if let Some(reason) = self.outbox.closing() {
+            // Then consume the client's close reply (bounded) so the socket ends cleanly.
+            if bounded(timer.as_mut(), CLOSE_TIMEOUT, link.close(reason))
+                .await
+                .is_some()
+            {
+                bounded(timer.as_mut(), DRAIN_TIMEOUT, link.drain()).await;
+            }
         }
-        let _ = writer.await;
         ended
+    }
+
+    /// What woke the session, in order: the link (it writes whatever the outbox holds on every
+    /// wake-up), then, if one of them fired, the owed replies, the client's frames, the
+    /// shutdown and the timer.
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        link: &mut Link,
+        mut timer: Pin<&mut Sleep>,
+        mut shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> Poll<Event> {
+        if let Poll::Ready(stop) = link.poll_write(cx) {
+            return Poll::Ready(Event::Stop(stop));
+        }
+        let pending = &mut self.pending;
+        link.poll_others(cx, |ws, cx| {
+            if !pending.is_empty()
+                && let Poll::Ready(Some(reply)) = pending.poll_next(cx)
+            {
+                return Poll::Ready(Event::Reply(reply));
+            }
+            if pending.len() < MAX_IN_FLIGHT
+                && let Poll::Ready(msg) = ws.poll_next_unpin(cx)
+            {
+                return Poll::Ready(Event::Frame(msg));
+            }
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            timer.as_mut().poll(cx).map(|()| Event::Timer)
+        })
+    }
+
+    /// Handles one request while the link goes on writing: a subscribe waits for the broker,
+    /// and deliveries on other channels must not wait with it. Returns why the link stopped,
+    /// if it did meanwhile; the request is still finished (a half-done subscribe would leave
+    /// the hub holding a connection the session does not know it has).
+    async fn handle_while_writing(&mut self, text: &str, link: &mut Link) -> Option<Stop> {
+        let span = self.span.clone();
+        // Boxed: inline, its state (240 bytes) would be part of every connection's task for
+        // its whole life; boxed, it costs an allocation per request.
+        let mut handling = Box::pin(self.handle(text));
+        let mut stopped = None;
+        std::future::poll_fn(|cx| {
+            if stopped.is_none()
+                && let Poll::Ready(stop) = link.poll_write(cx)
+            {
+                stopped = Some(stop);
+            }
+            span.in_scope(|| handling.as_mut().poll(cx))
+        })
+        .await;
+        // The request may have started a reply: the other waits are to be polled again.
+        link.touch();
+        stopped
     }
 
     /// Sends a reply now, or queues it behind the replies still owed.
@@ -247,7 +330,7 @@ impl Session {
 
     /// Waits for every owed reply and sends it.
     async fn settle_pending(&mut self) {
-        while let Some(reply) = self.pending.next().await {
+        while let Some(reply) = std::future::poll_fn(|cx| self.pending.poll_next(cx)).await {
             if let Some(frame) = reply {
                 self.outbox.push(frame);
             }
@@ -385,6 +468,21 @@ impl Session {
                 .presence
                 .left(self.conn, &channel, self.identity.user.as_deref());
         }
+    }
+}
+
+/// Runs `work` for at most `limit`, on the session's timer: a second timer would add its size
+/// to every connection's task.
+async fn bounded<T>(
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    timer.as_mut().reset(Instant::now() + limit);
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        () = timer => None,
     }
 }
 
