@@ -315,6 +315,38 @@ async fn server_pings_keep_a_quiet_client_alive() {
 }
 
 #[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let gw = TestGateway::start("").await;
+    let mut others = gw.client().await;
+    others.subscribe("bye").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.url()).await.unwrap();
+    ws.send(Message::text(r#"{"type":"subscribe","channel":"bye"}"#))
+        .await
+        .unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert!(t.contains("subscribed"), "{t}"),
+        other => panic!("expected the subscribe reply, got {other:?}"),
+    }
+    let bye = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    };
+    ws.send(Message::Close(Some(bye))).await.unwrap();
+    // The closing handshake completes: the server echoes the close, then the stream ends.
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("expected the server's close reply, got {other:?}"),
+    }
+    assert!(ws.next().await.is_none(), "nothing after the close");
+    // The channel's other subscriber is unaffected.
+    others.publish("bye", json!("still here")).await;
+    assert_eq!(others.recv().await["data"], "still here");
+}
+
+#[tokio::test]
 async fn connection_limit_refuses_upgrade_with_503() {
     let gw = TestGateway::start("[limits]\nmax_connections = 2\n").await;
     let _a = gw.client().await;
