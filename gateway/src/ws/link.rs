@@ -58,6 +58,9 @@ pub struct Link {
     ping_due: bool,
     /// Frames were handed to the socket and not yet flushed.
     unflushed: bool,
+    /// Why writing stopped, once it has: a stop seen while a request was being handled is
+    /// reported again to the session's main loop.
+    stopped: Option<Stop>,
     fired: Arc<Fired>,
     /// Wakes the task through `fired`.
     waker: Waker,
@@ -79,6 +82,7 @@ impl Link {
             batch: VecDeque::new(),
             ping_due: false,
             unflushed: false,
+            stopped: None,
             waker: Waker::from(fired.clone()),
             fired,
             dirty: true,
@@ -95,10 +99,21 @@ impl Link {
         self.dirty = true;
     }
 
-    /// Writes what is queued; ready only when writing has to stop. Pending once everything
-    /// taken is flushed (the outbox will wake the task) or the socket is full (the socket
-    /// will); meanwhile a close request still stops it.
+    /// Writes what is queued; ready only when writing has to stop, and from then on every
+    /// time it is polled. Pending once everything taken is flushed (the outbox will wake the
+    /// task) or the socket is full (the socket will); meanwhile a close request still stops it.
     pub fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        if let Some(stop) = self.stopped {
+            return Poll::Ready(stop);
+        }
+        let found = self.poll_write_once(cx);
+        if let Poll::Ready(stop) = found {
+            self.stopped = Some(stop);
+        }
+        found
+    }
+
+    fn poll_write_once(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
         loop {
             match self.poll_drain_batch() {
                 Poll::Ready(Ok(())) => {}

@@ -209,9 +209,9 @@ impl Session {
             // Requests and the close paths below are boxed: inline, their state would be part
             // of every connection's task for its whole life (serve's future: 776 -> 448
             // bytes); boxed, a request costs one allocation.
-            let stopped = match msg {
+            match msg {
                 Some(Ok(Message::Text(text))) => {
-                    Box::pin(self.handle_while_writing(text.as_str(), link)).await
+                    Box::pin(self.handle_while_writing(text.as_str(), link)).await;
                 }
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                     Ok(text) => Box::pin(self.handle_while_writing(text, link)).await,
@@ -221,10 +221,9 @@ impl Session {
                             "binary frame is not UTF-8 JSON",
                         );
                         self.reject(&rejection, None);
-                        None
                     }
                 },
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => {
                     // Sends tungstenite's reply to the client's close frame.
                     Box::pin(bounded(timer.as_mut(), CLOSE_TIMEOUT, link.flush())).await;
@@ -241,11 +240,6 @@ impl Session {
                         None => return "read error",
                     }
                 }
-            };
-            match stopped {
-                Some(Stop::Close(_)) => break "closed by server",
-                Some(Stop::Failed) => return "write failed",
-                None => {}
             }
         };
         if let Some(reason) = self.outbox.closing() {
@@ -297,26 +291,20 @@ impl Session {
     }
 
     /// Handles one request while the link goes on writing: a subscribe waits for the broker,
-    /// and deliveries on other channels must not wait with it. Returns why the link stopped,
-    /// if it did meanwhile; the request is still finished (a half-done subscribe would leave
-    /// the hub holding a connection the session does not know it has).
-    async fn handle_while_writing(&mut self, text: &str, link: &mut Link) -> Option<Stop> {
+    /// and deliveries on other channels must not wait with it. If the link stops meanwhile,
+    /// the request is still finished (a half-done subscribe would leave the hub holding a
+    /// connection the session does not know it has); the main loop sees the stop next.
+    async fn handle_while_writing(&mut self, text: &str, link: &mut Link) {
         let span = self.span.clone();
         let handling = self.handle(text);
         tokio::pin!(handling);
-        let mut stopped = None;
         std::future::poll_fn(|cx| {
-            if stopped.is_none()
-                && let Poll::Ready(stop) = link.poll_write(cx)
-            {
-                stopped = Some(stop);
-            }
+            let _ = link.poll_write(cx);
             span.in_scope(|| handling.as_mut().poll(cx))
         })
         .await;
         // The request may have started a reply: the other waits are to be polled again.
         link.touch();
-        stopped
     }
 
     /// Sends a reply now, or queues it behind the replies still owed.
