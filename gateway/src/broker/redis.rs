@@ -29,6 +29,8 @@ use super::{Broker, BrokerError, Incoming, IncomingRx};
 
 /// Messages buffered between the Redis reader and the fan-out.
 const BUFFER: usize = 8192;
+/// Messages forwarded per wake-up of the subscriber before it looks at its commands again.
+const BATCH: usize = 256;
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
@@ -305,15 +307,22 @@ impl Subscriber {
                     let Some(msg) = msg else {
                         return Ended::Lost("connection closed".into());
                     };
-                    let Some(incoming) = Incoming::from_redis(
-                        &self.prefix,
-                        msg.get_channel_name().as_bytes(),
-                        msg.get_payload_bytes(),
-                    ) else {
-                        continue;
-                    };
-                    if self.incoming.send(incoming).await.is_err() {
+                    if !self.forward(&msg).await {
                         return Ended::Stopped;
+                    }
+                    // Messages redis-rs has already parsed go on without another round of
+                    // `select!` each (its futures re-created, the ping timer polled); commands
+                    // wait for at most a batch.
+                    for _ in 1..BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(msg)) => {
+                                if !self.forward(&msg).await {
+                                    return Ended::Stopped;
+                                }
+                            }
+                            Some(None) => return Ended::Lost("connection closed".into()),
+                            None => break,
+                        }
                     }
                 }
                 _ = ping.tick() => {
@@ -322,6 +331,15 @@ impl Subscriber {
                     }
                 }
             }
+        }
+    }
+
+    /// Hands a message on one of our channels to the hub; false once the hub is gone.
+    async fn forward(&self, msg: &redis::Msg) -> bool {
+        let name = msg.get_channel_name().as_bytes();
+        match Incoming::from_redis(&self.prefix, name, msg.get_payload_bytes()) {
+            Some(incoming) => self.incoming.send(incoming).await.is_ok(),
+            None => true,
         }
     }
 
