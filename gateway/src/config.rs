@@ -286,7 +286,8 @@ pub struct PluginsConfig {
     pub dir: PathBuf,
     /// Policy for channels that no binding matches.
     pub default: DefaultPolicy,
-    /// Wall-clock budget of one plugin call, in milliseconds.
+    /// Wall-clock budget of one plugin call, in milliseconds (an overrunning call is stopped
+    /// within this plus ~6 ms: see `plugins::runtime::IDLE_POLL`).
     pub timeout_ms: u64,
     /// Linear memory one plugin instance may use, in bytes.
     pub max_memory_bytes: usize,
