@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use switchyard::{Cli, Config, Gateway, server, telemetry};
 
-/// mimalloc instead of glibc's malloc: every delivery and publish allocates (frames, broker
-/// messages), and in one A/B on this machine mimalloc took 3-10 % off the node's CPU per
-/// delivery and ~0.1 KiB off each idle connection (docs/benchmarks.md).
+/// jemalloc instead of glibc's malloc: 10k idle connections took 2.87 KiB each instead of
+/// 3.08-3.15 (three runs each), at the same CPU per delivery within noise; mimalloc saved a
+/// little CPU but no memory (docs/benchmarks.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
