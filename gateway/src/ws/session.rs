@@ -527,3 +527,22 @@ fn close_reason(e: axum::Error) -> Option<CloseReason> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Subscriptions;
+
+    #[test]
+    fn subscriptions_stay_sorted_and_unique() {
+        let mut subs = Subscriptions::default();
+        for channel in ["news", "chat:b", "chat:a", "news", "zeta"] {
+            subs.insert(channel);
+        }
+        let held: Vec<&str> = subs.0.iter().map(|c| &**c).collect();
+        assert_eq!(held, ["chat:a", "chat:b", "news", "zeta"]);
+        assert!(subs.contains("chat:b") && !subs.contains("chat"));
+        assert!(subs.remove("news"));
+        assert!(!subs.remove("news"));
+        assert_eq!(subs.len(), 3);
+    }
+}
