@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// An encoded, UTF-8-validated text frame, cheap to clone and share between sessions.
-pub type Frame = axum::extract::ws::Utf8Bytes;
+pub type Frame = tungstenite::Utf8Bytes;
 
 /// Stable, machine-readable error codes sent in `{"type":"error"}` replies.
 ///

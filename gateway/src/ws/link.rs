@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 
+use super::handshake::Socket as WebSocket;
 use crate::outbox::{CloseReason, Next, OutboxRx};
 use crate::protocol::Frame;
 
@@ -181,7 +183,7 @@ impl Link {
     /// Sends a close frame; gives up when the socket does not take it.
     pub async fn close(&mut self, reason: CloseReason) {
         let frame = CloseFrame {
-            code: reason.code(),
+            code: reason.code().into(),
             reason: reason.text().into(),
         };
         let _ = self.ws.send(Message::Close(Some(frame))).await;

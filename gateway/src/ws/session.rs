@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
@@ -14,7 +13,9 @@ use serde_json::value::RawValue;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Span;
+use tungstenite::Message;
 
+use super::handshake::Socket as WebSocket;
 use super::link::{Link, Stop};
 use super::ratelimit::TokenBucket;
 use crate::hub::{ConnId, Group, GroupKey};
@@ -181,7 +182,7 @@ enum Event {
     /// The oldest owed reply is ready.
     Reply(Option<protocol::Frame>),
     /// A frame from the client, or the end of the stream.
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Option<Result<Message, tungstenite::Error>>),
     Shutdown,
     Timer,
 }
@@ -257,7 +258,8 @@ impl Session {
                         self.reject(&rejection, None);
                     }
                 },
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                // Raw frames are never read back; only sending produces them.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => {
                     // Sends tungstenite's reply to the client's close frame.
                     Box::pin(bounded(timer.as_mut(), CLOSE_TIMEOUT, link.flush())).await;
@@ -516,9 +518,9 @@ async fn bounded<T>(
 }
 
 /// The close a read error calls for, if the connection can still carry one.
-fn close_reason(e: axum::Error) -> Option<CloseReason> {
+fn close_reason(e: tungstenite::Error) -> Option<CloseReason> {
     use tungstenite::error::{Error, ProtocolError};
-    match *e.into_inner().downcast::<Error>().ok()? {
+    match e {
         Error::Capacity(_) => Some(CloseReason::FrameTooBig),
         Error::Utf8(_) => Some(CloseReason::InvalidUtf8),
         // The peer is gone: there is nobody to send a close frame to.

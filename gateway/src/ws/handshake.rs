@@ -1,0 +1,157 @@
+//! The WebSocket opening handshake (RFC 6455 section 4.2), done here rather than by axum's
+//! `WebSocketUpgrade` so the session owns the byte stream under tungstenite: it reads through
+//! [`ReadAhead`](super::read_ahead::ReadAhead), which lets every idle connection keep a small
+//! read buffer.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::read_ahead::ReadAhead;
+
+/// The byte stream a session's WebSocket runs over.
+pub type Socket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
+
+/// A valid upgrade request: the answer to its key, and the connection to take over once the
+/// `101 Switching Protocols` response has gone out.
+pub struct Handshake {
+    accept: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+/// Why a request to `/ws` is not a WebSocket upgrade; answered with a status and this text.
+#[derive(Debug, thiserror::Error)]
+pub enum NotUpgrade {
+    /// Upgrades are GET requests (HTTP/1.1).
+    #[error("websocket upgrade must be a GET request over HTTP/1.1")]
+    Method,
+    /// `Connection` lacks `upgrade`.
+    #[error("`Connection` header did not include `upgrade`")]
+    Connection,
+    /// `Upgrade` is not `websocket`.
+    #[error("`Upgrade` header is not `websocket`")]
+    Upgrade,
+    /// Only version 13 of the protocol exists.
+    #[error("`Sec-WebSocket-Version` header is not `13`")]
+    Version,
+    /// The client must send a key for the server to answer.
+    #[error("`Sec-WebSocket-Key` header is missing")]
+    Key,
+    /// The HTTP connection cannot be taken over (not a hyper connection with upgrades).
+    #[error("this connection cannot be upgraded")]
+    NotUpgradable,
+}
+
+impl IntoResponse for NotUpgrade {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::Method => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, self.to_string()).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = NotUpgrade;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, NotUpgrade> {
+        if parts.method != Method::GET || parts.version > Version::HTTP_11 {
+            return Err(NotUpgrade::Method);
+        }
+        let headers = &parts.headers;
+        if !has_token(headers, header::CONNECTION, "upgrade") {
+            return Err(NotUpgrade::Connection);
+        }
+        if !is(headers, header::UPGRADE, "websocket") {
+            return Err(NotUpgrade::Upgrade);
+        }
+        if !is(headers, header::SEC_WEBSOCKET_VERSION, "13") {
+            return Err(NotUpgrade::Version);
+        }
+        let key = headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or(NotUpgrade::Key)?;
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("base64 is a valid header value");
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(NotUpgrade::NotUpgradable)?;
+        Ok(Self { accept, on_upgrade })
+    }
+}
+
+impl Handshake {
+    /// Accepts: returns the `101` response and starts a task that, once the response is out,
+    /// hands the WebSocket to `session`. The task ends there, so an idle connection does not
+    /// carry the upgrade's state for its whole life.
+    pub fn accept(
+        self,
+        config: WebSocketConfig,
+        session: impl FnOnce(Socket) + Send + 'static,
+    ) -> Response {
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = ReadAhead::new(TokioIo::new(upgraded));
+                    let socket =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    session(socket);
+                }
+                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            }
+        });
+        let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept);
+        response
+    }
+}
+
+/// Whether `name` equals `value`, ignoring ASCII case.
+fn is(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+}
+
+/// Whether the comma-separated list in `name` holds `token`, ignoring ASCII case.
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_header_is_a_token_list() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(has_token(&headers, header::CONNECTION, "upgrade"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, upgraded"),
+        );
+        assert!(!has_token(&headers, header::CONNECTION, "upgrade"));
+    }
+}

@@ -1,0 +1,147 @@
+//! A byte stream that reads from the socket in large gulps into a per-thread scratch buffer
+//! and keeps only what the WebSocket has not taken yet.
+//!
+//! tungstenite reads at most its read buffer's size per call, and that buffer lives as long as
+//! the connection. Most connections are idle subscribers whose only frames are a few small
+//! requests, so the buffer is kept tiny ([`super::READ_BUFFER`]); a busy publisher's frames
+//! still arrive with one `read` syscall per [`SCRATCH`] bytes instead of one per buffer, the
+//! rest waiting here in a leftover that is freed as soon as it is consumed.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes one socket read may take; per worker thread, not per connection.
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// `inner` with read-ahead; writes pass straight through.
+pub struct ReadAhead<S> {
+    inner: S,
+    /// Bytes read from the socket and not yet handed out; empty (no allocation) when idle.
+    leftover: Vec<u8>,
+    /// How much of `leftover` was handed out.
+    taken: usize,
+}
+
+impl<S> ReadAhead<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            leftover: Vec::new(),
+            taken: 0,
+        }
+    }
+
+    /// Moves what fits of the leftover into `buf`; frees the leftover once it is all taken.
+    fn hand_out(&mut self, buf: &mut ReadBuf<'_>) {
+        let rest = &self.leftover[self.taken..];
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        self.taken += n;
+        if self.taken == self.leftover.len() {
+            self.leftover = Vec::new();
+            self.taken = 0;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.leftover.is_empty() {
+            this.hand_out(buf);
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= SCRATCH {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        SCRATCH_BUF.with_borrow_mut(|scratch| {
+            let mut gulp = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut gulp))?;
+            let got = gulp.filled();
+            let n = got.len().min(buf.remaining());
+            buf.put_slice(&got[..n]);
+            if n < got.len() {
+                this.leftover = got[n..].to_vec();
+            }
+            Poll::Ready(Ok(()))
+        })
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Small reads get a large write back in order, whole, with nothing left over after.
+    #[tokio::test]
+    async fn small_reads_see_every_byte_in_order() {
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        tx.write_all(&data).await.unwrap();
+        drop(tx);
+        let mut reader = ReadAhead::new(rx);
+        let mut got = Vec::new();
+        let mut small = [0u8; 100];
+        loop {
+            let n = reader.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+            assert!(reader.leftover.len() <= SCRATCH);
+        }
+        assert_eq!(got, data);
+        assert_eq!(
+            reader.leftover.capacity(),
+            0,
+            "nothing held once all is read"
+        );
+    }
+}
