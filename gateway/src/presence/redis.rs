@@ -72,21 +72,19 @@ impl RedisPresence {
     }
 
     fn user_member(&self, conn: ConnId, connected_at: u64) -> String {
-        serde_json::to_string(&ConnectionEntry {
+        member(&ConnectionEntry {
             node: self.node.clone(),
             conn,
             connected_at,
         })
-        .expect("entry serialises")
     }
 
     fn channel_member(&self, conn: ConnId, user: Option<&str>) -> String {
-        serde_json::to_string(&SubscriberEntry {
+        member(&SubscriberEntry {
             node: self.node.clone(),
             conn,
             user: user.map(str::to_owned),
         })
-        .expect("entry serialises")
     }
 
     fn send(&self, u: Update) {
@@ -214,6 +212,14 @@ async fn writer(mut con: RedisConn, mut rx: mpsc::UnboundedReceiver<Update>, ttl
             }
         }
     }
+}
+
+/// A sorted-set member's text. The writer keeps every local member for the node's lifetime,
+/// so it is trimmed to its length: serde_json starts at 128 bytes, twice a typical entry.
+fn member(entry: &impl serde::Serialize) -> String {
+    let mut text = serde_json::to_string(entry).expect("entry serialises");
+    text.shrink_to_fit();
+    text
 }
 
 /// Sends one single-key pipeline each, [`CONCURRENCY`] at a time (on a cluster each goes to
