@@ -341,6 +341,7 @@ impl Session {
         .await;
         // The request may have started a reply: the other waits are to be polled again.
         link.touch();
+        link.trim();
     }
 
     /// Sends a reply now, or queues it behind the replies still owed.
