@@ -12,7 +12,7 @@
 //! Updates go through one task, in order, and never block a session. Every pipeline touches
 //! one key, so the same code runs on a Redis Cluster (keys spread over its slots).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -174,8 +174,9 @@ impl Presence for RedisPresence {
 
 /// Applies updates in order and refreshes this node's entries every third of the TTL.
 async fn writer(mut con: RedisConn, mut rx: mpsc::UnboundedReceiver<Update>, ttl: Duration) {
-    // This node's live members per key, re-added by every heartbeat.
-    let mut own: HashMap<String, Vec<String>> = HashMap::new();
+    // This node's live members per key, re-added by every heartbeat. Sets, so that a member
+    // leaves a channel thousands share without a scan of them all.
+    let mut own: HashMap<String, HashSet<String>> = HashMap::new();
     let mut heartbeat = tokio::time::interval(ttl / 3);
     heartbeat.reset();
     let ttl_ms = ttl.as_millis() as u64;
@@ -185,11 +186,11 @@ async fn writer(mut con: RedisConn, mut rx: mpsc::UnboundedReceiver<Update>, ttl
                 None => return,
                 Some(Update::Add { key, member }) => {
                     let _ = add(&key, std::slice::from_ref(&member), ttl_ms).query_async::<()>(&mut con).await;
-                    own.entry(key).or_default().push(member);
+                    own.entry(key).or_default().insert(member);
                 }
                 Some(Update::Remove { key, member }) => {
                     if let Some(members) = own.get_mut(&key) {
-                        members.retain(|m| *m != member);
+                        members.remove(&member);
                         if members.is_empty() {
                             own.remove(&key);
                         }
@@ -238,7 +239,11 @@ async fn send_each(con: &RedisConn, pipes: Vec<redis::Pipeline>) {
 }
 
 /// Adds (or refreshes) `members` of `key` with a fresh expiry, and the key's own TTL.
-fn add(key: &str, members: &[String], ttl_ms: u64) -> redis::Pipeline {
+fn add<'a>(
+    key: &str,
+    members: impl IntoIterator<Item = &'a String>,
+    ttl_ms: u64,
+) -> redis::Pipeline {
     let expires = now_ms() + ttl_ms;
     let mut pipe = redis::pipe();
     pipe.cmd("ZADD").arg(key);
