@@ -524,3 +524,98 @@ async fn drain_leaves_readiness_before_closing_clients() {
         Ended::Dropped => panic!("expected 1001"),
     }
 }
+
+/// Sends `request` on a fresh connection; returns the status and everything after the head.
+async fn raw_request(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn requests_that_are_not_websocket_upgrades_get_a_reason() {
+    let gw = TestGateway::start("").await;
+    let (status, body) = http_get(gw.addr, "/ws").await;
+    assert_eq!(
+        (status, body.contains("`Connection`")),
+        (400, true),
+        "{body}"
+    );
+    let upgrade = |version: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let (status, body) = raw_request(gw.addr, &upgrade("8")).await;
+    assert_eq!((status, body.contains("13")), (400, true), "{body}");
+    let no_key = upgrade("13").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+    let (status, body) = raw_request(gw.addr, &no_key).await;
+    assert_eq!((status, body.contains("Key")), (400, true), "{body}");
+    // The node still serves real clients.
+    let mut c = gw.client().await;
+    c.subscribe("after").await;
+}
+
+/// A client may send its first frame in the same packet as its handshake: the bytes the HTTP
+/// layer read past the request reach the session before anything read later.
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_served() {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let gw = TestGateway::start("").await;
+    let mut wire = format!(
+        "GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    let mut frame = Frame::message(
+        r#"{"type":"subscribe","channel":"early","id":1}"#,
+        OpCode::Data(Data::Text),
+        true,
+    );
+    frame.header_mut().mask = Some([7, 1, 9, 3]);
+    frame.format(&mut wire).unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(&wire).await.unwrap();
+    // The response head, then whatever came with it.
+    let mut got = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed during the handshake: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "RFC 6455's accept key: {head}"
+    );
+    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        s,
+        got[head_end..].to_vec(),
+        Role::Client,
+        None,
+    )
+    .await;
+    let reply = ws.next().await.unwrap().unwrap();
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(
+        reply,
+        json!({"type": "subscribed", "channel": "early", "id": 1})
+    );
+}
