@@ -1,7 +1,7 @@
 //! A running gateway node: configuration, broker, hub and the bookkeeping sessions share.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -18,6 +18,7 @@ use crate::broker::redis_cluster::RedisClusterBroker;
 use crate::broker::{Broker, IncomingRx};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
+use crate::outbox::{CloseReason, Outbox};
 use crate::plugins::Code;
 use crate::plugins::cluster::{CONTROL_CHANNEL, ClusterStore};
 use crate::plugins::registry::{PluginRegistry, Source, Version};
@@ -79,6 +80,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Tracks live sessions so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// Every live session's outbox, keyed by connection, so shutdown can close them all.
+    open: Mutex<HashMap<ConnId, Outbox>>,
     connections: AtomicUsize,
     next_conn: AtomicU64,
     publish_metrics: Arc<PublishMetrics>,
@@ -113,8 +116,23 @@ pub struct ConnectionSlot {
     pub id: ConnId,
 }
 
+impl ConnectionSlot {
+    /// Registers the session's outbox, so that a shutdown closes the session with 1001
+    /// (`going away`). One registry instead of a waiter on [`Node::shutdown`] in each session:
+    /// such a waiter is 72 bytes in every connection's task. A session that registers after
+    /// the shutdown began is closed at once.
+    pub fn register(&self, outbox: &Outbox) {
+        self.node.open_sessions().insert(self.id, outbox.clone());
+        // After the insert: a shutdown that began before it did not see this session.
+        if self.node.shutdown.is_cancelled() {
+            outbox.close(CloseReason::ShuttingDown);
+        }
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        self.node.open_sessions().remove(&self.id);
         self.node.connections.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("switchyard_connections").decrement(1.0);
     }
@@ -204,6 +222,7 @@ impl Node {
             draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            open: Mutex::default(),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
         });
@@ -224,6 +243,19 @@ impl Node {
             node: self.clone(),
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// Asks every registered session to close with 1001; call once [`Node::shutdown`] is
+    /// cancelled.
+    pub fn close_sessions(&self) {
+        for outbox in self.open_sessions().values() {
+            outbox.close(CloseReason::ShuttingDown);
+        }
+    }
+
+    fn open_sessions(&self) -> MutexGuard<'_, HashMap<ConnId, Outbox>> {
+        // Inserts and removes cannot leave the map half-updated.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Open WebSocket connections.

@@ -110,6 +110,7 @@ impl Gateway {
             "switchyard listening"
         );
         let dispatcher = tokio::spawn(dispatch(node.clone(), incoming));
+        tokio::spawn(close_sessions_on_shutdown(node.clone()));
         if node.cluster.is_some() {
             tokio::spawn(join_control_channel(node.clone()));
         }
@@ -182,6 +183,12 @@ impl Gateway {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Closes every session once the node starts shutting down, whoever cancelled the token.
+async fn close_sessions_on_shutdown(node: Arc<Node>) {
+    node.shutdown.cancelled().await;
+    node.close_sessions();
 }
 
 /// Subscribes the node to plugin announcements, retrying until the broker accepts.

@@ -574,11 +574,9 @@ async fn a_frame_sent_with_the_handshake_is_served() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
     let gw = TestGateway::start("").await;
-    let mut wire = format!(
-        "GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .into_bytes();
+    let mut wire = b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
     let mut frame = Frame::message(
         r#"{"type":"subscribe","channel":"early","id":1}"#,
         OpCode::Data(Data::Text),

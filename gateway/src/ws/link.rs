@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
-use futures_util::task::AtomicWaker;
+use futures_util::task::{ArcWake, AtomicWaker, waker_ref};
 use futures_util::{SinkExt, StreamExt};
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
@@ -45,14 +45,10 @@ struct Fired {
     task: AtomicWaker,
 }
 
-impl Wake for Fired {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake();
+impl ArcWake for Fired {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.fired.store(true, Ordering::Release);
+        arc_self.task.wake();
     }
 }
 
@@ -71,9 +67,8 @@ pub struct Link {
     /// Why writing stopped, once it has: a stop seen while a request was being handled is
     /// reported again to the session's main loop.
     stopped: Option<Stop>,
+    /// Also the waker, borrowed per poll (`waker_ref`) rather than kept as a second pointer.
     fired: Arc<Fired>,
-    /// Wakes the task through `fired`.
-    waker: Waker,
     /// Poll the other waits even if `fired` is not set: they have not been polled since
     /// something changed (first poll, one of them was ready, the session started a reply).
     dirty: bool,
@@ -94,7 +89,6 @@ impl Link {
             unflushed: false,
             trim: false,
             stopped: None,
-            waker: Waker::from(fired.clone()),
             fired,
             dirty: true,
         }
@@ -148,7 +142,8 @@ impl Link {
 
     /// Hands the batch (and a due ping) to the socket and flushes it.
     fn poll_drain_batch(&mut self) -> Poll<Result<(), ()>> {
-        let mut cx = Context::from_waker(&self.waker);
+        let waker = waker_ref(&self.fired);
+        let mut cx = Context::from_waker(&waker);
         while self.ping_due || !self.batch.is_empty() {
             if std::task::ready!(self.ws.poll_ready_unpin(&mut cx)).is_err() {
                 return Poll::Ready(Err(()));
@@ -193,7 +188,8 @@ impl Link {
         if !(fired || std::mem::take(&mut self.dirty)) {
             return Poll::Pending;
         }
-        let mut cx = Context::from_waker(&self.waker);
+        let waker = waker_ref(&self.fired);
+        let mut cx = Context::from_waker(&waker);
         let found = others(&mut self.ws, &mut cx);
         if found.is_ready() {
             // The others polled after the ready one were not polled this time.

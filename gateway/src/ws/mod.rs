@@ -94,6 +94,7 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER.max(limits.max_frame_bytes) * 4);
+    let identity = plugins::shared_identity(identity);
     handshake.accept(config, move |socket| {
         tracker.spawn(session::run(socket, node, slot, remote, identity));
     })

@@ -11,7 +11,6 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::time::{Instant, Sleep, sleep_until};
-use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Span;
 use tungstenite::Message;
 
@@ -49,14 +48,14 @@ pub fn run(
     node: Arc<Node>,
     slot: ConnectionSlot,
     remote: SocketAddr,
-    identity: Identity,
+    identity: Arc<Identity>,
 ) -> impl Future<Output = ()> {
     let span = tracing::info_span!("conn", id = slot.id, %remote, user = identity.user.as_deref());
     let limits = &node.config.limits;
     let (outbox, rx) = outbox(limits.outbound_queue);
+    slot.register(&outbox);
     let mut link = Link::new(socket, rx);
     let mut session = Session {
-        conn: slot.id,
         bucket: TokenBucket::new(limits.publish_burst),
         node,
         outbox,
@@ -64,13 +63,13 @@ pub fn run(
         identity,
         pending: Owed::default(),
         span,
+        slot,
     };
     async move {
         session.span.in_scope(|| tracing::debug!("connected"));
-        let node = session.node.clone();
         let since = crate::presence::now_ms();
         if let Some(user) = &session.identity.user {
-            node.presence.connected(session.conn, user, since);
+            session.node.presence.connected(session.conn(), user, since);
         }
         let ended = session.serve(&mut link).await;
         // Frames pushed from now on are refused rather than queued for nobody.
@@ -79,7 +78,10 @@ pub fn run(
         session.settle_pending().await;
         session.leave_all();
         if let Some(user) = &session.identity.user {
-            node.presence.disconnected(session.conn, user, since);
+            session
+                .node
+                .presence
+                .disconnected(session.conn(), user, since);
         }
         let closing = session.outbox.closing();
         session.span.in_scope(|| match closing {
@@ -91,23 +93,25 @@ pub fn run(
                 tracing::info!(reason = reason.text(), "closed by server")
             }
         });
+        // Releases the connection's slot last.
         drop(session);
-        drop(slot);
     }
 }
 
 struct Session {
     node: Arc<Node>,
-    conn: ConnId,
     outbox: Outbox,
     subscriptions: Subscriptions,
     bucket: TokenBucket,
-    identity: Identity,
+    /// Shared by every anonymous connection (see [`crate::plugins::shared_identity`]).
+    identity: Arc<Identity>,
     /// Replies owed, oldest first: publishes in flight to the broker and the replies to later
     /// requests, which wait their turn so replies keep request order.
     pending: Owed,
     /// The connection's span, entered around requests and log lines.
     span: Span,
+    /// The connection's id and place in the node's count; last, so it is released last.
+    slot: ConnectionSlot,
 }
 
 /// Replies a session owes, oldest first. Allocates nothing until the first publish: a
@@ -183,34 +187,26 @@ enum Event {
     Reply(Option<protocol::Frame>),
     /// A frame from the client, or the end of the stream.
     Frame(Option<Result<Message, tungstenite::Error>>),
-    Shutdown,
     Timer,
 }
 
 impl Session {
     /// Serves the connection until it ends; returns why it ended.
     async fn serve(&mut self, link: &mut Link) -> &'static str {
-        let limits = &self.node.config.limits;
-        let idle = Duration::from_secs(limits.idle_timeout_secs);
-        let ping_every = Duration::from_secs(limits.ping_interval_secs);
-        let mut next_ping = (!ping_every.is_zero()).then(|| Instant::now() + ping_every);
+        let mut next_ping = self.ping_every().map(|every| Instant::now() + every);
         let wake_at = |next_ping: Option<Instant>, deadline: Instant| {
             next_ping.map_or(deadline, |p| p.min(deadline))
         };
         let mut last_read = Instant::now();
-        // These waits live across iterations: re-creating them per frame cost a timer-wheel
-        // insert and removal, and a lock on the node-wide shutdown token, for every request.
-        // One timer serves the idle deadline, the pings and the close; it is not moved per
-        // frame: when it fires it looks at the time of the last frame and re-arms.
-        let node = self.node.clone();
-        let timer = sleep_until(wake_at(next_ping, last_read + idle));
-        let shutdown = node.shutdown.cancelled();
-        tokio::pin!(timer, shutdown);
+        // The timer lives across iterations: re-creating it per frame cost a timer-wheel
+        // insert and removal for every request. It serves the idle deadline, the pings and
+        // the close; it is not moved per frame: when it fires it looks at the time of the last
+        // frame and re-arms. (Shutdown reaches the session through its outbox: see
+        // `ConnectionSlot::register`.)
+        let timer = sleep_until(wake_at(next_ping, last_read + self.idle_timeout()));
+        tokio::pin!(timer);
         let ended = loop {
-            let event = std::future::poll_fn(|cx| {
-                self.poll_event(cx, link, timer.as_mut(), shutdown.as_mut())
-            })
-            .await;
+            let event = std::future::poll_fn(|cx| self.poll_event(cx, link, timer.as_mut())).await;
             let msg = match event {
                 Event::Stop(Stop::Close(_)) => break "closed by server",
                 Event::Stop(Stop::Failed) => return "write failed",
@@ -221,20 +217,16 @@ impl Session {
                     continue;
                 }
                 Event::Frame(msg) => msg,
-                Event::Shutdown => {
-                    self.outbox.close(CloseReason::ShuttingDown);
-                    break "shutdown";
-                }
                 Event::Timer => {
                     let now = Instant::now();
-                    let deadline = last_read + idle;
+                    let deadline = last_read + self.idle_timeout();
                     if deadline <= now {
                         self.outbox.close(CloseReason::IdleTimeout);
                         break "idle";
                     }
                     if let Some(at) = next_ping.as_mut().filter(|at| **at <= now) {
                         link.ping();
-                        *at = now + ping_every;
+                        *at = now + self.ping_every().unwrap_or_default();
                     }
                     timer.as_mut().reset(wake_at(next_ping, deadline));
                     continue;
@@ -295,14 +287,13 @@ impl Session {
     }
 
     /// What woke the session, in order: the link (it writes whatever the outbox holds on every
-    /// wake-up), then, if one of them fired, the owed replies, the client's frames, the
-    /// shutdown and the timer.
+    /// wake-up), then, if one of them fired, the owed replies, the client's frames and the
+    /// timer.
     fn poll_event(
         &mut self,
         cx: &mut Context<'_>,
         link: &mut Link,
         mut timer: Pin<&mut Sleep>,
-        mut shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Poll<Event> {
         if let Poll::Ready(stop) = link.poll_write(cx) {
             return Poll::Ready(Event::Stop(stop));
@@ -318,9 +309,6 @@ impl Session {
                 && let Poll::Ready(msg) = ws.poll_next_unpin(cx)
             {
                 return Poll::Ready(Event::Frame(msg));
-            }
-            if shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Shutdown);
             }
             timer.as_mut().poll(cx).map(|()| Event::Timer)
         })
@@ -342,6 +330,21 @@ impl Session {
         // The request may have started a reply: the other waits are to be polled again.
         link.touch();
         link.trim();
+    }
+
+    fn conn(&self) -> ConnId {
+        self.slot.id
+    }
+
+    /// `limits.idle_timeout_secs`; read when needed rather than kept in every task.
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.node.config.limits.idle_timeout_secs)
+    }
+
+    /// `limits.ping_interval_secs`, `None` when pings are off.
+    fn ping_every(&self) -> Option<Duration> {
+        let every = Duration::from_secs(self.node.config.limits.ping_interval_secs);
+        (!every.is_zero()).then_some(every)
     }
 
     /// Sends a reply now, or queues it behind the replies still owed.
@@ -430,15 +433,15 @@ impl Session {
         let ready = self
             .node
             .hub
-            .subscribe(channel, self.conn, group, &self.outbox);
+            .subscribe(channel, self.conn(), group, &self.outbox);
         if let Err(e) = ready.await {
-            self.node.hub.unsubscribe(channel, self.conn);
+            self.node.hub.unsubscribe(channel, self.conn());
             return Err(Rejection::new(ErrorCode::Unavailable, e.to_string()));
         }
         self.subscriptions.insert(channel);
         self.node
             .presence
-            .joined(self.conn, channel, self.identity.user.as_deref());
+            .joined(self.conn(), channel, self.identity.user.as_deref());
         self.send(protocol::subscribed(channel, id));
         Ok(())
     }
@@ -446,10 +449,10 @@ impl Session {
     fn unsubscribe(&mut self, channel: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
         self.check_channel(channel)?;
         if self.subscriptions.remove(channel) {
-            self.node.hub.unsubscribe(channel, self.conn);
+            self.node.hub.unsubscribe(channel, self.conn());
             self.node
                 .presence
-                .left(self.conn, channel, self.identity.user.as_deref());
+                .left(self.conn(), channel, self.identity.user.as_deref());
         }
         self.send(protocol::unsubscribed(channel, id));
         Ok(())
@@ -495,10 +498,10 @@ impl Session {
 
     fn leave_all(&mut self) {
         for channel in std::mem::take(&mut self.subscriptions).0 {
-            self.node.hub.unsubscribe(&channel, self.conn);
+            self.node.hub.unsubscribe(&channel, self.conn());
             self.node
                 .presence
-                .left(self.conn, &channel, self.identity.user.as_deref());
+                .left(self.conn(), &channel, self.identity.user.as_deref());
         }
     }
 }
