@@ -4,7 +4,7 @@
 //! One task per connection, not a reader and a writer: a second task, and the lock `split`
 //! puts between the halves, cost ~900 bytes per idle connection. The task is woken for every
 //! delivery, so a wake-up must not poll everything else a session waits for (socket reads,
-//! replies from the broker, the shutdown signal, the timer): those are polled with a waker of
+//! replies from the broker, the timer): those are polled with a waker of
 //! their own that records that one of them fired ([`Fired`]), and only then.
 
 use std::collections::VecDeque;
