@@ -111,7 +111,8 @@ pub type PublishAck = BoxFuture<'static, Result<(), Rejection>>;
 
 /// Holds one of the node's connection slots; released on drop.
 pub struct ConnectionSlot {
-    node: Arc<Node>,
+    /// The node the connection is on.
+    pub node: Arc<Node>,
     /// The connection's id.
     pub id: ConnId,
 }

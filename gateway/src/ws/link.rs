@@ -99,15 +99,13 @@ impl Link {
         self.ping_due = true;
     }
 
-    /// Frees a small batch buffer once what is queued now is written: the session answered a
-    /// request, which may be the last thing this connection does for a long time.
-    pub fn trim(&mut self) {
-        self.trim = true;
-    }
-
-    /// Marks the other waits for polling at the next wake-up.
-    pub fn touch(&mut self) {
+    /// The session handled a request: the other waits are polled at the next wake-up (the
+    /// request may have started a reply), and a small batch buffer is freed once what is
+    /// queued now is written (a request may be the last thing a connection does for a long
+    /// time; see [`KEEP_BATCH`]).
+    pub fn request_handled(&mut self) {
         self.dirty = true;
+        self.trim = true;
     }
 
     /// Writes what is queued; ready only when writing has to stop, and from then on every

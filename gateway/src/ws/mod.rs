@@ -96,7 +96,7 @@ pub async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER.max(limits.max_frame_bytes) * 4);
     let identity = plugins::shared_identity(identity);
     handshake.accept(config, move |socket| {
-        tracker.spawn(session::run(socket, node, slot, remote, identity));
+        tracker.spawn(session::run(socket, slot, remote, identity));
     })
 }
 

@@ -59,9 +59,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        if buf.remaining() >= SCRATCH {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
         SCRATCH_BUF.with_borrow_mut(|scratch| {
             let mut gulp = ReadBuf::new(scratch);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut gulp))?;

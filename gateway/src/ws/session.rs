@@ -18,7 +18,7 @@ use super::handshake::Socket as WebSocket;
 use super::link::{Link, Stop};
 use super::ratelimit::TokenBucket;
 use crate::hub::{ConnId, Group, GroupKey};
-use crate::node::{ConnectionSlot, Node};
+use crate::node::ConnectionSlot;
 use crate::outbox::{CloseReason, Outbox, outbox};
 use crate::plugins::Identity;
 use crate::protocol::{self, Action, ErrorCode, Rejection};
@@ -45,19 +45,18 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// instructions each time; requests and the session's own log lines enter it.
 pub fn run(
     socket: WebSocket,
-    node: Arc<Node>,
     slot: ConnectionSlot,
     remote: SocketAddr,
     identity: Arc<Identity>,
 ) -> impl Future<Output = ()> {
     let span = tracing::info_span!("conn", id = slot.id, %remote, user = identity.user.as_deref());
-    let limits = &node.config.limits;
+    let limits = &slot.node.config.limits;
     let (outbox, rx) = outbox(limits.outbound_queue);
+    let bucket = TokenBucket::new(limits.publish_burst);
     slot.register(&outbox);
     let mut link = Link::new(socket, rx);
     let mut session = Session {
-        bucket: TokenBucket::new(limits.publish_burst),
-        node,
+        bucket,
         outbox,
         subscriptions: Subscriptions::default(),
         identity,
@@ -69,7 +68,11 @@ pub fn run(
         session.span.in_scope(|| tracing::debug!("connected"));
         let since = crate::presence::now_ms();
         if let Some(user) = &session.identity.user {
-            session.node.presence.connected(session.conn(), user, since);
+            session
+                .slot
+                .node
+                .presence
+                .connected(session.conn(), user, since);
         }
         let ended = session.serve(&mut link).await;
         // Frames pushed from now on are refused rather than queued for nobody.
@@ -79,6 +82,7 @@ pub fn run(
         session.leave_all();
         if let Some(user) = &session.identity.user {
             session
+                .slot
                 .node
                 .presence
                 .disconnected(session.conn(), user, since);
@@ -99,7 +103,6 @@ pub fn run(
 }
 
 struct Session {
-    node: Arc<Node>,
     outbox: Outbox,
     subscriptions: Subscriptions,
     bucket: TokenBucket,
@@ -110,7 +113,7 @@ struct Session {
     pending: Owed,
     /// The connection's span, entered around requests and log lines.
     span: Span,
-    /// The connection's id and place in the node's count; last, so it is released last.
+    /// The connection's node, id and place in the node's count; last, so it is released last.
     slot: ConnectionSlot,
 }
 
@@ -327,9 +330,7 @@ impl Session {
             span.in_scope(|| handling.as_mut().poll(cx))
         })
         .await;
-        // The request may have started a reply: the other waits are to be polled again.
-        link.touch();
-        link.trim();
+        link.request_handled();
     }
 
     fn conn(&self) -> ConnId {
@@ -338,12 +339,12 @@ impl Session {
 
     /// `limits.idle_timeout_secs`; read when needed rather than kept in every task.
     fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.node.config.limits.idle_timeout_secs)
+        Duration::from_secs(self.slot.node.config.limits.idle_timeout_secs)
     }
 
     /// `limits.ping_interval_secs`, `None` when pings are off.
     fn ping_every(&self) -> Option<Duration> {
-        let every = Duration::from_secs(self.node.config.limits.ping_interval_secs);
+        let every = Duration::from_secs(self.slot.node.config.limits.ping_interval_secs);
         (!every.is_zero()).then_some(every)
     }
 
@@ -372,7 +373,7 @@ impl Session {
     }
 
     async fn handle(&mut self, text: &str) {
-        let limits = &self.node.config.limits;
+        let limits = &self.slot.node.config.limits;
         if text.len() > limits.max_message_bytes {
             let rejection = Rejection::new(
                 ErrorCode::MessageTooLarge,
@@ -404,7 +405,7 @@ impl Session {
     }
 
     fn check_channel(&self, channel: &str) -> Result<(), Rejection> {
-        self.node.check_channel(channel)
+        self.slot.node.check_channel(channel)
     }
 
     async fn subscribe(&mut self, channel: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
@@ -413,7 +414,7 @@ impl Session {
             self.send(protocol::subscribed(channel, id));
             return Ok(());
         }
-        let max = self.node.config.limits.max_subscriptions;
+        let max = self.slot.node.config.limits.max_subscriptions;
         if self.subscriptions.len() >= max {
             return Err(Rejection::new(
                 ErrorCode::TooManySubscriptions,
@@ -421,6 +422,7 @@ impl Session {
             ));
         }
         let key = self
+            .slot
             .node
             .plugins
             .current()
@@ -431,15 +433,17 @@ impl Session {
             key: Arc::from(key),
         });
         let ready = self
+            .slot
             .node
             .hub
             .subscribe(channel, self.conn(), group, &self.outbox);
         if let Err(e) = ready.await {
-            self.node.hub.unsubscribe(channel, self.conn());
+            self.slot.node.hub.unsubscribe(channel, self.conn());
             return Err(Rejection::new(ErrorCode::Unavailable, e.to_string()));
         }
         self.subscriptions.insert(channel);
-        self.node
+        self.slot
+            .node
             .presence
             .joined(self.conn(), channel, self.identity.user.as_deref());
         self.send(protocol::subscribed(channel, id));
@@ -449,8 +453,9 @@ impl Session {
     fn unsubscribe(&mut self, channel: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
         self.check_channel(channel)?;
         if self.subscriptions.remove(channel) {
-            self.node.hub.unsubscribe(channel, self.conn());
-            self.node
+            self.slot.node.hub.unsubscribe(channel, self.conn());
+            self.slot
+                .node
                 .presence
                 .left(self.conn(), channel, self.identity.user.as_deref());
         }
@@ -467,7 +472,7 @@ impl Session {
         id: Option<&RawValue>,
     ) -> Result<(), Rejection> {
         self.check_channel(channel)?;
-        let limits = &self.node.config.limits;
+        let limits = &self.slot.node.config.limits;
         if !self
             .bucket
             .try_take(limits.publish_rate, limits.publish_burst)
@@ -478,6 +483,7 @@ impl Session {
             ));
         }
         let ack = self
+            .slot
             .node
             .start_publish(&self.identity, channel, data.get())?;
         let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
@@ -498,8 +504,9 @@ impl Session {
 
     fn leave_all(&mut self) {
         for channel in std::mem::take(&mut self.subscriptions).0 {
-            self.node.hub.unsubscribe(&channel, self.conn());
-            self.node
+            self.slot.node.hub.unsubscribe(&channel, self.conn());
+            self.slot
+                .node
                 .presence
                 .left(self.conn(), &channel, self.identity.user.as_deref());
         }
