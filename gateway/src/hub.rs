@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use futures_util::future::BoxFuture;
 
-use crate::broker::{Broker, BrokerError, Incoming};
+use crate::broker::{Broker, BrokerError};
 use crate::outbox::Outbox;
 use crate::protocol::{self, Frame};
 
@@ -145,26 +145,26 @@ impl Hub {
         found
     }
 
-    /// Delivers a broker message to every local subscriber of its channel.
-    pub fn dispatch(&self, msg: &Incoming) -> Fanout {
-        let shard = self.shard(&msg.channel).read().expect("hub lock poisoned");
-        let Some(entry) = shard.get(&*msg.channel) else {
+    /// Delivers a broker message, `payload` on `channel`, to every local subscriber of it.
+    pub fn dispatch(&self, channel: &str, payload: &[u8]) -> Fanout {
+        let shard = self.shard(channel).read().expect("hub lock poisoned");
+        let Some(entry) = shard.get(channel) else {
             return Fanout::default();
         };
-        let data = protocol::normalize_payload(&msg.payload);
+        let data = protocol::normalize_payload(payload);
         let mut shared: Option<Frame> = None;
         let mut stats = Fanout::default();
         let hook = self.deliver.as_ref().map(|h| h.current());
         for (group, members) in &entry.groups {
             let prepared = match &hook {
-                Some(hook) => hook.prepare(&msg.channel, group, &data),
+                Some(hook) => hook.prepare(channel, group, &data),
                 None => Prepared::Unchanged,
             };
             let frame = match prepared {
                 Prepared::Skip => continue,
-                Prepared::Rewritten(data) => protocol::message(&msg.channel, &data),
+                Prepared::Rewritten(data) => protocol::message(channel, &data),
                 Prepared::Unchanged => shared
-                    .get_or_insert_with(|| protocol::message(&msg.channel, &data))
+                    .get_or_insert_with(|| protocol::message(channel, &data))
                     .clone(),
             };
             for outbox in members.values() {
@@ -215,16 +215,15 @@ mod tests {
     use crate::broker::memory::MemoryBroker;
     use crate::outbox::{CloseReason, outbox};
 
-    fn hub() -> Hub {
-        let (broker, _rx) = MemoryBroker::new();
-        Hub::new(Arc::new(broker))
+    /// An inbox that drops everything: these tests call `dispatch` themselves.
+    struct Nowhere;
+
+    impl crate::broker::Inbox for Nowhere {
+        fn deliver(&self, _channel: &str, _payload: &[u8]) {}
     }
 
-    fn msg(channel: &str, payload: &'static [u8]) -> Incoming {
-        Incoming {
-            channel: Arc::from(channel),
-            payload: bytes::Bytes::from_static(payload),
-        }
+    fn hub() -> Hub {
+        Hub::new(Arc::new(MemoryBroker::new(Arc::new(Nowhere))))
     }
 
     #[tokio::test]
@@ -238,7 +237,7 @@ mod tests {
         hub.subscribe("c", 2, GroupKey::default(), &b)
             .await
             .unwrap();
-        let stats = hub.dispatch(&msg("c", b"1"));
+        let stats = hub.dispatch("c", b"1");
         assert_eq!(
             stats,
             Fanout {
@@ -294,8 +293,8 @@ mod tests {
         hub.subscribe("c", 2, GroupKey::default(), &fast)
             .await
             .unwrap();
-        hub.dispatch(&msg("c", b"1"));
-        let stats = hub.dispatch(&msg("c", b"2"));
+        hub.dispatch("c", b"1");
+        let stats = hub.dispatch("c", b"2");
         assert_eq!(
             stats,
             Fanout {

@@ -1,14 +1,15 @@
 //! Switchyard: a real-time WebSocket message gateway whose per-channel routing,
 //! authorization and transformation run as WebAssembly plugins.
 //!
-//! Data flows one way: socket -> session ([`ws`]) -> broker ([`broker`]) -> hub ([`hub`]) ->
-//! session outboxes ([`outbox`]) -> sockets.
+//! Data flows one way: socket -> session ([`ws`]) -> broker ([`broker`]) -> dispatcher
+//! ([`dispatch`]) -> hub ([`hub`]) -> session outboxes ([`outbox`]) -> sockets.
 
 pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod dispatch;
 pub mod hub;
 pub mod metrics;
 pub mod node;

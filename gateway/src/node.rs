@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::redis_cluster::RedisClusterBroker;
-use crate::broker::{Broker, IncomingRx};
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::hub::{ConnId, Hub};
 use crate::outbox::{CloseReason, Outbox};
 use crate::plugins::Code;
@@ -140,29 +141,24 @@ impl Drop for ConnectionSlot {
 }
 
 impl Node {
-    /// Builds a node for `config`; returns it with the broker's incoming stream, which
-    /// [`crate::server::Gateway`] feeds into the hub.
-    pub async fn new(config: Config) -> Result<(Arc<Self>, IncomingRx), StartError> {
+    /// Builds a node for `config`; messages its broker receives go to its hub from the start.
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
         let node_id = config.node_id();
         let ttl = std::time::Duration::from_secs(config.presence.ttl_secs);
         let target = RedisTarget::from_config(&config.broker);
         let prefix = &config.broker.prefix;
         let broker_err = |e: &dyn std::fmt::Display| StartError::Broker(e.to_string());
-        let (broker, incoming): (Arc<dyn Broker>, IncomingRx) = match &target {
-            None => {
-                let (b, rx) = MemoryBroker::new();
-                (Arc::new(b), rx)
-            }
-            Some(RedisTarget::Single(url)) => {
-                let (b, rx) =
-                    RedisBroker::start(url, prefix, &node_id).map_err(|e| broker_err(&e))?;
-                (Arc::new(b), rx)
-            }
-            Some(RedisTarget::Cluster(seeds)) => {
-                let (b, rx) = RedisClusterBroker::start(seeds, prefix, &node_id)
-                    .map_err(|e| broker_err(&e))?;
-                (Arc::new(b), rx)
-            }
+        let inbox = Arc::new(Dispatcher::new());
+        let broker: Arc<dyn Broker> = match &target {
+            None => Arc::new(MemoryBroker::new(inbox.clone())),
+            Some(RedisTarget::Single(url)) => Arc::new(
+                RedisBroker::start(url, prefix, &node_id, inbox.clone())
+                    .map_err(|e| broker_err(&e))?,
+            ),
+            Some(RedisTarget::Cluster(seeds)) => Arc::new(
+                RedisClusterBroker::start(seeds, prefix, &node_id, inbox.clone())
+                    .map_err(|e| broker_err(&e))?,
+            ),
         };
         let presence: Arc<dyn Presence> = match &target {
             None => Arc::new(MemoryPresence::new(&node_id)),
@@ -227,7 +223,8 @@ impl Node {
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
         });
-        Ok((node, incoming))
+        inbox.attach(&node);
+        Ok(node)
     }
 
     /// Takes a connection slot, or `None` when the node is at `limits.max_connections`.
@@ -283,8 +280,8 @@ impl Node {
     }
 
     /// [`Node::publish`] in two steps, so a connection can have several publishes in flight:
-    /// checks, the publish hook and the hand-over to the broker happen now (the embedded
-    /// broker's at the future's first poll), so calls reach the broker in call order; the
+    /// checks, the publish hook and the hand-over to the broker happen now, so calls reach
+    /// the broker in call order (the embedded broker delivers right then); the
     /// returned future resolves once the broker accepted every message.
     pub fn start_publish(
         &self,

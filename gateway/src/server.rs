@@ -1,4 +1,4 @@
-//! HTTP server: routes, the broker-to-hub dispatcher, and graceful shutdown.
+//! HTTP server: routes, the node's background tasks, and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +10,6 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::broker::IncomingRx;
 use crate::config::{Cli, Config, ServerConfig};
 use crate::node::{Node, StartError};
 use crate::plugins::cluster::CONTROL_CHANNEL;
@@ -35,7 +34,6 @@ pub fn router(node: Arc<Node>) -> Router {
 /// A bound, not yet serving gateway node.
 pub struct Gateway {
     node: Arc<Node>,
-    incoming: IncomingRx,
     listener: TcpListener,
     admin: Option<TcpListener>,
     reload: Option<Cli>,
@@ -56,10 +54,9 @@ impl Gateway {
             ),
             None => None,
         };
-        let (node, incoming) = Node::new(config).await?;
+        let node = Node::new(config).await?;
         Ok(Self {
             node,
-            incoming,
             listener,
             admin,
             reload: None,
@@ -98,7 +95,6 @@ impl Gateway {
     ) -> Result<(), StartError> {
         let Gateway {
             node,
-            incoming,
             listener,
             admin,
             reload,
@@ -109,7 +105,6 @@ impl Gateway {
             broker = node.broker.kind(),
             "switchyard listening"
         );
-        let dispatcher = tokio::spawn(dispatch(node.clone(), incoming));
         tokio::spawn(close_sessions_on_shutdown(node.clone()));
         if node.cluster.is_some() {
             tokio::spawn(join_control_channel(node.clone()));
@@ -179,7 +174,6 @@ impl Gateway {
             );
         }
         node.presence.shutdown().await;
-        dispatcher.abort();
         tracing::info!("stopped");
         Ok(())
     }
@@ -219,29 +213,6 @@ async fn reload_on_sighup(node: Arc<Node>, cli: Cli) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading configuration");
         crate::plugins::watch::reload_bindings(&node, &cli).await;
-    }
-}
-
-/// Feeds broker messages into the hub, in arrival order.
-async fn dispatch(node: Arc<Node>, mut incoming: IncomingRx) {
-    let delivered = metrics::counter!("switchyard_messages_delivered_total");
-    let dropped =
-        metrics::counter!("switchyard_messages_dropped_total", "reason" => "slow_consumer");
-    let fanout = metrics::histogram!("switchyard_fanout_seconds");
-    while let Some(msg) = incoming.recv().await {
-        if msg.channel.starts_with('$') {
-            if &*msg.channel == CONTROL_CHANNEL {
-                tokio::spawn(node.clone().on_control(msg.payload));
-            }
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let stats = node.hub.dispatch(&msg);
-        fanout.record(started.elapsed().as_secs_f64());
-        delivered.increment(stats.delivered as u64);
-        if stats.dropped > 0 {
-            dropped.increment(stats.dropped as u64);
-        }
     }
 }
 

@@ -212,12 +212,12 @@ async fn swap_under_load_by_file_and_by_api_loses_nothing() {
 
 /// Publishes `{"n": n}` and returns the version that stamped it.
 async fn stamp(c: &mut Client, n: u64) -> u64 {
-    let mut seen = c.publish_acked("s:1", json!({"n": n}), n).await;
+    c.publish_acked("s:1", json!({"n": n}), n).await;
     loop {
-        if let Some(m) = seen.iter().find(|m| m["data"]["n"] == n) {
+        let m = c.recv().await;
+        if m["data"]["n"] == n {
             return m["data"]["v"].as_u64().unwrap();
         }
-        seen.push(c.recv().await);
     }
 }
 

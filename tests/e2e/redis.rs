@@ -175,6 +175,45 @@ async fn survives_a_redis_crash_and_restart() {
 }
 
 #[tokio::test]
+async fn a_killed_subscriber_connection_is_replaced_and_nothing_is_delivered_twice() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 2).await;
+    let mut a = gws[0].client().await;
+    let mut b = gws[1].client().await;
+    a.subscribe("k").await;
+    b.subscribe("k").await;
+    assert_eq!(
+        a.publish_own("k", json!("before"), 1).await["data"],
+        "before"
+    );
+    assert_eq!(b.recv().await["data"], "before");
+
+    // Redis drops both nodes' subscriber connections while itself staying up: the nodes learn
+    // it from redis-rs's disconnection notice, not from a failing command.
+    let killed: i64 = redis
+        .cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+        .await;
+    assert_eq!(killed, 2, "one subscriber connection per node");
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    while redis.numsub("sy:k").await != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes never subscribed again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(a.publish_own("k", json!("after"), 2).await["data"], "after");
+    assert_eq!(b.recv().await["data"], "after");
+    // A duplicate of "after" (from the dropped connection) would come before this.
+    assert_eq!(
+        b.publish_own("k", json!("marker"), 3).await["data"],
+        "marker"
+    );
+    assert_eq!(a.recv().await["data"], "marker");
+}
+
+#[tokio::test]
 async fn node_starts_while_redis_is_down_and_connects_later() {
     let mut redis = RedisServer::start().await;
     redis.kill().await;

@@ -101,6 +101,9 @@ impl Drop for TestGateway {
 /// A WebSocket client speaking the JSON protocol.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Deliveries that arrived while [`Client::publish_acked`] waited for its acknowledgement
+    /// (a delivery may overtake it), handed out by [`Client::recv`] first.
+    held: std::collections::VecDeque<Value>,
 }
 
 /// What ended a connection from the client's point of view.
@@ -118,7 +121,10 @@ impl Client {
             .await
             .expect("connect in time")
             .expect("websocket connects");
-        Self { ws }
+        Self {
+            ws,
+            held: Default::default(),
+        }
     }
 
     /// Connects with a tiny socket receive buffer, so a client that stops reading backs up
@@ -131,7 +137,10 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
             .await
             .expect("websocket connects");
-        Self { ws }
+        Self {
+            ws,
+            held: Default::default(),
+        }
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -147,6 +156,9 @@ impl Client {
 
     /// Next data frame as JSON (control frames are skipped); panics if the connection ends.
     pub async fn recv(&mut self) -> Value {
+        if let Some(held) = self.held.pop_front() {
+            return held;
+        }
         loop {
             let msg = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -211,31 +223,36 @@ impl Client {
             .await;
     }
 
-    /// Publishes with an id and waits for the broker's acknowledgement; returns the
-    /// deliveries that arrived meanwhile.
-    pub async fn publish_acked(&mut self, channel: &str, data: Value, id: u64) -> Vec<Value> {
+    /// Publishes with an id and waits for the broker's acknowledgement. Deliveries that
+    /// arrive meanwhile are held for [`Client::recv`]: the protocol does not order a
+    /// publisher's own deliveries against its acknowledgements.
+    pub async fn publish_acked(&mut self, channel: &str, data: Value, id: u64) {
         self.send(json!({"type": "publish", "channel": channel, "data": data, "id": id}))
             .await;
-        let mut seen = Vec::new();
+        let mut early = Vec::new();
         loop {
             let v = self.recv().await;
             if v["type"] == "published" {
                 assert_eq!(v["id"], id);
-                return seen;
+                break;
             }
             assert_eq!(v["type"], "message", "unexpected reply {v}");
-            seen.push(v);
+            early.push(v);
         }
+        // Behind anything held before, ahead of what is still to be read.
+        self.held.extend(early);
+    }
+
+    /// Deliveries held by [`Client::publish_acked`] and not yet received.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// Publishes with an id on a channel this client is subscribed to; returns its own
     /// delivery, which may arrive before or after the acknowledgement.
     pub async fn publish_own(&mut self, channel: &str, data: Value, id: u64) -> Value {
-        let early = self.publish_acked(channel, data, id).await;
-        match early.into_iter().next() {
-            Some(m) => m,
-            None => self.recv().await,
-        }
+        self.publish_acked(channel, data, id).await;
+        self.recv().await
     }
 
     /// Next error reply's code (other frames are not expected).

@@ -5,23 +5,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
 
-use super::{Broker, BrokerError, Incoming, IncomingRx};
-
-/// Messages buffered between publishers and the fan-out; publishers wait when it is full.
-const BUFFER: usize = 8192;
+use super::{Broker, BrokerError, Inbox};
 
 /// Loops every publish straight back to this node's fan-out.
 pub struct MemoryBroker {
-    tx: mpsc::Sender<Incoming>,
+    inbox: Arc<dyn Inbox>,
 }
 
 impl MemoryBroker {
-    /// Creates the broker and the stream of messages it delivers.
-    pub fn new() -> (Self, IncomingRx) {
-        let (tx, rx) = mpsc::channel(BUFFER);
-        (Self { tx }, rx)
+    /// Creates the broker; every publish is delivered to `inbox` before `publish` returns.
+    pub fn new(inbox: Arc<dyn Inbox>) -> Self {
+        Self { inbox }
     }
 }
 
@@ -31,12 +26,9 @@ impl Broker for MemoryBroker {
         channel: &str,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let tx = self.tx.clone();
-        let msg = Incoming {
-            channel: Arc::from(channel),
-            payload,
-        };
-        async move { tx.send(msg).await.map_err(|_| BrokerError::Closed) }.boxed()
+        // The publisher pays for its own fan-out: that is the embedded broker's back-pressure.
+        self.inbox.deliver(channel, &payload);
+        futures_util::future::ready(Ok(())).boxed()
     }
 
     fn subscribe(&self, _channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
@@ -46,7 +38,7 @@ impl Broker for MemoryBroker {
     fn unsubscribe(&self, _channel: &str) {}
 
     fn is_ready(&self) -> bool {
-        !self.tx.is_closed()
+        true
     }
 
     fn kind(&self) -> &'static str {

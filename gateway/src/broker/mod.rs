@@ -3,9 +3,7 @@
 //!
 //! The hub owns reference counts: it calls [`Broker::subscribe`] when a channel gets its
 //! first local subscriber and [`Broker::unsubscribe`] when its last one leaves, always in
-//! the order the changes happened. Messages come back on the [`Incoming`] stream.
-
-use std::sync::Arc;
+//! the order the changes happened. Messages come back through the node's [`Inbox`].
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -17,25 +15,22 @@ mod publisher;
 pub mod redis;
 pub mod redis_cluster;
 
-/// A message that arrived from the broker for this node.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    /// Client-facing channel name (any prefix removed).
-    pub channel: Arc<str>,
-    /// Payload as published: JSON text for gateway publishers, anything for external ones.
-    pub payload: Bytes,
+/// Where a broker hands the messages it receives for this node: the node's fan-out.
+///
+/// Called on the broker's receiving task, in arrival order, and must not block (the fan-out
+/// only queues frames). A call instead of a channel: a queue between the broker and the hub
+/// cost a task hand-over per message, and when it filled up the broker had to either stall its
+/// Redis connection or drop messages.
+pub trait Inbox: Send + Sync + 'static {
+    /// A message on `channel` (client-facing name, any prefix removed); `payload` as
+    /// published: JSON text for gateway publishers, anything for external ones.
+    fn deliver(&self, channel: &str, payload: &[u8]);
 }
 
-impl Incoming {
-    /// The message a Redis channel `name` carried, if `name` is one of ours (starts with
-    /// `prefix`, the rest being UTF-8).
-    pub(crate) fn from_redis(prefix: &str, name: &[u8], payload: &[u8]) -> Option<Self> {
-        let channel = std::str::from_utf8(name.strip_prefix(prefix.as_bytes())?).ok()?;
-        Some(Self {
-            channel: Arc::from(channel),
-            payload: Bytes::copy_from_slice(payload),
-        })
-    }
+/// The client-facing channel of Redis channel `name`, if `name` is one of ours (starts with
+/// `prefix`, the rest being UTF-8).
+pub(crate) fn client_channel<'a>(prefix: &str, name: &'a [u8]) -> Option<&'a str> {
+    std::str::from_utf8(name.strip_prefix(prefix.as_bytes())?).ok()
 }
 
 /// Sends a request built around a reply slot to a broker task; resolves with the task's
@@ -50,9 +45,6 @@ pub(crate) fn ask<T>(
     }
     async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
 }
-
-/// The stream of messages a broker delivers to this node.
-pub type IncomingRx = mpsc::Receiver<Incoming>;
 
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]

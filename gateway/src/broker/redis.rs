@@ -19,18 +19,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use tokio::sync::{mpsc, oneshot};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::publisher::Publisher;
-use super::{Broker, BrokerError, Incoming, IncomingRx};
-
-/// Messages buffered between the Redis reader and the fan-out.
-const BUFFER: usize = 8192;
-/// Messages forwarded per wake-up of the subscriber before it looks at its commands again.
-const BATCH: usize = 256;
+use super::{Broker, BrokerError, Inbox, client_channel};
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
@@ -85,16 +82,29 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 impl RedisBroker {
     /// Starts the broker's connections (lazily: a Redis that is down at start is retried like
     /// any outage). Must be called within a tokio runtime.
-    pub fn start(url: &str, prefix: &str, node: &str) -> Result<(Self, IncomingRx), BrokerError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| BrokerError::Unavailable(format!("bad redis url: {e}")))?;
+    /// Messages on subscribed channels go to `inbox`.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        node: &str,
+        inbox: Arc<dyn Inbox>,
+    ) -> Result<Self, BrokerError> {
+        let bad_url =
+            |e: redis::RedisError| BrokerError::Unavailable(format!("bad redis url: {e}"));
+        let client = redis::Client::open(url).map_err(bad_url)?;
+        let info = url.into_connection_info().map_err(bad_url)?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let subscriber_client =
+            redis::Client::open(info.set_redis_settings(resp3)).map_err(bad_url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
-        let con =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let con = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
         let publisher = Publisher::start(Box::new(move |messages| {
             let mut con = con.clone();
             async move {
@@ -121,28 +131,24 @@ impl RedisBroker {
             }
             .boxed()
         }));
-        let (tx, rx) = mpsc::channel(BUFFER);
         let (commands, command_rx) = Commands::new();
         let connected = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber {
-            client,
+            client: subscriber_client,
             prefix: prefix.into(),
             node: node.into(),
             desired: HashSet::new(),
             commands: command_rx,
-            incoming: tx,
+            inbox,
             connected: connected.clone(),
         };
         tokio::spawn(subscriber.run());
-        Ok((
-            Self {
-                publisher,
-                prefix: prefix.into(),
-                commands,
-                connected,
-            },
-            rx,
-        ))
+        Ok(Self {
+            publisher,
+            prefix: prefix.into(),
+            commands,
+            connected,
+        })
     }
 }
 
@@ -182,12 +188,12 @@ impl Broker for RedisBroker {
 /// The task owning the subscriber connection.
 struct Subscriber {
     client: redis::Client,
-    prefix: String,
+    prefix: Arc<str>,
     node: String,
     /// Channels (client names) this node needs, whatever the connection's state.
     desired: HashSet<String>,
     commands: mpsc::UnboundedReceiver<Command>,
-    incoming: mpsc::Sender<Incoming>,
+    inbox: Arc<dyn Inbox>,
     connected: Arc<AtomicBool>,
 }
 
@@ -199,19 +205,62 @@ enum Ended {
     Stopped,
 }
 
+/// What one subscriber connection's push callback shares with the task.
+#[derive(Default)]
+struct Watch {
+    /// redis-rs reported the connection closed.
+    lost: Notify,
+    /// The task gave the connection up: a late message on it (from a Redis that was only
+    /// paused) would duplicate what the next connection delivers.
+    retired: AtomicBool,
+}
+
 impl Subscriber {
+    /// The callback redis-rs runs for every push frame on one connection.
+    fn on_push(
+        &self,
+        watch: Arc<Watch>,
+    ) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + use<> {
+        let (prefix, inbox) = (self.prefix.clone(), self.inbox.clone());
+        move |info: PushInfo| {
+            match info.kind {
+                PushKind::Message if !watch.retired.load(Ordering::Acquire) => {
+                    if let [Value::BulkString(name), Value::BulkString(payload)] = &info.data[..]
+                        && let Some(channel) = client_channel(&prefix, name)
+                    {
+                        inbox.deliver(channel, payload);
+                    }
+                }
+                PushKind::Disconnection => watch.lost.notify_one(),
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
     async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
         let mut down_since: Option<Instant> = None;
         loop {
-            let attempt = tokio::time::timeout(TIMEOUT, self.client.get_async_pubsub()).await;
-            let pubsub = match attempt {
-                Ok(Ok(p)) => p,
+            let watch = Arc::new(Watch::default());
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(TIMEOUT))
+                .set_response_timeout(Some(TIMEOUT))
+                .set_push_sender(self.on_push(watch.clone()));
+            let attempt = tokio::time::timeout(
+                TIMEOUT,
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config),
+            )
+            .await;
+            let mut con = match attempt {
+                Ok(Ok(con)) => con,
                 Ok(Err(e)) => {
-                    if !self
-                        .wait_while_down(backoff, &e.to_string(), &mut down_since)
-                        .await
-                    {
+                    let mut why = e.to_string();
+                    if why.contains("HELLO") {
+                        why.push_str(" (the subscriber connection needs RESP3: Redis 6 or newer)");
+                    }
+                    if !self.wait_while_down(backoff, &why, &mut down_since).await {
                         return;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -228,7 +277,6 @@ impl Subscriber {
                     continue;
                 }
             };
-            let (mut sink, stream) = pubsub.split();
             let started = Instant::now();
             if !self.desired.is_empty() {
                 let names: Vec<String> = self
@@ -236,8 +284,9 @@ impl Subscriber {
                     .iter()
                     .map(|c| format!("{}{c}", self.prefix))
                     .collect();
-                if let Err(e) = bounded(sink.subscribe(names)).await {
+                if let Err(e) = bounded(con.subscribe(names)).await {
                     tracing::warn!(error = %e, "redis resubscribe failed");
+                    watch.retired.store(true, Ordering::Release);
                     continue;
                 }
             }
@@ -256,7 +305,8 @@ impl Subscriber {
                 }
                 None => tracing::info!(node = %self.node, "redis subscriber connected"),
             }
-            let ended = self.serve(&mut sink, stream).await;
+            let ended = self.serve(&mut con, &watch).await;
+            watch.retired.store(true, Ordering::Release);
             self.connected.store(false, Ordering::Release);
             match ended {
                 Ended::Stopped => return,
@@ -268,12 +318,9 @@ impl Subscriber {
         }
     }
 
-    /// Serves commands and messages over a live connection until it fails.
-    async fn serve(
-        &mut self,
-        sink: &mut PubSubSink,
-        mut stream: redis::aio::PubSubStream,
-    ) -> Ended {
+    /// Serves commands over a live connection until it fails; messages meanwhile go from
+    /// redis-rs's reader straight to the inbox.
+    async fn serve(&mut self, con: &mut MultiplexedConnection, watch: &Watch) -> Ended {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
         loop {
@@ -285,7 +332,7 @@ impl Subscriber {
                             let _ = ack.send(Ok(()));
                             continue;
                         }
-                        match bounded(sink.subscribe(format!("{}{channel}", self.prefix))).await {
+                        match bounded(con.subscribe(format!("{}{channel}", self.prefix))).await {
                             Ok(()) => {
                                 self.desired.insert(channel);
                                 let _ = ack.send(Ok(()));
@@ -298,48 +345,18 @@ impl Subscriber {
                     }
                     Some(Command::Unsubscribe(channel)) => {
                         self.desired.remove(&channel);
-                        if let Err(e) = bounded(sink.unsubscribe(format!("{}{channel}", self.prefix))).await {
+                        if let Err(e) = bounded(con.unsubscribe(format!("{}{channel}", self.prefix))).await {
                             return Ended::Lost(e);
                         }
                     }
                 },
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
-                        return Ended::Lost("connection closed".into());
-                    };
-                    if !self.forward(&msg).await {
-                        return Ended::Stopped;
-                    }
-                    // Messages redis-rs has already parsed go on without another round of
-                    // `select!` each (its futures re-created, the ping timer polled); commands
-                    // wait for at most a batch.
-                    for _ in 1..BATCH {
-                        match stream.next().now_or_never() {
-                            Some(Some(msg)) => {
-                                if !self.forward(&msg).await {
-                                    return Ended::Stopped;
-                                }
-                            }
-                            Some(None) => return Ended::Lost("connection closed".into()),
-                            None => break,
-                        }
-                    }
-                }
+                () = watch.lost.notified() => return Ended::Lost("connection closed".into()),
                 _ = ping.tick() => {
-                    if let Err(e) = bounded(sink.ping::<redis::Value>()).await {
+                    if let Err(e) = bounded(redis::cmd("PING").query_async::<Value>(con)).await {
                         return Ended::Lost(format!("ping: {e}"));
                     }
                 }
             }
-        }
-    }
-
-    /// Hands a message on one of our channels to the hub; false once the hub is gone.
-    async fn forward(&self, msg: &redis::Msg) -> bool {
-        let name = msg.get_channel_name().as_bytes();
-        match Incoming::from_redis(&self.prefix, name, msg.get_payload_bytes()) {
-            Some(incoming) => self.incoming.send(incoming).await.is_ok(),
-            None => true,
         }
     }
 

@@ -28,13 +28,9 @@ use tokio::sync::mpsc;
 
 use super::publisher::Publisher;
 use super::redis::{Command, Commands, bounded};
-use super::{Broker, BrokerError, Incoming, IncomingRx};
+use super::{Broker, BrokerError, Inbox, client_channel};
 use crate::redis_link::{LazyCluster, RedisTarget};
 
-/// Messages buffered between the Redis connections and the fan-out; beyond it, messages are
-/// dropped and counted (`switchyard_messages_dropped_total{reason="broker_backlog"}`), because
-/// redis-rs hands pushes over without waiting.
-const BUFFER: usize = 65_536;
 /// First delay before re-subscribing after a failure; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between re-subscribe attempts.
@@ -86,12 +82,13 @@ fn bulk(v: &Value) -> Option<&[u8]> {
 impl RedisClusterBroker {
     /// Starts the broker for the cluster reached through `seeds`; connects lazily, so a
     /// cluster that is down at start is retried like any outage.
+    /// Messages on subscribed channels go to `inbox`, from redis-rs's connection tasks.
     pub fn start(
         seeds: &[String],
         prefix: &str,
         node: &str,
-    ) -> Result<(Self, IncomingRx), BrokerError> {
-        let (tx, rx) = mpsc::channel(BUFFER);
+        inbox: Arc<dyn Inbox>,
+    ) -> Result<Self, BrokerError> {
         let (control_tx, control) = mpsc::unbounded_channel();
         let push_prefix: Arc<str> = prefix.into();
         let on_push = move |info: PushInfo| -> Result<(), ()> {
@@ -103,13 +100,8 @@ impl RedisClusterBroker {
                     let (Some(channel), Some(payload)) = (bulk(channel), bulk(payload)) else {
                         return Ok(());
                     };
-                    let Some(incoming) = Incoming::from_redis(&push_prefix, channel, payload)
-                    else {
-                        return Ok(());
-                    };
-                    if tx.try_send(incoming).is_err() {
-                        metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_backlog")
-                            .increment(1);
+                    if let Some(channel) = client_channel(&push_prefix, channel) {
+                        inbox.deliver(channel, payload);
                     }
                 }
                 PushKind::Disconnection => {
@@ -150,17 +142,14 @@ impl RedisClusterBroker {
             ready: ready.clone(),
         };
         tokio::spawn(subscriber.run());
-        Ok((
-            Self {
-                publisher: Publisher::start(Box::new(move |messages| {
-                    spublish(con.clone(), messages).boxed()
-                })),
-                prefix: prefix.into(),
-                commands,
-                ready,
-            },
-            rx,
-        ))
+        Ok(Self {
+            publisher: Publisher::start(Box::new(move |messages| {
+                spublish(con.clone(), messages).boxed()
+            })),
+            prefix: prefix.into(),
+            commands,
+            ready,
+        })
     }
 }
 
