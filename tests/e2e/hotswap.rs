@@ -175,10 +175,13 @@ async fn swap_under_load_by_file_and_by_api_loses_nothing() {
                 d["rx"].as_u64().unwrap(),
                 d["v"].as_u64().unwrap(),
             );
-            // Published after a swap completed: must be the new version.
+            // Published after a swap completed: must be the new version. Before the API
+            // swap back, that is, unless the gateway only got to it once that swap had
+            // begun (a loaded machine can hold a message that long); it was then received
+            // after the swap began.
             if t > file_done && t < api_swap {
-                assert_eq!(
-                    v, 2,
+                assert!(
+                    v == 2 || rx > api_swap,
                     "publisher {p}: message after the file swap handled by the old version"
                 );
             }
