@@ -27,10 +27,18 @@ pub trait Inbox: Send + Sync + 'static {
     fn deliver(&self, channel: &str, payload: &[u8]);
 }
 
-/// The client-facing channel of Redis channel `name`, if `name` is one of ours (starts with
-/// `prefix`, the rest being UTF-8).
-pub(crate) fn client_channel<'a>(prefix: &str, name: &'a [u8]) -> Option<&'a str> {
-    std::str::from_utf8(name.strip_prefix(prefix.as_bytes())?).ok()
+/// Hands a Redis message push frame (`[channel, payload]`, from `message` or `smessage`) to
+/// `inbox`, if its channel is one of ours: it starts with `prefix` and the rest is UTF-8.
+pub(crate) fn deliver_push(prefix: &str, inbox: &dyn Inbox, data: &[::redis::Value]) {
+    if let [
+        ::redis::Value::BulkString(name),
+        ::redis::Value::BulkString(payload),
+    ] = data
+        && let Some(rest) = name.strip_prefix(prefix.as_bytes())
+        && let Ok(channel) = std::str::from_utf8(rest)
+    {
+        inbox.deliver(channel, payload);
+    }
 }
 
 /// Sends a request built around a reply slot to a broker task; resolves with the task's

@@ -27,7 +27,7 @@ use redis::{
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::publisher::Publisher;
-use super::{Broker, BrokerError, Inbox, client_channel};
+use super::{Broker, BrokerError, Inbox, deliver_push};
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
@@ -225,11 +225,7 @@ impl Subscriber {
         move |info: PushInfo| {
             match info.kind {
                 PushKind::Message if !watch.retired.load(Ordering::Acquire) => {
-                    if let [Value::BulkString(name), Value::BulkString(payload)] = &info.data[..]
-                        && let Some(channel) = client_channel(&prefix, name)
-                    {
-                        inbox.deliver(channel, payload);
-                    }
+                    deliver_push(&prefix, &*inbox, &info.data)
                 }
                 PushKind::Disconnection => watch.lost.notify_one(),
                 _ => {}
@@ -253,24 +249,18 @@ impl Subscriber {
                     .get_multiplexed_async_connection_with_config(&config),
             )
             .await;
-            let mut con = match attempt {
-                Ok(Ok(con)) => con,
-                Ok(Err(e)) => {
-                    let mut why = e.to_string();
-                    if why.contains("HELLO") {
-                        why.push_str(" (the subscriber connection needs RESP3: Redis 6 or newer)");
-                    }
+            let why = match attempt {
+                Ok(Ok(con)) => Ok(con),
+                Ok(Err(e)) if e.to_string().contains("HELLO") => Err(format!(
+                    "{e} (the subscriber connection needs RESP3: Redis 6 or newer)"
+                )),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("connect timed out".to_owned()),
+            };
+            let mut con = match why {
+                Ok(con) => con,
+                Err(why) => {
                     if !self.wait_while_down(backoff, &why, &mut down_since).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-                Err(_) => {
-                    if !self
-                        .wait_while_down(backoff, "connect timed out", &mut down_since)
-                        .await
-                    {
                         return;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);

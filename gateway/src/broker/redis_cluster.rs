@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::publisher::Publisher;
 use super::redis::{Command, Commands, bounded};
-use super::{Broker, BrokerError, Inbox, client_channel};
+use super::{Broker, BrokerError, Inbox, deliver_push};
 use crate::redis_link::{LazyCluster, RedisTarget};
 
 /// First delay before re-subscribing after a failure; doubles up to [`MAX_BACKOFF`].
@@ -93,17 +93,7 @@ impl RedisClusterBroker {
         let push_prefix: Arc<str> = prefix.into();
         let on_push = move |info: PushInfo| -> Result<(), ()> {
             match info.kind {
-                PushKind::SMessage => {
-                    let [channel, payload] = info.data.as_slice() else {
-                        return Ok(());
-                    };
-                    let (Some(channel), Some(payload)) = (bulk(channel), bulk(payload)) else {
-                        return Ok(());
-                    };
-                    if let Some(channel) = client_channel(&push_prefix, channel) {
-                        inbox.deliver(channel, payload);
-                    }
-                }
+                PushKind::SMessage => deliver_push(&push_prefix, &*inbox, &info.data),
                 PushKind::Disconnection => {
                     let _ = control_tx.send(Control::Disconnected);
                 }
