@@ -148,6 +148,8 @@ impl Node {
         let target = RedisTarget::from_config(&config.broker);
         let prefix = &config.broker.prefix;
         let broker_err = |e: &dyn std::fmt::Display| StartError::Broker(e.to_string());
+        // Before anything takes metric handles: those taken earlier would record nothing.
+        let metrics = crate::metrics::handle(&node_id);
         let inbox = Arc::new(Dispatcher::new());
         let broker: Arc<dyn Broker> = match &target {
             None => Arc::new(MemoryBroker::new(inbox.clone())),
@@ -204,7 +206,6 @@ impl Node {
             tracing::info!(%binding, "plugin bound");
         }
         let hub = Arc::new(Hub::new(broker.clone()).with_deliver_hook(plugins.clone()));
-        let metrics = crate::metrics::handle(&node_id);
         let node = Arc::new(Self {
             metrics,
             publish_metrics: Arc::new(PublishMetrics::new()),

@@ -203,3 +203,24 @@ async fn config_file_changes_rebind_plugins_without_restart() {
         n += 1;
     }
 }
+
+/// In its own process the node installs the metrics recorder itself, so counters taken before
+/// that would silently record nothing (the in-process tests share one recorder installed by
+/// whichever gateway started first, and cannot see this).
+#[tokio::test]
+async fn a_fresh_process_counts_deliveries_in_its_metrics() {
+    let (_child, addr) = crate::support::spawn_gateway(None).await;
+    let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
+    c.subscribe("m").await;
+    assert_eq!(c.publish_own("m", json!(1), 1).await["data"], 1);
+    let (status, text) = crate::support::http_get(addr.parse().unwrap(), "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit_once(' '))
+            .map_or(0.0, |(_, v)| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(value("switchyard_messages_delivered_total"), 1.0, "{text}");
+    assert_eq!(value("switchyard_fanout_seconds_count"), 1.0, "{text}");
+}
