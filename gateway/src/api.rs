@@ -51,7 +51,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        node.metrics.render(),
+        crate::metrics::render(&node.metrics),
     )
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use bytes::Bytes;
 
 use crate::broker::Inbox;
+use crate::metrics::Latency;
 use crate::node::Node;
 use crate::plugins::cluster::CONTROL_CHANNEL;
 
@@ -16,7 +17,7 @@ pub struct Dispatcher {
     node: OnceLock<Weak<Node>>,
     delivered: metrics::Counter,
     dropped: metrics::Counter,
-    fanout: metrics::Histogram,
+    fanout: Arc<Latency>,
 }
 
 impl Dispatcher {
@@ -30,7 +31,7 @@ impl Dispatcher {
                 "switchyard_messages_dropped_total",
                 "reason" => "slow_consumer"
             ),
-            fanout: metrics::histogram!("switchyard_fanout_seconds"),
+            fanout: Latency::get("switchyard_fanout_seconds", &[]),
         }
     }
 
@@ -60,7 +61,7 @@ impl Inbox for Dispatcher {
         }
         let started = std::time::Instant::now();
         let stats = node.hub.dispatch(channel, payload);
-        self.fanout.record(started.elapsed().as_secs_f64());
+        self.fanout.record(started.elapsed());
         self.delivered.increment(stats.delivered as u64);
         if stats.dropped > 0 {
             self.dropped.increment(stats.dropped as u64);

@@ -1,7 +1,10 @@
 //! A running gateway node: configuration, broker, hub and the bookkeeping sessions share.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -12,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::redis_cluster::RedisClusterBroker;
+use crate::broker::{self, Broker};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::hub::{ConnId, Hub};
@@ -92,7 +95,7 @@ pub struct Node {
 /// name up in the registry on every call.
 struct PublishMetrics {
     published: metrics::Counter,
-    seconds: metrics::Histogram,
+    seconds: Arc<crate::metrics::Latency>,
     failed: metrics::Counter,
 }
 
@@ -101,14 +104,55 @@ impl PublishMetrics {
     fn new() -> Self {
         Self {
             published: metrics::counter!("switchyard_messages_published_total"),
-            seconds: metrics::histogram!("switchyard_publish_seconds"),
+            seconds: crate::metrics::Latency::get("switchyard_publish_seconds", &[]),
             failed: metrics::counter!("switchyard_messages_dropped_total", "reason" => "broker_unavailable"),
         }
     }
 }
 
-/// A publish handed to [`Node::start_publish`]: resolves once the broker accepted it.
-pub type PublishAck = BoxFuture<'static, Result<(), Rejection>>;
+/// A publish handed to [`Node::start_publish`]: resolves once the broker accepted every
+/// message it made. Not boxed in the common case (one message), for the reason
+/// [`broker::Ack`] is not.
+pub struct PublishAck(Sending);
+
+enum Sending {
+    /// Nothing to wait for (the publish hook dropped the message).
+    Done,
+    /// One message, timed for the publish metrics.
+    One {
+        ack: broker::Ack,
+        started: Instant,
+        metrics: Arc<PublishMetrics>,
+    },
+    /// A hook forwarded it to several channels.
+    Many(BoxFuture<'static, Result<(), Rejection>>),
+}
+
+impl Future for PublishAck {
+    type Output = Result<(), Rejection>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Sending::Done => Poll::Ready(Ok(())),
+            Sending::One {
+                ack,
+                started,
+                metrics,
+            } => Pin::new(ack).poll(cx).map(|result| match result {
+                Ok(()) => {
+                    metrics.published.increment(1);
+                    metrics.seconds.record(started.elapsed());
+                    Ok(())
+                }
+                Err(e) => {
+                    metrics.failed.increment(1);
+                    Err(Rejection::new(ErrorCode::Unavailable, e.to_string()))
+                }
+            }),
+            Sending::Many(all) => all.as_mut().poll(cx),
+        }
+    }
+}
 
 /// Holds one of the node's connection slots; released on drop.
 pub struct ConnectionSlot {
@@ -293,7 +337,7 @@ impl Node {
         self.check_channel(channel)?;
         match self.plugins.current().publish(who, channel, data)? {
             Routed::Pass => Ok(self.send_to_broker(channel, data)),
-            Routed::Drop => Ok(futures_util::future::ready(Ok(())).boxed()),
+            Routed::Drop => Ok(PublishAck(Sending::Done)),
             Routed::Forward(list) => {
                 // Check every destination before publishing any, so a bad route publishes nothing.
                 for (to, _) in &list {
@@ -308,34 +352,25 @@ impl Node {
                     .iter()
                     .map(|(to, data)| self.send_to_broker(to, data))
                     .collect();
-                // join_all polls every send on its first poll, in list order.
-                Ok(futures_util::future::join_all(acks)
-                    .map(|results| results.into_iter().collect())
-                    .boxed())
+                Ok(PublishAck(Sending::Many(
+                    futures_util::future::join_all(acks)
+                        .map(|results| results.into_iter().collect())
+                        .boxed(),
+                )))
             }
         }
     }
 
     fn send_to_broker(&self, channel: &str, data: &str) -> PublishAck {
-        let started = std::time::Instant::now();
-        let sent = self
+        let started = Instant::now();
+        let ack = self
             .broker
             .publish(channel, Bytes::copy_from_slice(data.as_bytes()));
-        let m = self.publish_metrics.clone();
-        async move {
-            match sent.await {
-                Ok(()) => {
-                    m.published.increment(1);
-                    m.seconds.record(started.elapsed().as_secs_f64());
-                    Ok(())
-                }
-                Err(e) => {
-                    m.failed.increment(1);
-                    Err(Rejection::new(ErrorCode::Unavailable, e.to_string()))
-                }
-            }
-        }
-        .boxed()
+        PublishAck(Sending::One {
+            ack,
+            started,
+            metrics: self.publish_metrics.clone(),
+        })
     }
 
     /// Makes plugin `name`'s version `code` the cluster's (store + announce); returns whether

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{Broker, BrokerError, Inbox};
+use super::{Ack, Broker, BrokerError, Inbox};
 
 /// Loops every publish straight back to this node's fan-out.
 pub struct MemoryBroker {
@@ -21,14 +21,10 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn publish(
-        &self,
-        channel: &str,
-        payload: Bytes,
-    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+    fn publish(&self, channel: &str, payload: Bytes) -> Ack {
         // The publisher pays for its own fan-out: that is the embedded broker's back-pressure.
         self.inbox.deliver(channel, &payload);
-        futures_util::future::ready(Ok(())).boxed()
+        Ack::now(Ok(()))
     }
 
     fn subscribe(&self, _channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {

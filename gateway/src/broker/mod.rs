@@ -5,6 +5,9 @@
 //! first local subscriber and [`Broker::unsubscribe`] when its last one leaves, always in
 //! the order the changes happened. Messages come back through the node's [`Inbox`].
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -54,6 +57,46 @@ pub(crate) fn ask<T>(
     async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
 }
 
+/// A publish's acknowledgement: resolves once the broker accepted the message.
+///
+/// A concrete future rather than a boxed one: a busy connection keeps hundreds of publishes in
+/// flight, and boxing each acknowledgement cost an allocation per message.
+pub struct Ack(Acked);
+
+enum Acked {
+    /// Known when the publish was made (taken on the first poll that returns it).
+    Now(Option<Result<(), BrokerError>>),
+    /// Sent by the broker's task once the message is accepted.
+    Later(oneshot::Receiver<Result<(), BrokerError>>),
+}
+
+impl Ack {
+    /// An acknowledgement known at once.
+    pub fn now(result: Result<(), BrokerError>) -> Self {
+        Self(Acked::Now(Some(result)))
+    }
+
+    /// An acknowledgement a broker task will send through the returned slot; a dropped slot
+    /// reads as [`BrokerError::Closed`].
+    pub(crate) fn later() -> (oneshot::Sender<Result<(), BrokerError>>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Self(Acked::Later(rx)))
+    }
+}
+
+impl Future for Ack {
+    type Output = Result<(), BrokerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Acked::Now(result) => Poll::Ready(result.take().unwrap_or(Err(BrokerError::Closed))),
+            Acked::Later(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(BrokerError::Closed))),
+        }
+    }
+}
+
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -70,8 +113,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes `payload` on `channel`; resolves once the broker has accepted it. Publishes
     /// reach the broker in the order of these calls (or, at the latest, of the futures' first
     /// polls), which is what keeps one connection's pipelined publishes in order.
-    fn publish(&self, channel: &str, payload: Bytes)
-    -> BoxFuture<'static, Result<(), BrokerError>>;
+    fn publish(&self, channel: &str, payload: Bytes) -> Ack;
 
     /// Makes sure this node receives `channel`; resolves once it does. Called in order with
     /// [`Broker::unsubscribe`], for every local subscribe (idempotent).

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::BrokerError;
+use super::{Ack, BrokerError};
 
 /// Publishes sent in one batch at most.
 const MAX_BATCH: usize = 1024;
@@ -42,15 +42,16 @@ impl Publisher {
     }
 
     /// Queues a publish now; the future resolves once Redis accepted it.
-    pub(super) fn publish(
-        &self,
-        channel: String,
-        payload: Bytes,
-    ) -> BoxFuture<'static, Result<(), BrokerError>> {
-        super::ask(&self.tx, |ack| Queued {
+    pub(super) fn publish(&self, channel: String, payload: Bytes) -> Ack {
+        let (ack, acked) = Ack::later();
+        let queued = Queued {
             message: (channel, payload),
             ack,
-        })
+        };
+        match self.tx.send(queued) {
+            Ok(()) => acked,
+            Err(_) => Ack::now(Err(BrokerError::Closed)),
+        }
     }
 }
 

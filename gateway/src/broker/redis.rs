@@ -27,7 +27,7 @@ use redis::{
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::publisher::Publisher;
-use super::{Broker, BrokerError, Inbox, deliver_push};
+use super::{Ack, Broker, BrokerError, Inbox, deliver_push};
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
@@ -153,16 +153,11 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    fn publish(
-        &self,
-        channel: &str,
-        payload: Bytes,
-    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+    fn publish(&self, channel: &str, payload: Bytes) -> Ack {
         if !self.connected.load(Ordering::Acquire) {
-            return futures_util::future::ready(Err(BrokerError::Unavailable(
+            return Ack::now(Err(BrokerError::Unavailable(
                 "redis is disconnected".into(),
-            )))
-            .boxed();
+            )));
         }
         self.publisher
             .publish(format!("{}{channel}", self.prefix), payload)

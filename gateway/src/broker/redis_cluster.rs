@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::publisher::Publisher;
 use super::redis::{Command, Commands, bounded};
-use super::{Broker, BrokerError, Inbox, deliver_push};
+use super::{Ack, Broker, BrokerError, Inbox, deliver_push};
 use crate::redis_link::{LazyCluster, RedisTarget};
 
 /// First delay before re-subscribing after a failure; doubles up to [`MAX_BACKOFF`].
@@ -144,11 +144,7 @@ impl RedisClusterBroker {
 }
 
 impl Broker for RedisClusterBroker {
-    fn publish(
-        &self,
-        channel: &str,
-        payload: Bytes,
-    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+    fn publish(&self, channel: &str, payload: Bytes) -> Ack {
         self.publisher
             .publish(format!("{}{channel}", self.prefix), payload)
     }

@@ -175,7 +175,7 @@ impl Breaker {
 
 struct HookMetrics {
     calls: metrics::Counter,
-    seconds: metrics::Histogram,
+    seconds: Arc<crate::metrics::Latency>,
 }
 
 struct Slot {
@@ -343,7 +343,7 @@ impl LoadedPlugin {
         self.stats.record(elapsed, result.is_err());
         let m = self.hook_metrics(hook);
         m.calls.increment(1);
-        m.seconds.record(elapsed.as_secs_f64());
+        m.seconds.record(elapsed);
         match result {
             Ok(r) => {
                 self.breaker.succeeded();
@@ -403,9 +403,13 @@ impl LoadedPlugin {
                         ("version", self.version.to_string()),
                         ("tenant", self.tenant_label()),
                     ];
+                    let seconds = labels.each_ref().map(|(k, v)| (*k, v.as_str()));
                     HookMetrics {
                         calls: metrics::counter!("switchyard_plugin_calls_total", &labels),
-                        seconds: metrics::histogram!("switchyard_plugin_call_seconds", &labels),
+                        seconds: crate::metrics::Latency::get(
+                            "switchyard_plugin_call_seconds",
+                            &seconds,
+                        ),
                     }
                 })
                 .collect()

@@ -1,14 +1,13 @@
 //! One client connection: reads requests, applies limits, and talks to the hub and broker.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::Span;
@@ -18,7 +17,7 @@ use super::handshake::Socket as WebSocket;
 use super::link::{Link, Stop};
 use super::ratelimit::TokenBucket;
 use crate::hub::{ConnId, Group, GroupKey};
-use crate::node::ConnectionSlot;
+use crate::node::{ConnectionSlot, PublishAck};
 use crate::outbox::{CloseReason, Outbox, outbox};
 use crate::plugins::Identity;
 use crate::protocol::{self, Action, ErrorCode, Rejection};
@@ -26,9 +25,10 @@ use crate::protocol::{self, Action, ErrorCode, Rejection};
 /// Publishes one connection may have waiting for the broker; beyond it the session stops
 /// reading until the oldest is accepted, which pushes back on the client through TCP.
 const MAX_IN_FLIGHT: usize = 256;
-
-/// A reply the session owes, in request order; `None` for a publish without an id.
-type Reply = BoxFuture<'static, Option<protocol::Frame>>;
+/// Owed-reply slots a session keeps allocated once all are sent: a burst of publishes grows
+/// the queue to up to [`MAX_IN_FLIGHT`] replies (~20 KiB), which should not stay with the
+/// connection for its whole life.
+const KEEP_OWED: usize = 16;
 
 /// How long a close frame may take to leave before the socket is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -117,12 +117,42 @@ struct Session {
     slot: ConnectionSlot,
 }
 
-/// Replies a session owes, oldest first. Allocates nothing until the first publish: a
-/// `FuturesOrdered` costs ~150 bytes on creation, which most (subscribe-only) connections
-/// would carry for their whole life. Boxed, so that those connections' tasks hold one pointer
-/// instead of its 64 bytes.
+/// Replies a session owes, oldest first. Only the oldest is polled: replies leave in request
+/// order anyway, and the broker acknowledges a batch of publishes at once, so the session is
+/// woken once per batch rather than once per publish. Allocates nothing until the first
+/// publish, and boxed: most connections only subscribe, and their tasks then hold one pointer
+/// instead of a `VecDeque`'s 32 bytes.
 #[derive(Default)]
-struct Owed(Option<Box<FuturesOrdered<Reply>>>);
+#[expect(
+    clippy::box_collection,
+    reason = "one pointer in every connection's task instead of 32 bytes"
+)]
+struct Owed(Option<Box<VecDeque<Reply>>>);
+
+/// A reply the session owes.
+enum Reply {
+    /// A reply that is ready but must wait for the publishes before it (taken when sent).
+    Ready(Option<protocol::Frame>),
+    /// A publish in flight to the broker, with the request's id if it had one.
+    Publish(PublishAck, Option<Box<RawValue>>),
+}
+
+impl Reply {
+    /// The frame to send once this reply is settled; `None` when there is nothing to send
+    /// (a publish without an id).
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<protocol::Frame>> {
+        match self {
+            Reply::Ready(frame) => Poll::Ready(frame.take()),
+            Reply::Publish(ack, id) => Pin::new(ack).poll(cx).map(|result| match result {
+                Ok(()) => id.as_deref().map(protocol::published),
+                Err(rejection) => {
+                    tracing::debug!(code = %rejection.code, message = %rejection.message, "publish failed");
+                    Some(protocol::error(&rejection, id.as_deref()))
+                }
+            }),
+        }
+    }
+}
 
 impl Owed {
     fn len(&self) -> usize {
@@ -134,17 +164,30 @@ impl Owed {
     }
 
     fn push_back(&mut self, reply: Reply) {
-        self.0
-            .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
-            .push_back(reply);
+        self.0.get_or_insert_default().push_back(reply);
     }
 
-    /// The oldest reply once it is ready; `None` when nothing is owed.
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Option<protocol::Frame>>> {
-        match &mut self.0 {
-            Some(replies) => replies.poll_next_unpin(cx),
-            None => Poll::Ready(None),
+    /// Sends every reply that is ready, oldest first, up to the first one that is not (whose
+    /// waker is then registered); returns whether it sent any.
+    fn send_ready(&mut self, cx: &mut Context<'_>, outbox: &Outbox) -> bool {
+        let Some(replies) = &mut self.0 else {
+            return false;
+        };
+        let mut sent = false;
+        while let Some(oldest) = replies.front_mut() {
+            let Poll::Ready(frame) = oldest.poll_frame(cx) else {
+                break;
+            };
+            replies.pop_front();
+            if let Some(frame) = frame {
+                outbox.push(frame);
+            }
+            sent = true;
         }
+        if replies.is_empty() && replies.capacity() > KEEP_OWED {
+            replies.shrink_to(KEEP_OWED);
+        }
+        sent
     }
 }
 
@@ -186,8 +229,8 @@ impl Subscriptions {
 enum Event {
     /// The link stopped writing.
     Stop(Stop),
-    /// The oldest owed reply is ready.
-    Reply(Option<protocol::Frame>),
+    /// Owed replies were sent (the link has frames to write).
+    Replied,
     /// A frame from the client, or the end of the stream.
     Frame(Option<Result<Message, tungstenite::Error>>),
     Timer,
@@ -213,12 +256,7 @@ impl Session {
             let msg = match event {
                 Event::Stop(Stop::Close(_)) => break "closed by server",
                 Event::Stop(Stop::Failed) => return "write failed",
-                Event::Reply(frame) => {
-                    if let Some(frame) = frame {
-                        self.outbox.push(frame);
-                    }
-                    continue;
-                }
+                Event::Replied => continue,
                 Event::Frame(msg) => msg,
                 Event::Timer => {
                     let now = Instant::now();
@@ -301,12 +339,10 @@ impl Session {
         if let Poll::Ready(stop) = link.poll_write(cx) {
             return Poll::Ready(Event::Stop(stop));
         }
-        let pending = &mut self.pending;
+        let (pending, outbox) = (&mut self.pending, &self.outbox);
         link.poll_others(cx, |ws, cx| {
-            if !pending.is_empty()
-                && let Poll::Ready(Some(reply)) = pending.poll_next(cx)
-            {
-                return Poll::Ready(Event::Reply(reply));
+            if pending.send_ready(cx, outbox) {
+                return Poll::Ready(Event::Replied);
             }
             if pending.len() < MAX_IN_FLIGHT
                 && let Poll::Ready(msg) = ws.poll_next_unpin(cx)
@@ -353,8 +389,7 @@ impl Session {
         if self.pending.is_empty() {
             self.outbox.push(frame);
         } else {
-            self.pending
-                .push_back(futures_util::future::ready(Some(frame)).boxed());
+            self.pending.push_back(Reply::Ready(Some(frame)));
         }
     }
 
@@ -365,11 +400,15 @@ impl Session {
 
     /// Waits for every owed reply and sends it.
     async fn settle_pending(&mut self) {
-        while let Some(reply) = std::future::poll_fn(|cx| self.pending.poll_next(cx)).await {
-            if let Some(frame) = reply {
-                self.outbox.push(frame);
+        std::future::poll_fn(|cx| {
+            self.pending.send_ready(cx, &self.outbox);
+            if self.pending.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-        }
+        })
+        .await
     }
 
     async fn handle(&mut self, text: &str) {
@@ -486,19 +525,8 @@ impl Session {
             .slot
             .node
             .start_publish(&self.identity, channel, data.get())?;
-        let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
-        self.pending.push_back(
-            async move {
-                match ack.await {
-                    Ok(()) => id.map(|id| protocol::published(&id)),
-                    Err(rejection) => {
-                        tracing::debug!(code = %rejection.code, message = %rejection.message, "publish failed");
-                        Some(protocol::error(&rejection, id.as_deref()))
-                    }
-                }
-            }
-            .boxed(),
-        );
+        self.pending
+            .push_back(Reply::Publish(ack, id.map(ToOwned::to_owned)));
         Ok(())
     }
 
