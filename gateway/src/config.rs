@@ -158,6 +158,9 @@ pub struct ServerConfig {
     /// Threads that run connections, plugin hooks and the broker: 0 = one per CPU core; 1 =
     /// everything on one thread (cheapest per message when several nodes share a machine).
     pub worker_threads: usize,
+    /// Connections the kernel queues for the listener before the node accepts them (capped by
+    /// `net.core.somaxconn`). Past it the kernel drops SYNs and clients retry after 1 s.
+    pub listen_backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -168,6 +171,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 5,
             drain_secs: 0,
             worker_threads: 0,
+            listen_backlog: 4096,
         }
     }
 }
@@ -462,6 +466,9 @@ impl Config {
                 message: message.to_owned(),
             })
         };
+        if self.server.listen_backlog == 0 {
+            return invalid("server.listen_backlog", "must be at least 1");
+        }
         if l.max_message_bytes < 64 {
             return invalid("limits.max_message_bytes", "must be at least 64");
         }

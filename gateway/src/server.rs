@@ -46,8 +46,7 @@ impl Gateway {
     /// Binds the configured listen address and sets up the node.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = listen(addr, config.server.listen_backlog)
             .map_err(|source| StartError::Bind { addr, source })?;
         let admin = match config.admin.listen {
             Some(addr) => Some(
@@ -268,5 +267,41 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+/// Binds the client listener with `backlog` (`TcpListener::bind` queues only 128: a burst of
+/// reconnects, say after a node restart, overflowed it and clients waited out a 1 s SYN retry).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's listeners do: a restarted node can bind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing accepts here, so every connect must wait in the kernel's queue: with the 128 of
+    /// `TcpListener::bind` the SYNs past it are dropped and those connects never complete.
+    #[tokio::test]
+    async fn the_listener_queues_a_burst_of_connects_larger_than_128() {
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..300).map(|_| tokio::net::TcpStream::connect(addr));
+        // A guard against hanging forever, not a measurement: connects that fit the queue
+        // complete at once, the others never.
+        let all = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::future::try_join_all(connects),
+        )
+        .await
+        .expect("connects beyond the listen backlog never complete");
+        assert_eq!(all.unwrap().len(), 300);
     }
 }
