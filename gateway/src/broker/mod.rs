@@ -110,9 +110,9 @@ pub enum BrokerError {
 
 /// A pub/sub backend.
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes `payload` on `channel`; resolves once the broker has accepted it. Publishes
-    /// reach the broker in the order of these calls (or, at the latest, of the futures' first
-    /// polls), which is what keeps one connection's pipelined publishes in order.
+    /// Publishes `payload` on `channel`; the [`Ack`] resolves once the broker has accepted it.
+    /// Publishes reach the broker in the order of these calls (the message is handed over
+    /// before this returns), which is what keeps one connection's pipelined publishes in order.
     fn publish(&self, channel: &str, payload: Bytes) -> Ack;
 
     /// Makes sure this node receives `channel`; resolves once it does. Called in order with
