@@ -291,7 +291,7 @@ pub struct PluginsConfig {
     /// Policy for channels that no binding matches.
     pub default: DefaultPolicy,
     /// Wall-clock budget of one plugin call, in milliseconds (an overrunning call is stopped
-    /// within this plus ~6 ms: see `plugins::runtime::IDLE_POLL`).
+    /// within this plus ~1 ms, or within ~6 ms if this is under 5: see `plugins::runtime`).
     pub timeout_ms: u64,
     /// Linear memory one plugin instance may use, in bytes.
     pub max_memory_bytes: usize,

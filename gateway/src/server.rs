@@ -50,8 +50,7 @@ impl Gateway {
             .map_err(|source| StartError::Bind { addr, source })?;
         let admin = match config.admin.listen {
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
+                listen(addr, config.server.listen_backlog)
                     .map_err(|source| StartError::Bind { addr, source })?,
             ),
             None => None,
@@ -270,7 +269,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Binds the client listener with `backlog` (`TcpListener::bind` queues only 128: a burst of
+/// Binds a listener (clients', admin's) with `backlog` (`TcpListener::bind` queues only 128: a burst of
 /// reconnects, say after a node restart, overflowed it and clients waited out a 1 s SYN retry).
 fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = match addr {

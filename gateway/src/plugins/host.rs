@@ -2,6 +2,7 @@
 //! implementation of the `host` imports.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 
@@ -28,6 +29,8 @@ pub struct HostState {
     pub plugin: Arc<str>,
     /// Plugin version (content hash prefix).
     pub version: Arc<str>,
+    /// When the call in progress is to be stopped; checked each time the epoch advances.
+    pub deadline: Instant,
     max_memory: usize,
 }
 
@@ -37,6 +40,7 @@ impl HostState {
         Self {
             plugin,
             version,
+            deadline: Instant::now(),
             max_memory,
         }
     }

@@ -13,7 +13,7 @@ use super::bindings::{
     PublishDecision, SubscribeDecision,
 };
 use super::host::{HostState, MemoryExceeded};
-use super::runtime::{Runtime, TICK};
+use super::runtime::Runtime;
 
 /// The hooks a plugin exports, for errors, logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +227,7 @@ impl LoadedPlugin {
             .map_err(|e| fail(Failure::Instantiate(format!("{e:#}"))))?;
         let pre = PluginPre::new(instance_pre)
             .map_err(|e| fail(Failure::Instantiate(format!("{e:#}"))))?;
+        runtime.announce_deadline(limits.timeout);
         let loaded = Self {
             name: name.into(),
             version: hash[..12].into(),
@@ -280,8 +281,9 @@ impl LoadedPlugin {
         );
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.epoch_deadline_callback(Runtime::check_deadline);
+        store.data_mut().deadline = Instant::now() + self.limits.timeout;
+        store.set_epoch_deadline(1);
         let _ticking = self.runtime.ticking();
         let plugin = self
             .pre
@@ -292,10 +294,6 @@ impl LoadedPlugin {
             Ok(Err(reason)) => Err(self.error(Hook::Init, Failure::InitFailed(reason))),
             Err(e) => Err(self.error(Hook::Init, self.classify(e))),
         }
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.timeout.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
     }
 
     fn classify(&self, e: wasmtime::Error) -> Failure {
@@ -334,8 +332,9 @@ impl LoadedPlugin {
             Some(s) => s,
             None => self.instantiate()?,
         };
-        slot.store.set_epoch_deadline(self.deadline_ticks());
         let started = Instant::now();
+        slot.store.data_mut().deadline = started + self.limits.timeout;
+        slot.store.set_epoch_deadline(1);
         let ticking = self.runtime.ticking();
         let result = f(&slot.plugin, &mut slot.store);
         drop(ticking);
