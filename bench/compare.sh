@@ -23,7 +23,12 @@
 #   SCENARIOS     "fanout-light fanout throughput idle" (run.sh scenario names)
 #   SERVERS       "embedded redis allow-all floor seed-ws"
 #   QUIET_WAIT    seconds run.sh waits for an idle machine before each run (default 120)
-#   TRIES         runs per (scenario, server) while foreign CPU > MAX_FOREIGN % (default 2)
+#   ROUNDS        rounds per scenario (default 3): each round runs every server once, back to
+#                 back, and the table shows each figure's median over the rounds. CPU per
+#                 delivery moves ±10-30 % between single runs on a shared VM (mostly the
+#                 kernel's share: softirq work lands on whichever process is running), so one
+#                 run per server can put any of them on either side of a limit.
+#   TRIES         runs per (scenario, server, round) while foreign CPU > MAX_FOREIGN % (default 2)
 #   MAX_FOREIGN   % of a core used by unrelated processes that makes a run repeat (default 10)
 #   PIN=1         run.sh --pin (servers + Redis on CPU 0, loadgen on CPU 1)
 #   KEEP_LOGS=1   run.sh --keep-logs (run directories under target/bench-results/harness/results)
@@ -45,6 +50,7 @@ SHARED=$(cd "${SHARED_BENCH:-$ROOT/../shared/bench}" && pwd)
 SCENARIOS=${SCENARIOS:-"fanout-light fanout throughput idle"}
 SERVERS=${SERVERS:-"embedded redis allow-all floor seed-ws"}
 QUIET_WAIT=${QUIET_WAIT:-120}
+ROUNDS=${ROUNDS:-3}
 TRIES=${TRIES:-2}
 MAX_FOREIGN=${MAX_FOREIGN:-10}
 PIN=${PIN:-0}
@@ -186,35 +192,39 @@ done
 # ------------------------------------------------------------------ runs
 mkdir -p "$RESULTS"
 log "results: $OUT"
-annotate() { # annotate JSON SERVER SCENARIO TRY ACCEPTED -> JSON with our fields added
+annotate() { # annotate JSON SERVER SCENARIO ROUND TRY ACCEPTED -> JSON with our fields added
   python3 -c 'import json, sys
 r = json.loads(sys.argv[1])
 r["server"] = sys.argv[2]
-r["compare"] = {"stamp": sys.argv[5], "scenario": sys.argv[3], "try": int(sys.argv[4]), "accepted": sys.argv[6] == "1"}
-print(json.dumps(r, separators=(",", ":")))' "$1" "$2" "$3" "$4" "$STAMP" "$5"
+r["compare"] = {"stamp": sys.argv[6], "scenario": sys.argv[3], "round": int(sys.argv[4]), "try": int(sys.argv[5]), "accepted": sys.argv[7] == "1"}
+print(json.dumps(r, separators=(",", ":")))' "$1" "$2" "$3" "$4" "$5" "$STAMP" "$6"
 }
 failed=0
 for scen in $SCENARIOS; do
-  for server in $SERVERS; do
-    IFS='|' read -r nodes peer <<<"$(server_spec "$server")"
-    opts=(--nodes "$nodes" --quiet-wait "$QUIET_WAIT" --label "$server/$scen")
-    [ "$PIN" = 1 ] && opts+=(--pin)
-    [ "$KEEP_LOGS" = 1 ] && opts+=(--keep-logs)
-    for ((t = 1; t <= TRIES; t++)); do
-      log "$scen / $server ($nodes node(s)), try $t"
-      line=$("$HARNESS/run.sh" "${opts[@]}" "$peer" "$scen" | tail -n 1) || line=""
-      if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
-        log "run failed: $scen / $server"
-        failed=$((failed + 1))
-        break
-      fi
-      foreign=$(python3 -c 'import json,sys; print(int(float(json.loads(sys.argv[1])["machine"]["foreign_pct"])))' "$line" 2>/dev/null || echo 0)
-      accept=1
-      if [ "$foreign" -ge "$MAX_FOREIGN" ] && [ "$t" -lt "$TRIES" ]; then accept=0; fi
-      annotate "$line" "$server" "$scen" "$t" "$accept" >>"$OUT"
-      [ $accept = 1 ] && break
-      log "${foreign}% of a core went to unrelated processes during the window; repeating"
-      sleep 10
+  # Rounds outermost: the servers of one round run minutes apart, not the same server's runs,
+  # so a slow stretch of the machine hits one round of every server, not every run of one.
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for server in $SERVERS; do
+      IFS='|' read -r nodes peer <<<"$(server_spec "$server")"
+      opts=(--nodes "$nodes" --quiet-wait "$QUIET_WAIT" --label "$server/$scen")
+      [ "$PIN" = 1 ] && opts+=(--pin)
+      [ "$KEEP_LOGS" = 1 ] && opts+=(--keep-logs)
+      for ((t = 1; t <= TRIES; t++)); do
+        log "$scen / $server ($nodes node(s)), round $round/$ROUNDS, try $t"
+        line=$("$HARNESS/run.sh" "${opts[@]}" "$peer" "$scen" | tail -n 1) || line=""
+        if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
+          log "run failed: $scen / $server"
+          failed=$((failed + 1))
+          break
+        fi
+        foreign=$(python3 -c 'import json,sys; print(int(float(json.loads(sys.argv[1])["machine"]["foreign_pct"])))' "$line" 2>/dev/null || echo 0)
+        accept=1
+        if [ "$foreign" -ge "$MAX_FOREIGN" ] && [ "$t" -lt "$TRIES" ]; then accept=0; fi
+        annotate "$line" "$server" "$scen" "$round" "$t" "$accept" >>"$OUT"
+        [ $accept = 1 ] && break
+        log "${foreign}% of a core went to unrelated processes during the window; repeating"
+        sleep 10
+      done
     done
   done
 done

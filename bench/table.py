@@ -4,12 +4,16 @@
 usage: python3 bench/table.py RESULTS.jsonl
 
 For every scenario and server: delivered/s, lost, p50/p99 latency (ms), server CPU µs per
-delivery and, for the idle scenario, server RSS KiB per connection. Each figure is followed by
-its ratio to floor and to seed-ws from the same file ("×fl" / "×ws"). Then the targets of
-bench/README.md, each with PASS / FAIL / n/a.
+delivery and, for the idle scenario, server RSS KiB per connection. With several rounds
+(compare.sh ROUNDS) each figure is its median over the server's accepted runs, except lost,
+duplicates, reordered and errors (the largest: "nothing lost" must hold in every run) and
+connected (the smallest). Each figure is followed by its ratio to floor and to seed-ws from
+the same file. Then the targets of bench/README.md, each with PASS / FAIL / n/a, and each
+round's CPU ratios, so the spread behind a median is visible.
 """
 
 import json
+import statistics
 import sys
 
 ORDER = ["embedded", "redis", "cluster", "allow-all", "floor", "seed-ws"]
@@ -25,7 +29,7 @@ OFFERED = {"fanout-light": "20,000/s offered", "fanout": "200,000/s offered", "t
 
 
 def load(path):
-    """Accepted runs, the last one per (scenario, server)."""
+    """Accepted runs per (scenario, server), in file order."""
     runs = {}
     with open(path) as f:
         for line in f:
@@ -36,8 +40,32 @@ def load(path):
             c = r.get("compare", {})
             if not c.get("accepted", True):
                 continue
-            runs[(r.get("scenario"), r.get("server", r.get("peer")))] = r
+            runs.setdefault((r.get("scenario"), r.get("server", r.get("peer"))), []).append(r)
     return runs
+
+
+# How the figures of several runs combine into one: worst case for counts that must be zero
+# (or complete), the median for everything else.
+WORST_HIGH = {"lost", "errors", "dups", "reordered"}
+WORST_LOW = {"connected"}
+
+
+def combine(figures):
+    """One set of figures from the figures of several runs."""
+    out = {}
+    for key in figures[0]:
+        values = [f[key] for f in figures if f[key] is not None]
+        if not values:
+            out[key] = None
+        elif not all(isinstance(v, (int, float)) for v in values):
+            out[key] = values[-1]
+        elif key in WORST_HIGH:
+            out[key] = max(values)
+        elif key in WORST_LOW:
+            out[key] = min(values)
+        else:
+            out[key] = statistics.median(values)
+    return out
 
 
 def get(r, *path):
@@ -105,15 +133,21 @@ def main():
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     runs = load(sys.argv[1])
+    rounds = max(len(v) for v in runs.values()) if runs else 0
     servers = [s for s in ORDER if any(k[1] == s for k in runs)]
     servers += sorted({k[1] for k in runs} - set(ORDER))
     scenarios = [s for s in SCENARIOS if any(k[0] == s for k in runs)]
-    stamp = next((get(r, "compare", "stamp") for r in runs.values() if get(r, "compare", "stamp")), "?")
+    stamp = next((get(r, "compare", "stamp") for v in runs.values() for r in v
+                  if get(r, "compare", "stamp")), "?")
     print(f"# Switchyard vs floor vs seed-ws ({stamp}, {sys.argv[1]})\n")
     print("Cells: value (ratio to floor / ratio to seed-ws), same invocation. "
-          "Latency in ms, server CPU in µs per delivery (all server nodes, from /proc).\n")
+          "Latency in ms, server CPU in µs per delivery (all server nodes, from /proc).")
+    if rounds > 1:
+        print(f"Up to {rounds} runs per server (rounds): medians; lost, duplicates, reordered "
+              "and errors are the largest of any run.")
+    print()
 
-    m = {k: metrics(r) for k, r in runs.items()}
+    m = {k: combine([metrics(r) for r in v]) for k, v in runs.items()}
     for scen in scenarios:
         fl = m.get((scen, "floor"), {})
         ws = m.get((scen, "seed-ws"), {})
@@ -202,6 +236,28 @@ def main():
             print("| " + " | ".join(row) + " |")
         print()
         print("The embedded row compares 1 node (no Redis hop) with 2 floor nodes behind Redis.")
+    if rounds > 1:
+        print_rounds(runs, servers, scenarios)
+
+
+def print_rounds(runs, servers, scenarios):
+    """Each round's server CPU per delivery as a ratio to that round's floor."""
+    print()
+    print("## Server CPU per delivery vs floor, round by round\n")
+    print("| scenario | server | ratio per round | median of figures |")
+    print("|---|---|---|---:|")
+    for scen in [s for s in scenarios if s != "idle"]:
+        floors = {get(r, "compare", "round"): metrics(r)["cpu_us"] for r in runs.get((scen, "floor"), [])}
+        fl = statistics.median([v for v in floors.values() if v is not None] or [0]) or None
+        for s in servers:
+            if s in ("floor", "seed-ws") or (scen, s) not in runs:
+                continue
+            per = [ratio(metrics(r)["cpu_us"], floors.get(get(r, "compare", "round")))
+                   for r in runs[(scen, s)]]
+            med = statistics.median([metrics(r)["cpu_us"] for r in runs[(scen, s)]
+                                     if metrics(r)["cpu_us"] is not None] or [0])
+            print(f"| {scen} | {NAMES.get(s, s)} | {', '.join(rtxt(x) for x in per)} "
+                  f"| {rtxt(ratio(med, fl))} |")
 
 
 if __name__ == "__main__":
