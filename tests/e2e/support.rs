@@ -211,6 +211,16 @@ impl Client {
         }
     }
 
+    /// After [`Client::ended`] saw the server's close frame: sends the close reply tungstenite
+    /// queued (it leaves on the next read) and reads until the server drops the connection, as
+    /// a well-behaved client does. Without it the server waits out its drain timeout.
+    pub async fn finish_close(&mut self) {
+        while let Some(Ok(_)) = tokio::time::timeout(PATIENCE, self.ws.next())
+            .await
+            .expect("the server ends the connection in time")
+        {}
+    }
+
     pub async fn subscribe(&mut self, channel: &str) {
         self.send(json!({"type": "subscribe", "channel": channel}))
             .await;
