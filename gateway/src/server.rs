@@ -269,8 +269,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Binds a listener (clients', admin's) with `backlog` (`TcpListener::bind` queues only 128: a burst of
-/// reconnects, say after a node restart, overflowed it and clients waited out a 1 s SYN retry).
+/// Binds a listener (clients', admin's) with `backlog` (`TcpListener::bind` queues only 128:
+/// a burst of reconnects, say after a node restart, overflowed it and clients waited out a 1 s
+/// SYN retry).
 fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
