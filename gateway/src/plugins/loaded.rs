@@ -282,8 +282,7 @@ impl LoadedPlugin {
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         store.epoch_deadline_callback(Runtime::check_deadline);
-        store.data_mut().deadline = Instant::now() + self.limits.timeout;
-        store.set_epoch_deadline(1);
+        Runtime::arm(&mut store, Instant::now() + self.limits.timeout);
         let _ticking = self.runtime.ticking();
         let plugin = self
             .pre
@@ -333,8 +332,7 @@ impl LoadedPlugin {
             None => self.instantiate()?,
         };
         let started = Instant::now();
-        slot.store.data_mut().deadline = started + self.limits.timeout;
-        slot.store.set_epoch_deadline(1);
+        Runtime::arm(&mut slot.store, started + self.limits.timeout);
         let ticking = self.runtime.ticking();
         let result = f(&slot.plugin, &mut slot.store);
         drop(ticking);

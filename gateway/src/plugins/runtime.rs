@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, StoreContextMut, UpdateDeadline};
+use wasmtime::{Config, Engine, Store, StoreContextMut, UpdateDeadline};
 
 use super::bindings::Plugin;
 use super::host::HostState;
@@ -147,12 +147,18 @@ impl Runtime {
     }
 
     /// Keeps the epoch ticking until the guard is dropped; hold it around every call into
-    /// plugin code. The store must have its deadline set ([`HostState::deadline`]), its
-    /// callback installed ([`Runtime::check_deadline`]) and an epoch deadline of one tick, and
-    /// its plugin's timeout announced ([`Runtime::announce_deadline`]).
+    /// plugin code, on a store armed with [`Runtime::arm`] whose plugin's timeout was
+    /// announced ([`Runtime::announce_deadline`]).
     pub fn ticking(&self) -> Ticking<'_> {
         self.ticker.running.fetch_add(1, Ordering::AcqRel);
         Ticking(&self.ticker)
+    }
+
+    /// Gives the store's next call until `deadline` (wall clock): the store checks it each
+    /// time the epoch advances ([`Runtime::check_deadline`], installed on every store).
+    pub fn arm(store: &mut Store<HostState>, deadline: Instant) {
+        store.data_mut().deadline = deadline;
+        store.set_epoch_deadline(1);
     }
 
     /// The store's epoch-deadline callback: each time the epoch advances during a call, stop
@@ -160,7 +166,7 @@ impl Runtime {
     pub fn check_deadline(
         store: StoreContextMut<'_, HostState>,
     ) -> wasmtime::Result<UpdateDeadline> {
-        Ok(if std::time::Instant::now() >= store.data().deadline {
+        Ok(if Instant::now() >= store.data().deadline {
             UpdateDeadline::Interrupt
         } else {
             UpdateDeadline::Continue(1)
