@@ -237,28 +237,26 @@ def main():
         print()
         print("The embedded row compares 1 node (no Redis hop) with 2 floor nodes behind Redis.")
     if rounds > 1:
-        print_rounds(runs, servers, scenarios)
+        print_rounds(runs, m, servers, scenarios)
 
 
-def print_rounds(runs, servers, scenarios):
-    """Each round's server CPU per delivery as a ratio to that round's floor."""
+def print_rounds(runs, m, servers, scenarios):
+    """Each round's server CPU per delivery as a ratio to that round's floor, beside the
+    ratio of the medians (`m`, the combined figures) that the targets use."""
     print()
     print("## Server CPU per delivery vs floor, round by round\n")
     print("| scenario | server | ratio per round | median of figures |")
     print("|---|---|---|---:|")
     for scen in [s for s in scenarios if s != "idle"]:
         floors = {get(r, "compare", "round"): metrics(r)["cpu_us"] for r in runs.get((scen, "floor"), [])}
-        fl = statistics.median([v for v in floors.values() if v is not None] or [0]) or None
+        fl = m.get((scen, "floor"), {}).get("cpu_us")
         for s in servers:
             if s in ("floor", "seed-ws") or (scen, s) not in runs:
                 continue
             per = [ratio(metrics(r)["cpu_us"], floors.get(get(r, "compare", "round")))
                    for r in runs[(scen, s)]]
-            med = statistics.median([metrics(r)["cpu_us"] for r in runs[(scen, s)]
-                                     if metrics(r)["cpu_us"] is not None] or [0])
             print(f"| {scen} | {NAMES.get(s, s)} | {', '.join(rtxt(x) for x in per)} "
-                  f"| {rtxt(ratio(med, fl))} |")
-
+                  f"| {rtxt(ratio(m[(scen, s)]['cpu_us'], fl))} |")
 
 if __name__ == "__main__":
     main()

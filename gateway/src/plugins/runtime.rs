@@ -36,7 +36,7 @@ pub struct Runtime {
 /// The thread that advances the engine's epoch, every [`TICK`] while some plugin code runs.
 ///
 /// Each store checks its own wall-clock deadline when the epoch advances (see
-/// [`Runtime::ticking`]), so the epoch need not advance at all while no call can be overdue.
+/// [`Runtime::check_deadline`]), so the epoch need not advance at all while no call can be overdue.
 /// Idle, the ticker sleeps for the shortest deadline of any plugin loaded: a call that starts
 /// just after it looked cannot be overdue before it looks again. A ticker that woke every
 /// millisecond for the life of the process cost more CPU than the plugin calls themselves at
