@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod redis_link;
 pub mod server;
 pub mod telemetry;
+pub mod wire;
 pub mod ws;
 
 pub use config::{Cli, Config};

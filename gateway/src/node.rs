@@ -22,7 +22,7 @@ use crate::broker::{self, Broker};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::hub::{ConnId, Hub};
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::{CloseReason, Lanes, Outbox};
 use crate::plugins::Code;
 use crate::plugins::cluster::{CONTROL_CHANNEL, ClusterStore};
 use crate::plugins::registry::{PluginRegistry, Source, Version};
@@ -66,6 +66,8 @@ pub struct Node {
     pub id: String,
     /// Local subscriptions.
     pub hub: Arc<Hub>,
+    /// The tasks that write deliveries to the sessions' sockets.
+    pub lanes: Lanes,
     /// Where publishes go.
     pub broker: Arc<dyn Broker>,
     /// Plugins bound to channel namespaces, hot-swappable.
@@ -257,6 +259,7 @@ impl Node {
             presence,
             config: Arc::new(config),
             hub,
+            lanes: Lanes::start(),
             broker,
             plugins,
             cluster,

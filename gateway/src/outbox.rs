@@ -1,8 +1,15 @@
-//! A session's bounded outbound queue and its close signal.
+//! A session's bounded outbound queue, its close signal, and the lanes that write it.
 //!
-//! The hub and the session push frames; only the session's link drains them.
-//! Pushing never waits: a full queue marks the session a slow consumer and asks its writer to
-//! close it, so one stuck client can neither slow the fan-out nor grow memory without bound.
+//! The hub and the session push frames. Pushing never waits: a full queue marks the session a
+//! slow consumer and asks its writer to close it, so one stuck client can neither slow the
+//! fan-out nor grow memory without bound.
+//!
+//! A queue with a socket ([`wired`]) is written by a fan-out [`Lane`]: the first frame pushed
+//! into an empty queue lists the queue with its lane, and the lane's task writes every listed
+//! queue once the pushes of the moment are done (one task wake-up for a whole fan-out, and the
+//! frames a queue got meanwhile in one `writev`). Only when the socket is full does the
+//! session's own task take over ([`OutboxRx::poll_write`]), waiting for room; frames pushed
+//! meanwhile wait for it. A queue without a socket ([`outbox`]) is drained by its receiver.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,8 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 use crate::protocol::Frame;
+use crate::wire::{Flushed, Wire};
 
 /// Why the server closes a connection; maps to a WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,16 +68,23 @@ impl CloseReason {
 /// Most frames a queue keeps allocated room for once it is empty again; a burst's larger
 /// buffer is released so a connection that went quiet goes back to holding almost nothing.
 const KEEP_CAPACITY: usize = 64;
+/// After a request, a queue buffer with room for fewer frames than this is freed once it is
+/// written: it came from a reply or two, typically the `subscribed` reply that is an idle
+/// connection's last frame, and kept, every idle subscriber would hold 64 bytes for its whole
+/// life. Not freed after deliveries alone: a subscriber getting one frame per write would
+/// allocate and free it every time.
+const KEEP_AFTER_REQUEST: usize = 8;
 
 struct Shared {
-    /// Frames queued and not yet taken by the writer. A plain locked deque: it allocates
-    /// nothing until the first frame (an idle connection's queue costs no heap), and the
-    /// writer takes a whole batch under one lock.
-    queue: Mutex<VecDeque<Frame>>,
+    /// Frames queued and not yet written, with who writes them next. A plain locked deque: it
+    /// allocates nothing until the first frame (an idle connection's queue costs no heap),
+    /// and frames are written under the lock, so the order is the order of the pushes.
+    queue: Mutex<Queue>,
     /// The queue's length, stored under its lock, so the writer sees "nothing queued" without
-    /// taking the lock (it looks several times per wake-up).
+    /// taking the lock.
     queued: AtomicUsize,
-    /// The writer, parked while the queue is empty.
+    /// The writer: the session's task, woken for a close, a full socket, or (without a
+    /// socket) the first frame.
     writer: AtomicWaker,
     /// Live producer handles; the writer stops once the last one is gone and the queue is empty.
     producers: AtomicUsize,
@@ -77,31 +93,118 @@ struct Shared {
     reason: OnceLock<CloseReason>,
     /// Most frames that may be queued.
     capacity: usize,
+    /// The lane that writes this queue to its socket; `None` without a socket.
+    lane: Option<Arc<Lane>>,
+}
+
+struct Queue {
+    frames: VecDeque<Frame>,
+    /// The connection's socket; dropped with the receiver, so the socket closes when the
+    /// session ends even while the hub still holds a producer.
+    wire: Option<Arc<Wire>>,
+    writing: Writing,
+    /// A request was handled: free a small buffer once it is written (see
+    /// [`KEEP_AFTER_REQUEST`]).
+    trim: bool,
+}
+
+/// Who writes a socket-backed queue's frames next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    /// Nobody: the queue is empty, or its frames wait for the close.
+    Idle,
+    /// The lane: the queue is in its list.
+    Listed,
+    /// The session's task, once the socket has room (or to report that it failed).
+    Parked,
+    /// Nobody ever again: the session is closing (no data frame may follow a close frame).
+    Sealed,
 }
 
 impl Shared {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Frame>> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding this lock cannot leave the deque half-updated.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lane's turn: writes what is queued, or hands the queue to the session's task when
+    /// the socket is full or failed.
+    fn flush(&self) {
+        let mut queue = self.queue();
+        if queue.writing != Writing::Listed {
+            return;
+        }
+        if self.reason.get().is_some() {
+            // The writer closes the session (woken by `close`); what is queued stays unsent.
+            queue.writing = Writing::Sealed;
+            return;
+        }
+        queue.writing = Writing::Idle;
+        let Queue {
+            frames,
+            wire,
+            writing,
+            ..
+        } = &mut *queue;
+        let Some(wire) = wire else { return };
+        let parked = match wire.write_frames(frames) {
+            Flushed::Done => false,
+            Flushed::Blocked | Flushed::Failed => {
+                *writing = Writing::Parked;
+                true
+            }
+        };
+        self.written(&mut queue);
+        drop(queue);
+        if parked {
+            self.writer.wake();
+        }
+    }
+
+    /// Records the queue's length after frames left it.
+    fn written(&self, queue: &mut Queue) {
+        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
+            let trim = std::mem::take(&mut queue.trim);
+            let capacity = queue.frames.capacity();
+            if capacity > KEEP_CAPACITY || (trim && capacity < KEEP_AFTER_REQUEST) {
+                queue.frames = VecDeque::new();
+            }
+        }
+        self.queued.store(queue.frames.len(), Ordering::Release);
     }
 }
 
 /// The producer side of a session's queue, held by the hub and the session.
 pub struct Outbox(Arc<Shared>);
 
-/// The writer's side: frames to send, and the close request.
+/// The writer's side: the close request, a full socket, and (without a socket) the frames.
 pub struct OutboxRx(Arc<Shared>);
 
-/// Creates a queue holding at most `capacity` frames.
+/// Creates a queue holding at most `capacity` frames, drained by its receiver.
 pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
+    new(capacity, None, None)
+}
+
+/// Creates a queue holding at most `capacity` frames, written to `wire` by `lane`.
+pub fn wired(capacity: usize, wire: Arc<Wire>, lane: Arc<Lane>) -> (Outbox, OutboxRx) {
+    new(capacity, Some(wire), Some(lane))
+}
+
+fn new(capacity: usize, wire: Option<Arc<Wire>>, lane: Option<Arc<Lane>>) -> (Outbox, OutboxRx) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(VecDeque::new()),
+        queue: Mutex::new(Queue {
+            frames: VecDeque::new(),
+            wire,
+            writing: Writing::Idle,
+            trim: false,
+        }),
         queued: AtomicUsize::new(0),
         writer: AtomicWaker::new(),
         producers: AtomicUsize::new(1),
         writer_gone: AtomicBool::new(false),
         reason: OnceLock::new(),
         capacity,
+        lane,
     });
     (Outbox(shared.clone()), OutboxRx(shared))
 }
@@ -124,6 +227,9 @@ impl Drop for Outbox {
 impl Drop for OutboxRx {
     fn drop(&mut self) {
         self.0.writer_gone.store(true, Ordering::Release);
+        let mut queue = self.0.queue();
+        queue.writing = Writing::Sealed;
+        queue.wire = None;
     }
 }
 
@@ -134,22 +240,30 @@ impl Outbox {
         if self.0.writer_gone.load(Ordering::Acquire) {
             return false;
         }
-        {
-            let mut queue = self.0.queue();
-            if queue.len() >= self.0.capacity {
+        let mut queue = self.0.queue();
+        if queue.frames.len() >= self.0.capacity {
+            drop(queue);
+            self.close(CloseReason::SlowConsumer);
+            return false;
+        }
+        queue.frames.push_back(frame);
+        self.0.queued.store(queue.frames.len(), Ordering::Release);
+        match &self.0.lane {
+            Some(lane) if queue.writing == Writing::Idle => {
+                queue.writing = Writing::Listed;
                 drop(queue);
-                self.close(CloseReason::SlowConsumer);
-                return false;
+                lane.list(&self.0);
             }
-            queue.push_back(frame);
-            self.0.queued.store(queue.len(), Ordering::Release);
-            if queue.len() > 1 {
-                // The writer was woken for the first frame and has not taken it yet: it will
-                // take this one with it.
-                return true;
+            // Listed or parked: whoever writes next takes this frame with the others.
+            Some(_) => {}
+            // The receiver was woken for the first frame and has not taken it yet: it will
+            // take this one with it.
+            None if queue.frames.len() > 1 => {}
+            None => {
+                drop(queue);
+                self.0.writer.wake();
             }
         }
-        self.0.writer.wake();
         true
     }
 
@@ -166,24 +280,80 @@ impl Outbox {
     }
 }
 
-/// What the writer is to do next.
+/// Why the writer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The session is to be closed with this reason (a close frame is still to be sent).
+    Close(CloseReason),
+    /// The socket failed: nothing more can be sent.
+    Failed,
+}
+
+/// What a receiver without a socket is to do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Frames were moved into the batch: write them.
+    /// Frames were moved into the batch.
     Frames,
     /// The session is to be closed with this reason.
     Close(CloseReason),
-    /// Every producer is gone and every frame was taken: the writer is done.
+    /// Every producer is gone and every frame was taken.
     Done,
 }
 
 impl OutboxRx {
-    /// Waits until there is something to do. A close request comes first; otherwise, when
-    /// frames are queued, the batch (empty on entry) gets up to `limit` of them.
-    ///
-    /// The writer waits for frames and for the close request on one `AtomicWaker`: a
-    /// `Notify` waiter for the close was re-polled on every wake-up and took its lock each
-    /// time (~280 instructions per delivery in callgrind).
+    /// The session's part in writing a socket-backed queue: ready when the session is to be
+    /// closed or the socket failed. While the socket is full, waits for room and writes what
+    /// queued up meanwhile; otherwise the lane writes and this only registers for the close.
+    pub fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        self.0.writer.register(cx.waker());
+        if let Some(reason) = self.0.reason.get() {
+            return Poll::Ready(Stop::Close(*reason));
+        }
+        let mut queue = self.0.queue();
+        if queue.writing != Writing::Parked {
+            return Poll::Pending;
+        }
+        let Queue {
+            frames,
+            wire,
+            writing,
+            ..
+        } = &mut *queue;
+        let Some(wire) = wire else {
+            return Poll::Pending;
+        };
+        let found = loop {
+            match wire.write_frames(frames) {
+                Flushed::Done => {
+                    *writing = Writing::Idle;
+                    break Poll::Pending;
+                }
+                Flushed::Failed => break Poll::Ready(Stop::Failed),
+                Flushed::Blocked => match wire.poll_writable(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => break Poll::Ready(Stop::Failed),
+                    Poll::Pending => break Poll::Pending,
+                },
+            }
+        };
+        self.0.written(&mut queue);
+        found
+    }
+
+    /// The session handled a request: the queue's buffer is freed once what it holds is
+    /// written, if it is small (see [`KEEP_AFTER_REQUEST`]).
+    pub fn request_handled(&self) {
+        self.0.queue().trim = true;
+    }
+
+    /// No frame is written from now on: the session sends its close frame next.
+    pub fn seal(&self) {
+        self.0.queue().writing = Writing::Sealed;
+    }
+
+    /// Waits until a receiver without a socket has something to do. A close request comes
+    /// first; otherwise, when frames are queued, the batch (empty on entry) gets up to `limit`
+    /// of them.
     pub fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
@@ -198,7 +368,7 @@ impl OutboxRx {
         std::future::poll_fn(|cx| self.poll_next(cx, batch, limit)).await
     }
 
-    /// Ready once a close has been requested; for the writer while the socket is full.
+    /// Ready once a close has been requested.
     pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         ready_or_register(&self.0.writer, cx, || self.0.reason.get().copied())
     }
@@ -220,8 +390,8 @@ impl OutboxRx {
     /// Takes a frame that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Frame> {
         let mut queue = self.0.queue();
-        let frame = queue.pop_front();
-        self.0.queued.store(queue.len(), Ordering::Release);
+        let frame = queue.frames.pop_front();
+        self.0.written(&mut queue);
         frame
     }
 
@@ -235,18 +405,86 @@ impl OutboxRx {
             return gone.then_some(Next::Done);
         }
         let mut queue = self.0.queue();
-        if queue.len() <= limit && batch.is_empty() {
-            // The usual case: trade buffers instead of moving frames one by one.
-            std::mem::swap(batch, &mut *queue);
-        } else {
-            let n = queue.len().min(limit);
-            batch.extend(queue.drain(..n));
-        }
-        if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
-            *queue = VecDeque::new();
-        }
-        self.0.queued.store(queue.len(), Ordering::Release);
+        let n = queue.frames.len().min(limit);
+        batch.extend(queue.frames.drain(..n));
+        self.0.written(&mut queue);
         Some(Next::Frames)
+    }
+}
+
+/// A fan-out lane: the socket-backed queues that got a first frame since its task last ran.
+/// The task runs after the pushes that woke it (a whole fan-out, or every message the broker
+/// had read), so one wake-up writes them all.
+pub struct Lane {
+    listed: Mutex<Vec<Arc<Shared>>>,
+    ready: Notify,
+    stopped: AtomicBool,
+}
+
+impl Lane {
+    fn listed(&self) -> MutexGuard<'_, Vec<Arc<Shared>>> {
+        self.listed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn list(&self, shared: &Arc<Shared>) {
+        let mut listed = self.listed();
+        listed.push(shared.clone());
+        if listed.len() == 1 {
+            drop(listed);
+            self.ready.notify_one();
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut batch = Vec::new();
+        loop {
+            self.ready.notified().await;
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            std::mem::swap(&mut batch, &mut *self.listed());
+            for shared in batch.drain(..) {
+                shared.flush();
+            }
+        }
+    }
+}
+
+/// A node's fan-out lanes, one per runtime worker thread so writes spread like sessions do;
+/// each connection is written by one lane.
+pub struct Lanes(Box<[Arc<Lane>]>);
+
+impl Lanes {
+    /// Starts one lane per worker thread of the current runtime.
+    pub fn start() -> Self {
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let lanes: Box<[Arc<Lane>]> = (0..workers.max(1))
+            .map(|_| {
+                Arc::new(Lane {
+                    listed: Mutex::new(Vec::new()),
+                    ready: Notify::new(),
+                    stopped: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        for lane in &lanes {
+            tokio::spawn(lane.clone().run());
+        }
+        Self(lanes)
+    }
+
+    /// The lane for connection `id`.
+    pub fn pick(&self, id: u64) -> Arc<Lane> {
+        self.0[(id % self.0.len() as u64) as usize].clone()
+    }
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        for lane in &self.0 {
+            lane.stopped.store(true, Ordering::Release);
+            lane.ready.notify_one();
+        }
     }
 }
 
@@ -305,6 +543,52 @@ mod tests {
         }
         drop(tx);
         assert_eq!(writer.await.unwrap(), ["a", "b", "c"]);
+    }
+
+    /// The lane writes; when the socket fills, the session's part takes over and writes what
+    /// queued up meanwhile: the client gets every frame, whole and in order.
+    #[tokio::test]
+    async fn a_wired_queue_reaches_its_socket_in_order() {
+        let (wire, peer) = crate::wire::tests::pair().await;
+        let lanes = Lanes::start();
+        let (tx, mut rx) = wired(1_000, wire, lanes.pick(7));
+        let frames = crate::wire::tests::frames(300, 64 * 1024);
+        let expected: Vec<String> = frames.iter().map(|f| f.as_str().to_owned()).collect();
+        let reader = tokio::spawn(crate::wire::tests::read_frames(peer, frames.len()));
+        for (i, frame) in frames.into_iter().enumerate() {
+            assert!(tx.push(frame));
+            if i % 10 == 0 {
+                // Lets the lane run between bursts, as the broker's task does between reads.
+                tokio::task::yield_now().await;
+            }
+        }
+        let session = std::future::poll_fn(|cx| rx.poll_write(cx));
+        let got = tokio::select! {
+            got = reader => got.unwrap(),
+            stop = session => panic!("the session stopped: {stop:?}"),
+        };
+        assert_eq!(got, expected);
+    }
+
+    /// A client that reads nothing fills its socket, then its queue: closed as a slow
+    /// consumer, without the pushes ever waiting.
+    #[tokio::test]
+    async fn a_full_socket_then_a_full_queue_is_a_slow_consumer() {
+        let (wire, _peer) = crate::wire::tests::pair().await;
+        let lanes = Lanes::start();
+        let (tx, mut rx) = wired(4, wire, lanes.pick(0));
+        let frame = crate::wire::tests::frames(1, 64 * 1024)
+            .pop_front()
+            .unwrap();
+        let mut pushes = 0;
+        while tx.push(frame.clone()) {
+            pushes += 1;
+            assert!(pushes < 10_000, "the queue never filled");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(tx.closing(), Some(CloseReason::SlowConsumer));
+        let stop = std::future::poll_fn(|cx| rx.poll_write(cx)).await;
+        assert_eq!(stop, Stop::Close(CloseReason::SlowConsumer));
     }
 
     #[test]

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::{Cli, Config, ServerConfig};
 use crate::node::{Node, StartError};
 use crate::plugins::cluster::CONTROL_CHANNEL;
+use crate::wire::{Peer, WireListener};
 use crate::{api, ws};
 
 /// How often histogram samples are folded into buckets (the exporter's own default).
@@ -141,14 +141,8 @@ impl Gateway {
         let token = node.shutdown.clone();
         let draining = node.draining.clone();
         let drain = Duration::from_secs(node.config.server.drain_secs);
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        // Deliveries are small frames that must leave at once: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, app)
+        let app = app.into_make_service_with_connect_info::<Peer>();
+        axum::serve(WireListener(listener), app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 draining.cancel();

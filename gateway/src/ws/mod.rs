@@ -1,6 +1,5 @@
 //! The `/ws` endpoint: upgrade, then one session per connection.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
@@ -12,6 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::node::Node;
 use crate::plugins;
 use crate::protocol::ErrorCode;
+use crate::wire::Peer;
 
 mod handshake;
 mod link;
@@ -33,11 +33,12 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// Upgrades an HTTP request to a WebSocket session, or refuses it with a status and reason.
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     uri: Uri,
     handshake: Handshake,
 ) -> Response {
+    let remote = peer.remote;
     if node.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down").into_response();
     }
@@ -96,7 +97,7 @@ pub async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER.max(limits.max_frame_bytes) * 4);
     let identity = plugins::shared_identity(identity);
     handshake.accept(config, move |socket| {
-        tracker.spawn(session::run(socket, slot, remote, identity));
+        tracker.spawn(session::run(socket, slot, peer, identity));
     })
 }
 

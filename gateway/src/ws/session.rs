@@ -1,7 +1,6 @@
 //! One client connection: reads requests, applies limits, and talks to the hub and broker.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,9 +17,10 @@ use super::link::{Link, Stop};
 use super::ratelimit::TokenBucket;
 use crate::hub::{ConnId, Group, GroupKey};
 use crate::node::{ConnectionSlot, PublishAck};
-use crate::outbox::{CloseReason, Outbox, outbox};
+use crate::outbox::{CloseReason, Outbox, wired};
 use crate::plugins::Identity;
 use crate::protocol::{self, Action, ErrorCode, Rejection};
+use crate::wire::Peer;
 
 /// Publishes one connection may have waiting for the broker; beyond it the session stops
 /// reading until the oldest is accepted, which pushes back on the client through TCP.
@@ -46,12 +46,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn run(
     socket: WebSocket,
     slot: ConnectionSlot,
-    remote: SocketAddr,
+    peer: Peer,
     identity: Arc<Identity>,
 ) -> impl Future<Output = ()> {
+    let remote = peer.remote;
     let span = tracing::info_span!("conn", id = slot.id, %remote, user = identity.user.as_deref());
     let limits = &slot.node.config.limits;
-    let (outbox, rx) = outbox(limits.outbound_queue);
+    let lane = slot.node.lanes.pick(slot.id);
+    let (outbox, rx) = wired(limits.outbound_queue, peer.wire, lane);
     let bucket = TokenBucket::new(limits.publish_burst);
     slot.register(&outbox);
     let mut link = Link::new(socket, rx);
