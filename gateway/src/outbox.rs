@@ -12,7 +12,7 @@
 //! meanwhile wait for it. A queue without a socket ([`outbox`]) is drained by its receiver.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
@@ -82,17 +82,18 @@ struct Shared {
     queue: Mutex<Queue>,
     /// The queue's length, stored under its lock, so the writer sees "nothing queued" without
     /// taking the lock.
-    queued: AtomicUsize,
+    queued: AtomicU32,
     /// The writer: the session's task, woken for a close, a full socket, or (without a
     /// socket) the first frame.
     writer: AtomicWaker,
     /// Live producer handles; the writer stops once the last one is gone and the queue is empty.
-    producers: AtomicUsize,
+    producers: AtomicU32,
     /// The writer is gone (its socket failed): frames pushed now would never be sent.
     writer_gone: AtomicBool,
     reason: OnceLock<CloseReason>,
-    /// Most frames that may be queued.
-    capacity: usize,
+    /// Most frames that may be queued. This and the counters are 32-bit so that, with the
+    /// socket and the lane, the whole stays in jemalloc's 128-byte size class (idle memory).
+    capacity: u32,
     /// The lane that writes this queue to its socket; `None` without a socket.
     lane: Option<Arc<Lane>>,
 }
@@ -170,7 +171,8 @@ impl Shared {
                 queue.frames = VecDeque::new();
             }
         }
-        self.queued.store(queue.frames.len(), Ordering::Release);
+        self.queued
+            .store(queue.frames.len() as u32, Ordering::Release);
     }
 }
 
@@ -198,12 +200,12 @@ fn new(capacity: usize, wire: Option<Arc<Wire>>, lane: Option<Arc<Lane>>) -> (Ou
             writing: Writing::Idle,
             trim: false,
         }),
-        queued: AtomicUsize::new(0),
+        queued: AtomicU32::new(0),
         writer: AtomicWaker::new(),
-        producers: AtomicUsize::new(1),
+        producers: AtomicU32::new(1),
         writer_gone: AtomicBool::new(false),
         reason: OnceLock::new(),
-        capacity,
+        capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         lane,
     });
     (Outbox(shared.clone()), OutboxRx(shared))
@@ -241,13 +243,15 @@ impl Outbox {
             return false;
         }
         let mut queue = self.0.queue();
-        if queue.frames.len() >= self.0.capacity {
+        if queue.frames.len() >= self.0.capacity as usize {
             drop(queue);
             self.close(CloseReason::SlowConsumer);
             return false;
         }
         queue.frames.push_back(frame);
-        self.0.queued.store(queue.frames.len(), Ordering::Release);
+        self.0
+            .queued
+            .store(queue.frames.len() as u32, Ordering::Release);
         match &self.0.lane {
             Some(lane) if queue.writing == Writing::Idle => {
                 queue.writing = Writing::Listed;
@@ -589,6 +593,33 @@ mod tests {
         assert_eq!(tx.closing(), Some(CloseReason::SlowConsumer));
         let stop = std::future::poll_fn(|cx| rx.poll_write(cx)).await;
         assert_eq!(stop, Stop::Close(CloseReason::SlowConsumer));
+    }
+
+    /// An idle connection's last frame is usually a reply: its buffer is not kept once written.
+    #[tokio::test]
+    async fn a_reply_buffer_is_freed_once_written() {
+        let (wire, peer) = crate::wire::tests::pair().await;
+        let lanes = Lanes::start();
+        let (tx, rx) = wired(8, wire, lanes.pick(0));
+        let reader = tokio::spawn(crate::wire::tests::read_frames(peer, 2));
+        assert!(tx.push("delivery".into()));
+        while tx.0.queued.load(Ordering::Acquire) > 0 {
+            // The lane's task runs when this one yields.
+            tokio::task::yield_now().await;
+        }
+        assert!(tx.0.queue().frames.capacity() > 0, "kept after a delivery");
+        assert!(tx.push("reply".into()));
+        rx.request_handled();
+        reader.await.unwrap();
+        assert_eq!(tx.0.queue().frames.capacity(), 0, "freed after a request");
+    }
+
+    /// Every connection holds one queue: with `Arc`'s two counters it stays within jemalloc's
+    /// 128-byte size class (one more field would take it to 160 bytes per connection).
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_queue_fits_in_128_bytes() {
+        assert!(std::mem::size_of::<Shared>() + 16 <= 128);
     }
 
     #[test]
