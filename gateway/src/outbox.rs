@@ -68,6 +68,9 @@ impl CloseReason {
 /// Most frames a queue keeps allocated room for once it is empty again; a burst's larger
 /// buffer is released so a connection that went quiet goes back to holding almost nothing.
 const KEEP_CAPACITY: usize = 64;
+/// Queues a lane writes before it lets the other tasks of its worker thread run (~1 ms of
+/// `writev`s).
+const FLUSHES_PER_TURN: usize = 256;
 /// After a request, a queue buffer with room for fewer frames than this is freed once it is
 /// written: it came from a reply or two, typically the `subscribed` reply that is an idle
 /// connection's last frame, and kept, every idle subscriber would hold 64 bytes for its whole
@@ -447,7 +450,12 @@ impl Lane {
                 return;
             }
             std::mem::swap(&mut batch, &mut *self.listed());
-            for shared in batch.drain(..) {
+            for (i, shared) in batch.drain(..).enumerate() {
+                if i > 0 && i % FLUSHES_PER_TURN == 0 {
+                    // A fan-out to many thousand local subscribers is that many syscalls: let
+                    // the worker's other tasks (reads, the broker) run in between.
+                    tokio::task::yield_now().await;
+                }
                 shared.flush();
             }
         }
@@ -572,6 +580,25 @@ mod tests {
             stop = session => panic!("the session stopped: {stop:?}"),
         };
         assert_eq!(got, expected);
+    }
+
+    /// A lane with more queues listed than it writes per turn writes them all.
+    #[tokio::test]
+    async fn a_lane_writes_every_listed_queue_across_turns() {
+        let lanes = Lanes::start();
+        let mut readers = Vec::new();
+        let mut queues = Vec::new();
+        for _ in 0..FLUSHES_PER_TURN + 44 {
+            let (wire, peer) = crate::wire::tests::pair().await;
+            queues.push(wired(8, wire, lanes.pick(0)));
+            readers.push(tokio::spawn(crate::wire::tests::read_frames(peer, 1)));
+        }
+        for (tx, _) in &queues {
+            assert!(tx.push("hello".into()));
+        }
+        for reader in readers {
+            assert_eq!(reader.await.unwrap(), ["hello"]);
+        }
     }
 
     /// A client that reads nothing fills its socket, then its queue: closed as a slow
