@@ -375,14 +375,12 @@ impl OutboxRx {
         std::future::poll_fn(|cx| self.poll_next(cx, batch, limit)).await
     }
 
-    /// Ready once a close has been requested.
-    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
-        ready_or_register(&self.0.writer, cx, || self.0.reason.get().copied())
-    }
-
-    /// [`Self::poll_closed`] as a future.
+    /// Waits until a close has been requested.
     pub async fn closed(&self) -> CloseReason {
-        std::future::poll_fn(|cx| self.poll_closed(cx)).await
+        std::future::poll_fn(|cx| {
+            ready_or_register(&self.0.writer, cx, || self.0.reason.get().copied())
+        })
+        .await
     }
 
     /// Waits for the next frame; `None` once every producer is gone or a close is requested.
