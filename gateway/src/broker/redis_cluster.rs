@@ -11,9 +11,9 @@
 //! could be lost again while redis-rs replaced its connections. So this broker does not trust
 //! it: one task owns the set of channels the node needs and re-issues SSUBSCRIBE (idempotent on
 //! the server) for every one of them whenever a connection reports a disconnection or the
-//! server ends a subscription on its own (a slot moved, a master lost it), then again
-//! [`SETTLE`] later while connections settle, and every [`RECONCILE_EVERY`] as a last line of
-//! defence. Readiness is false from the disconnection until the first full re-subscribe.
+//! server ends a subscription on its own (a slot moved, a master lost it), then again 0.5, 1,
+//! 2 and 4 s later while connections settle (`SETTLE`), and every 30 s (`RECONCILE_EVERY`) as a
+//! last line of defence. Readiness is false from the disconnection until the first full re-subscribe.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
