@@ -72,7 +72,7 @@ fn latencies() -> &'static Mutex<Latencies> {
     ALL.get_or_init(Default::default)
 }
 
-/// A latency histogram (seconds, [`BUCKETS`]) for the hot path: a sample is two relaxed
+/// A latency histogram (seconds, the fixed `BUCKETS`) for the hot path: a sample is two relaxed
 /// atomic additions, and the buckets are rendered at scrape time.
 ///
 /// Why not the recorder's histograms: the Prometheus exporter keeps every sample (value and

@@ -348,7 +348,7 @@ impl OutboxRx {
     }
 
     /// The session handled a request: the queue's buffer is freed once what it holds is
-    /// written, if it is small (see [`KEEP_AFTER_REQUEST`]).
+    /// written, if it is small (at most 8 frames: `KEEP_AFTER_REQUEST`).
     pub fn request_handled(&self) {
         self.0.queue().trim = true;
     }
