@@ -6,8 +6,8 @@
 //!
 //! A queue with a socket ([`wired`]) is written by a fan-out [`Lane`]: the first frame pushed
 //! into an empty queue lists the queue with its lane, and the lane's task writes every listed
-//! queue once the pushes of the moment are done (one task wake-up for a whole fan-out, and the
-//! frames a queue got meanwhile in one `writev`). Only when the socket is full does the
+//! queue at the end of its worker's turn (one task wake-up for a whole fan-out, and the frames
+//! a queue got meanwhile in one `writev`). Only when the socket is full does the
 //! session's own task take over ([`OutboxRx::poll_write`]), waiting for room; frames pushed
 //! meanwhile wait for it. A queue without a socket ([`outbox`]) is drained by its receiver.
 
@@ -418,8 +418,8 @@ impl OutboxRx {
 }
 
 /// A fan-out lane: the socket-backed queues that got a first frame since its task last ran.
-/// The task runs after the pushes that woke it (a whole fan-out, or every message the broker
-/// had read), so one wake-up writes them all.
+/// The task writes at the end of its worker's turn, after the pushes that woke it and those of
+/// every message the broker connection read meanwhile, so one wake-up writes them all.
 pub struct Lane {
     listed: Mutex<Vec<Arc<Shared>>>,
     ready: Notify,
