@@ -2,19 +2,66 @@
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use subtle::ConstantTimeEq;
 
 use crate::node::Node;
 use crate::plugins::Identity;
 use crate::protocol::{ErrorCode, Rejection};
+
+/// Routes of the backend API (`/api/...`). The key is checked before anything else, the body
+/// included: a request without it is refused without reading what it sends.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/publish", post(publish))
+        .route("/api/presence/users/{user}", get(presence_user))
+        .route("/api/presence/channels/{channel}", get(presence_channel))
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
+        .with_state(node)
+}
+
+/// Lets a request through only with one of `api.keys`.
+async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    match check_key(&node, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes; a longer one is refused with 413, `code` and
+/// the limit's name (`what`), without reading further.
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    what: &str,
+    code: &'static str,
+) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_long = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_long {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code,
+                format!("body is over {what} = {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("cannot read the body: {e}"),
+            )
+        }
+    })
+}
 
 /// `GET /healthz`: the process is alive and serving HTTP.
 pub async fn healthz() -> &'static str {
@@ -84,22 +131,8 @@ impl ApiError {
 
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
-        let status = match r.code {
-            ErrorCode::InvalidJson
-            | ErrorCode::InvalidField
-            | ErrorCode::InvalidChannel
-            | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
-            ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::RateLimited | ErrorCode::TooManySubscriptions => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ErrorCode::PluginError => StatusCode::BAD_GATEWAY,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
         Self {
-            status,
+            status: crate::error::http_status(r.code),
             code: r.code.as_str(),
             message: r.message,
         }
@@ -118,15 +151,9 @@ impl IntoResponse for ApiError {
 
 /// Checks `Authorization: Bearer <key>` against `api.keys`, in constant time per key.
 pub fn check_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(ApiError::unauthorized)?;
-    let ok = node.config.api.keys.iter().fold(false, |ok, k| {
-        ok | bool::from(k.as_bytes().ct_eq(given.as_bytes()))
-    });
-    if ok {
+    let given = crate::auth::bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    let keys = node.config.api.keys.iter().map(String::as_str);
+    if crate::auth::matches_secret(given, keys) {
         Ok(())
     } else {
         Err(ApiError::unauthorized())
@@ -153,21 +180,16 @@ struct PublishBody<'a> {
 /// included, with the server identity). 200 `{"published":true}` once the broker accepted it.
 pub async fn publish(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_key(&node, &headers)?;
-    if body.len() > node.config.limits.max_message_bytes {
-        return Err(Rejection::new(
-            ErrorCode::MessageTooLarge,
-            format!(
-                "body is {} bytes; the limit is {}",
-                body.len(),
-                node.config.limits.max_message_bytes
-            ),
-        )
-        .into());
-    }
+    let limit = node.config.limits.max_message_bytes;
+    let body = read_body(
+        body,
+        limit,
+        "limits.max_message_bytes",
+        ErrorCode::MessageTooLarge.as_str(),
+    )
+    .await?;
     let req: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
         Rejection::new(
             ErrorCode::InvalidJson,
@@ -186,10 +208,8 @@ fn presence_failed(e: crate::presence::PresenceError) -> ApiError {
 /// `GET /api/presence/users/{user}`: whether the user is online and its connections on every node.
 pub async fn presence_user(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_key(&node, &headers)?;
     let connections = node.presence.user(&user).await.map_err(presence_failed)?;
     Ok(Json(json!({
         "user": user,
@@ -201,10 +221,8 @@ pub async fn presence_user(
 /// `GET /api/presence/channels/{channel}`: the channel's subscribers on every node.
 pub async fn presence_channel(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path(channel): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_key(&node, &headers)?;
     let subscribers = node
         .presence
         .channel(&channel)

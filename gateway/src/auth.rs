@@ -9,6 +9,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::plugins::{Identity, anonymous};
 
+/// The credentials of an `Authorization: Bearer <credentials>` header: the scheme is matched
+/// without regard to case (RFC 9110 section 11.1) and the credentials are trimmed. The one
+/// parser for every endpoint that takes a token or key (`/ws`, `/api`, `/admin`).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    let credentials = credentials.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty()).then_some(credentials)
+}
+
+/// Whether `given` equals one of `secrets`, comparing every one in constant time so the
+/// answer's timing says nothing about how much of a secret matched.
+pub fn matches_secret<'a>(given: &str, secrets: impl IntoIterator<Item = &'a str>) -> bool {
+    use subtle::ConstantTimeEq;
+    secrets.into_iter().fold(false, |ok, secret| {
+        ok | bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
+    })
+}
+
 /// Authentication settings (`[auth]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -71,6 +93,11 @@ pub enum AuthError {
     /// `iss` does not match `auth.issuer`.
     #[error("token issuer not accepted")]
     WrongIssuer,
+    /// A claim the configuration requires is absent: `exp` always, `aud` when `auth.audience`
+    /// is set, `iss` when `auth.issuer` is set. A token minted for another service by the same
+    /// key usually lacks them, and must not be let in.
+    #[error("token lacks the required `{0}` claim")]
+    MissingClaim(String),
     /// The signature does not verify.
     #[error("token signature invalid")]
     BadSignature,
@@ -187,14 +214,20 @@ impl Authenticator {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.config.leeway_secs;
         validation.validate_nbf = true;
+        // jsonwebtoken checks `aud` and `iss` only when the token has them: a configured
+        // audience or issuer must also be required, or a token without the claim passes.
         validation.required_spec_claims.clear();
         validation.required_spec_claims.insert("exp".to_owned());
         match &self.config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &self.config.issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".to_owned());
         }
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
@@ -208,6 +241,7 @@ impl Authenticator {
             ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
             ErrorKind::InvalidSignature => AuthError::BadSignature,
             ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(format!("{:?}", header.alg)),
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
             other => AuthError::Malformed(format!("{other:?}")),
         })?;
         let claims = data.claims;
@@ -311,6 +345,39 @@ mod tests {
         ));
     }
 
+    /// A token minted by the same key for another service (no `aud`, no `iss`) is refused
+    /// when the configuration names an audience or an issuer.
+    #[test]
+    fn configured_audience_and_issuer_are_required() {
+        let a = auth(|c| c.issuer = Some("https://issuer.example".into()));
+        let no_aud = token(json!({"sub": "a", "iss": "https://issuer.example", "exp": now() + 60}));
+        let no_iss = token(json!({"sub": "a", "aud": "switchyard", "exp": now() + 60}));
+        let both = token(
+            json!({"sub": "a", "aud": "switchyard", "iss": "https://issuer.example", "exp": now() + 60}),
+        );
+        let no_exp =
+            token(json!({"sub": "a", "aud": "switchyard", "iss": "https://issuer.example"}));
+        assert_eq!(
+            a.authenticate(Some(&no_aud)).err(),
+            Some(AuthError::MissingClaim("aud".into()))
+        );
+        assert_eq!(
+            a.authenticate(Some(&no_iss)).err(),
+            Some(AuthError::MissingClaim("iss".into()))
+        );
+        assert_eq!(
+            a.authenticate(Some(&no_exp)).err(),
+            Some(AuthError::MissingClaim("exp".into()))
+        );
+        assert_eq!(
+            a.authenticate(Some(&both)).unwrap().user.as_deref(),
+            Some("a")
+        );
+        // Without an audience or issuer configured, neither claim is needed.
+        let open = auth(|c| c.audience = None);
+        assert!(open.authenticate(Some(&no_aud)).is_ok());
+    }
+
     #[test]
     fn rs256_and_es256_with_public_key_files() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
@@ -363,6 +430,31 @@ mod tests {
             a.authenticate(Some(&bad)).err(),
             Some(AuthError::BadSignature)
         );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        use axum::http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_static(v));
+            h
+        };
+        assert_eq!(bearer(&with("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&with("bearer abc ")), Some("abc"));
+        assert_eq!(bearer(&with("BEARER  abc")), Some("abc"));
+        assert_eq!(bearer(&with("Basic abc")), None);
+        assert_eq!(bearer(&with("Bearer ")), None);
+        assert_eq!(bearer(&with("Bearerabc")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn secrets_match_whole() {
+        assert!(matches_secret("k2", ["k1", "k2"]));
+        assert!(!matches_secret("k", ["k1", "k2"]));
+        assert!(!matches_secret("k1x", ["k1"]));
+        assert!(!matches_secret("k1", []));
     }
 
     #[test]

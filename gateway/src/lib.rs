@@ -10,6 +10,9 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod dispatch;
+pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod hub;
 pub mod metrics;
 pub mod node;
@@ -18,6 +21,7 @@ pub mod plugins;
 pub mod presence;
 pub mod protocol;
 pub mod redis_link;
+pub mod serve;
 pub mod server;
 pub mod telemetry;
 pub mod wire;

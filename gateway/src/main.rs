@@ -11,6 +11,26 @@ use switchyard::{Cli, Config, Gateway, server, telemetry};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Descriptors the node needs besides its clients: Redis connections, plugin files, logs.
+const SPARE_FDS: u64 = 64;
+
+/// Raises the soft limit on open files to the hard one (the soft default, often 1,024, is far
+/// below what `limits.max_connections` allows), and warns when the connection limits do not
+/// fit under it: past it, accepts fail and clients wait, whatever the limits say.
+fn raise_fd_limit(config: &Config) {
+    let limits = &config.limits;
+    let need = (limits.max_connections + limits.max_http_connections) as u64 + SPARE_FDS;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(have) if have < need => tracing::warn!(
+            fd_limit = have,
+            needed = need,
+            "the file-descriptor limit is below limits.max_connections + limits.max_http_connections + {SPARE_FDS}: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower the limits"
+        ),
+        Ok(have) => tracing::debug!(fd_limit = have, "file-descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the file-descriptor limit"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
@@ -22,7 +42,10 @@ fn main() -> ExitCode {
     };
     if cli.check {
         // Load every bound plugin too: compile, instantiate and `init` must all succeed.
-        return match switchyard::plugins::Plugins::load(&config.plugins) {
+        return match switchyard::plugins::Plugins::load(
+            &config.plugins,
+            config.limits.max_json_depth,
+        ) {
             Ok(plugins) => {
                 for binding in plugins.describe() {
                     println!("plugin OK: {binding}");
@@ -37,6 +60,7 @@ fn main() -> ExitCode {
         };
     }
     telemetry::init(&config.log);
+    raise_fd_limit(&config);
     let runtime = match server::runtime(&config.server) {
         Ok(r) => r,
         Err(e) => {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::config::{Cli, Config, ServerConfig};
 use crate::node::{Node, StartError};
 use crate::plugins::cluster::CONTROL_CHANNEL;
-use crate::wire::{Peer, WireListener};
+use crate::wire::WireListener;
 use crate::{api, ws};
 
 /// How often histogram samples are folded into buckets (the exporter's own default).
@@ -25,13 +25,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
-        .route("/api/publish", post(api::publish))
-        .route("/api/presence/users/{user}", get(api::presence_user))
-        .route(
-            "/api/presence/channels/{channel}",
-            get(api::presence_channel),
-        )
-        .with_state(node)
+        .with_state(node.clone())
+        .merge(api::router(node))
 }
 
 /// A bound, not yet serving gateway node.
@@ -122,41 +117,27 @@ impl Gateway {
         if let Some(cli) = reload {
             tokio::spawn(reload_on_sighup(node.clone(), cli));
         }
+        let limits = crate::serve::HttpLimits::from_config(&node.config.limits);
         let mut app = router(node.clone());
         match admin {
             Some(listener) => {
                 let admin_app = crate::admin::router(node.clone());
-                let token = node.shutdown.clone();
+                let (limits, stop) = (limits.clone(), node.shutdown.clone());
                 tokio::spawn(async move {
-                    let served = axum::serve(listener, admin_app)
-                        .with_graceful_shutdown(async move { token.cancelled().await })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "admin listener failed");
-                    }
+                    crate::serve::serve(listener, admin_app, limits, stop, |_, addr| addr).await
                 });
             }
             None => app = app.merge(crate::admin::router(node.clone())),
         }
-        let token = node.shutdown.clone();
-        let draining = node.draining.clone();
-        let drain = Duration::from_secs(node.config.server.drain_secs);
-        let app = app.into_make_service_with_connect_info::<Peer>();
-        axum::serve(WireListener(listener), app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                draining.cancel();
-                if !drain.is_zero() {
-                    tracing::info!(
-                        secs = drain.as_secs(),
-                        "draining: readiness is false; still serving"
-                    );
-                    tokio::time::sleep(drain).await;
-                }
-                tracing::info!("shutting down: closing clients");
-                token.cancel();
-            })
-            .await?;
+        tokio::spawn(drain_then_stop(node.clone(), shutdown));
+        crate::serve::serve(
+            WireListener(listener),
+            app,
+            limits,
+            node.shutdown.clone(),
+            |io, remote| io.peer(remote),
+        )
+        .await;
         node.shutdown.cancel();
         node.sessions.close();
         let grace = Duration::from_secs(node.config.server.shutdown_grace_secs);
@@ -173,6 +154,27 @@ impl Gateway {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Waits for `shutdown`, leaves readiness, waits `server.drain_secs` (still serving), then
+/// starts shutting down: the listener stops and every client is closed.
+async fn drain_then_stop(node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    tokio::select! {
+        () = shutdown => {}
+        // Shut down by other means (an embedding test): nothing to drain.
+        () = node.shutdown.cancelled() => return,
+    }
+    node.draining.cancel();
+    let drain = Duration::from_secs(node.config.server.drain_secs);
+    if !drain.is_zero() {
+        tracing::info!(
+            secs = drain.as_secs(),
+            "draining: readiness is false; still serving"
+        );
+        tokio::time::sleep(drain).await;
+    }
+    tracing::info!("shutting down: closing clients");
+    node.shutdown.cancel();
 }
 
 /// Closes every session once the node starts shutting down, whoever cancelled the token.

@@ -15,8 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -331,11 +330,12 @@ pub struct Peer {
     pub wire: Arc<Wire>,
 }
 
-impl Connected<IncomingStream<'_, WireListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, WireListener>) -> Self {
+impl WireIo {
+    /// What a request on this connection from `remote` knows about it.
+    pub fn peer(&self, remote: SocketAddr) -> Peer {
         Peer {
-            remote: *stream.remote_addr(),
-            wire: stream.io().0.clone(),
+            remote,
+            wire: self.0.clone(),
         }
     }
 }

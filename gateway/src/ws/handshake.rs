@@ -44,6 +44,9 @@ pub enum NotUpgrade {
     /// The client must send a key for the server to answer.
     #[error("`Sec-WebSocket-Key` header is missing")]
     Key,
+    /// The key must be 16 bytes in base64 (RFC 6455 section 4.2.1, item 5).
+    #[error("`Sec-WebSocket-Key` header is not 16 bytes in base64")]
+    BadKey,
     /// The HTTP connection cannot be taken over (not a hyper connection with upgrades).
     #[error("this connection cannot be upgraded")]
     NotUpgradable,
@@ -80,6 +83,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
         let key = headers
             .get(header::SEC_WEBSOCKET_KEY)
             .ok_or(NotUpgrade::Key)?;
+        if !is_valid_key(key.as_bytes()) {
+            return Err(NotUpgrade::BadKey);
+        }
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .expect("base64 is a valid header value");
         let on_upgrade = parts
@@ -120,6 +126,15 @@ impl Handshake {
     }
 }
 
+/// Whether `key` is base64 (standard alphabet, padded) for exactly 16 bytes.
+fn is_valid_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    let mut decoded = [0u8; 18];
+    // 16 bytes are 24 characters; longer input cannot be a valid key (and would not fit).
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD.decode_slice(key, &mut decoded) == Ok(16)
+}
+
 /// Whether `name` equals `value`, ignoring ASCII case.
 fn is(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
     headers
@@ -141,6 +156,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_are_16_bytes_of_base64() {
+        // RFC 6455's own example key.
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            &b""[..],
+            b"not base64 at all!!!!!!!",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZQ==AAAA",
+            b"dGhlIHNhbXBsZSBub25j",
+            b"dGhlIHNhbXBsZSBub25jZQ=!",
+        ] {
+            assert!(!is_valid_key(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn connection_header_is_a_token_list() {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -153,5 +184,24 @@ mod tests {
             HeaderValue::from_static("keep-alive, upgraded"),
         );
         assert!(!has_token(&headers, header::CONNECTION, "upgrade"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// A key is accepted exactly when it is base64 for 16 bytes.
+            #[test]
+            fn keys_are_valid_exactly_when_they_decode_to_16_bytes(key in proptest::collection::vec(any::<u8>(), 0..40)) {
+                use base64::Engine as _;
+                let decodes = base64::engine::general_purpose::STANDARD
+                    .decode(&key)
+                    .is_ok_and(|k| k.len() == 16);
+                prop_assert_eq!(is_valid_key(&key), decodes);
+            }
+        }
     }
 }
