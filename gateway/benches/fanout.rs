@@ -106,12 +106,13 @@ fn groups(c: &mut Criterion) {
         "bindings": [{"pattern": "*", "plugin": "allow-all"}],
     }))
     .expect("plugins config");
-    let registry = Arc::new(PluginRegistry::load(config, HashMap::new()).expect("allow-all loads"));
+    let registry =
+        Arc::new(PluginRegistry::load(config, 128, HashMap::new()).expect("allow-all loads"));
     let payload = padded(r#"{"text":"{pad}"}"#, PAYLOAD_BYTES);
     let subscribers = 10_000usize;
     let mut g = c.benchmark_group("groups_10k_subscribers");
     for groups in [1usize, 10, 1_000] {
-        let hub = hub().with_deliver_hook(registry.clone());
+        let hub = hub().with_deliver_hook(registry.clone(), Duration::from_millis(1));
         let mut receivers = Vec::with_capacity(subscribers);
         for conn in 0..subscribers {
             let (tx, rx) = outbox(QUEUE);

@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use switchyard::config::{BindingConfig, PluginsConfig};
-use switchyard::hub::{DeliverHook, GroupKey, Prepared};
+use switchyard::hub::{GroupKey, Prepared};
 use switchyard::plugins::{Plugins, Routed, anonymous};
 
 use common::{PAYLOAD_BYTES, padded};
@@ -33,7 +33,7 @@ fn load(plugin: Option<&str>) -> Plugins {
         bindings: vec![binding("chat:*", plugin)],
         ..Default::default()
     };
-    Plugins::load(&config).unwrap_or_else(|e| panic!("loading {plugin}: {e}"))
+    Plugins::load(&config, 128).unwrap_or_else(|e| panic!("loading {plugin}: {e}"))
 }
 
 fn hooks(c: &mut Criterion) {

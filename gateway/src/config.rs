@@ -202,6 +202,19 @@ pub struct Limits {
     pub publish_rate: u32,
     /// Publishes a connection may burst above the rate.
     pub publish_burst: u32,
+    /// Deepest nesting of arrays and objects in published `data` (clients, the HTTP API and
+    /// plugin output); deeper gets `invalid_json`.
+    pub max_json_depth: usize,
+    /// Seconds a client has to send a complete request head, and the longest a keep-alive
+    /// connection may sit idle between requests; then it is closed.
+    pub http_header_timeout_secs: u64,
+    /// Seconds an HTTP request (reading its body and answering it) may take; then it gets 408
+    /// and the connection is closed. WebSocket sessions are not affected once upgraded.
+    pub http_request_timeout_secs: u64,
+    /// Connections that have not become WebSocket sessions (requests in progress, idle
+    /// keep-alive, upgrades under way). At the limit the node stops accepting until one ends;
+    /// upgraded sessions count toward `max_connections` instead.
+    pub max_http_connections: usize,
 }
 
 impl Default for Limits {
@@ -218,6 +231,10 @@ impl Default for Limits {
             max_connections: 100_000,
             publish_rate: 0,
             publish_burst: 100,
+            max_json_depth: 128,
+            http_header_timeout_secs: 10,
+            http_request_timeout_secs: 30,
+            max_http_connections: 1024,
         }
     }
 }
@@ -299,6 +316,18 @@ pub struct PluginsConfig {
     pub max_output_bytes: usize,
     /// Messages one publish hook may forward.
     pub max_forwards: usize,
+    /// Longest text a plugin may hand back besides JSON data: a deny or reject reason, a
+    /// delivery group key, an enriched identity's user or tenant; longer is invalid output.
+    pub max_text_bytes: usize,
+    /// Longest claims JSON an enriching connect hook may hand back.
+    pub max_claims_bytes: usize,
+    /// A call that succeeds but takes longer than this fraction of its deadline counts as a
+    /// failure for the plugin's circuit breaker (the result is still used).
+    pub slow_call_fraction: f64,
+    /// A deliver hook call longer than this (microseconds) moves that plugin's deliver hook
+    /// off the broker's task to an isolation lane of its own until it is fast again (read at
+    /// start, not on reload).
+    pub deliver_inline_max_us: u64,
     /// Idle instances kept per plugin for reuse.
     pub pool_size: usize,
     /// Directory for compiled components (keyed by content hash); unset keeps them in memory only.
@@ -320,6 +349,10 @@ impl Default for PluginsConfig {
             max_memory_bytes: 32 * 1024 * 1024,
             max_output_bytes: 1024 * 1024,
             max_forwards: 16,
+            max_text_bytes: 1024,
+            max_claims_bytes: 16 * 1024,
+            slow_call_fraction: 0.5,
+            deliver_inline_max_us: 1000,
             pool_size: 16,
             cache_dir: None,
             forward_headers: vec!["user-agent".to_owned(), "origin".to_owned()],
@@ -511,6 +544,18 @@ impl Config {
         if l.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");
         }
+        if l.max_json_depth == 0 {
+            return invalid("limits.max_json_depth", "must be at least 1");
+        }
+        if l.http_header_timeout_secs == 0 {
+            return invalid("limits.http_header_timeout_secs", "must be at least 1");
+        }
+        if l.http_request_timeout_secs == 0 {
+            return invalid("limits.http_request_timeout_secs", "must be at least 1");
+        }
+        if l.max_http_connections == 0 {
+            return invalid("limits.max_http_connections", "must be at least 1");
+        }
         if l.publish_rate > 0 && l.publish_burst == 0 {
             return invalid(
                 "limits.publish_burst",
@@ -580,6 +625,30 @@ impl Config {
                 "must be at least 1 MiB".into(),
             );
         }
+        if p.max_text_bytes < 64 {
+            return invalid(
+                "plugins.max_text_bytes".into(),
+                "must be at least 64".into(),
+            );
+        }
+        if p.max_claims_bytes < 64 {
+            return invalid(
+                "plugins.max_claims_bytes".into(),
+                "must be at least 64".into(),
+            );
+        }
+        if p.deliver_inline_max_us == 0 {
+            return invalid(
+                "plugins.deliver_inline_max_us".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !(p.slow_call_fraction > 0.0 && p.slow_call_fraction <= 1.0) {
+            return invalid(
+                "plugins.slow_call_fraction".into(),
+                "must be more than 0 and at most 1".into(),
+            );
+        }
         if p.max_output_bytes < self.limits.max_message_bytes {
             return invalid(
                 "plugins.max_output_bytes".into(),
@@ -607,15 +676,8 @@ impl Config {
                     .map(|c| ("plugins.connect".to_owned(), &c.plugin, &c.config)),
             );
         for (key, name, config) in refs {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return invalid(
-                    format!("{key}.plugin"),
-                    format!("{name:?} is not a plugin name (letters, digits, - and _)"),
-                );
+            if let Err(why) = crate::plugins::check_name(name) {
+                return invalid(format!("{key}.plugin"), format!("{name:?}: {why}"));
             }
             if !config.is_object() {
                 return invalid(format!("{key}.config"), "must be a table".into());

@@ -242,8 +242,8 @@ impl Node {
             }
         }
         let plugins = {
-            let config = config.plugins.clone();
-            tokio::task::spawn_blocking(move || PluginRegistry::load(config, overrides))
+            let (plugins, depth) = (config.plugins.clone(), config.limits.max_json_depth);
+            tokio::task::spawn_blocking(move || PluginRegistry::load(plugins, depth, overrides))
                 .await
                 .map_err(|e| StartError::Broker(format!("plugin loader failed: {e}")))??
         };
@@ -251,7 +251,8 @@ impl Node {
         for binding in plugins.current().describe() {
             tracing::info!(%binding, "plugin bound");
         }
-        let hub = Arc::new(Hub::new(broker.clone()).with_deliver_hook(plugins.clone()));
+        let inline_max = std::time::Duration::from_micros(config.plugins.deliver_inline_max_us);
+        let hub = Arc::new(Hub::new(broker.clone()).with_deliver_hook(plugins.clone(), inline_max));
         let node = Arc::new(Self {
             metrics,
             publish_metrics: Arc::new(PublishMetrics::new()),
@@ -338,6 +339,7 @@ impl Node {
         data: &str,
     ) -> Result<PublishAck, Rejection> {
         self.check_channel(channel)?;
+        protocol::check_depth(data.as_bytes(), self.config.limits.max_json_depth)?;
         match self.plugins.current().publish(who, channel, data)? {
             Routed::Pass => Ok(self.send_to_broker(channel, data)),
             Routed::Drop => Ok(PublishAck(Sending::Done)),

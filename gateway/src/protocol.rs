@@ -311,6 +311,50 @@ pub fn normalize_payload(payload: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// How deeply the arrays and objects of `json` nest (0 for a scalar). `json` must already be
+/// valid JSON (a check done by serde, which does not bound the depth of what it skips over):
+/// this only counts brackets outside strings, in one pass without recursion.
+pub fn json_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut bytes = json.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'"' => {
+                // Skip the string; an escaped character (`\"` included) is skipped whole.
+                while let Some(&c) = bytes.next() {
+                    match c {
+                        b'\\' => {
+                            bytes.next();
+                        }
+                        b'"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Refuses JSON `data` nested deeper than `max` with `invalid_json`: plugins (and many
+/// clients) parse it recursively, and serde skips it without a depth bound.
+pub fn check_depth(data: &[u8], max: usize) -> Result<(), Rejection> {
+    let depth = json_depth(data);
+    if depth > max {
+        return Err(Rejection::new(
+            ErrorCode::InvalidJson,
+            format!("data nests {depth} levels deep; the limit is limits.max_json_depth = {max}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a channel name against the configured length and character set.
 pub fn validate_channel(name: &str, max_len: usize, extra_chars: &str) -> Result<(), Rejection> {
     if name.is_empty() {
@@ -415,8 +459,137 @@ mod tests {
     }
 
     #[test]
+    fn depth_counts_brackets_outside_strings() {
+        assert_eq!(json_depth(b"1"), 0);
+        assert_eq!(json_depth(br#""[[[""#), 0);
+        assert_eq!(json_depth(b"[]"), 1);
+        assert_eq!(json_depth(br#"{"a":[1,{"b":[]}],"c":{}}"#), 4);
+        assert_eq!(json_depth(br#"["\"[[", "\\", [["]"]]]"#), 3);
+        let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        assert_eq!(json_depth(deep.as_bytes()), 1000);
+        assert!(check_depth(deep.as_bytes(), 128).is_err());
+        assert!(check_depth(b"[[1]]", 2).is_ok());
+        assert_eq!(
+            check_depth(b"[[[1]]]", 2).unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
+    }
+
+    #[test]
     fn non_json_payloads_become_strings() {
         assert_eq!(&*normalize_payload(b"[1,2]"), b"[1,2]");
         assert_eq!(&*normalize_payload(b"hello"), br#""hello""#);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Frames that look like requests, with fields of any JSON shape.
+        fn requestish() -> impl Strategy<Value = String> {
+            let value = prop_oneof![
+                Just("null".to_owned()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                "[a-z:]{0,8}".prop_map(|s| format!("{s:?}")),
+                Just("[1,{}]".to_owned()),
+                Just("{\"a\":[]}".to_owned()),
+                Just("true".to_owned()),
+            ];
+            let kind = prop_oneof![
+                Just("\"subscribe\"".to_owned()),
+                Just("\"unsubscribe\"".to_owned()),
+                Just("\"publish\"".to_owned()),
+                value.clone(),
+            ];
+            (
+                proptest::option::of(kind),
+                proptest::option::of(value.clone()),
+                proptest::option::of(value.clone()),
+                proptest::option::of(value),
+            )
+                .prop_map(|(kind, channel, data, id)| {
+                    let fields: Vec<String> = [
+                        ("type", kind),
+                        ("channel", channel),
+                        ("data", data),
+                        ("id", id),
+                    ]
+                    .into_iter()
+                    .filter_map(|(k, v)| Some(format!("\"{k}\":{}", v?)))
+                    .collect();
+                    format!("{{{}}}", fields.join(","))
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Arbitrary bytes never panic the parser, and a refusal carries a documented code,
+            /// a message and a JSON reply.
+            #[test]
+            fn any_bytes_parse_or_get_a_documented_code(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                crate::fuzzing::request(&bytes);
+            }
+
+            /// Arbitrary text likewise.
+            #[test]
+            fn any_text_parses_or_gets_a_documented_code(text in any::<String>()) {
+                crate::fuzzing::request(text.as_bytes());
+            }
+
+            /// Requests with fields of every JSON type: parsed, or refused with a documented
+            /// code; an error reply echoes only an id that is a number or a string.
+            #[test]
+            fn request_shaped_frames_parse_or_get_a_documented_code(text in requestish()) {
+                crate::fuzzing::request(text.as_bytes());
+            }
+
+            /// A channel name is accepted exactly when it is 1..=64 bytes of ASCII letters,
+            /// digits and the configured characters; otherwise `invalid_channel`.
+            #[test]
+            fn channel_names_follow_the_rules(name in "[ -~é]{0,70}") {
+                crate::fuzzing::channel(name.as_bytes());
+            }
+
+            /// The depth scan agrees with serde_json's own view of a generated value.
+            #[test]
+            fn depth_matches_the_structure(value in json_value()) {
+                let text = serde_json::to_string(&value).unwrap();
+                prop_assert_eq!(json_depth(text.as_bytes()), depth_of(&value));
+            }
+
+            /// Any payload becomes valid JSON to embed in a delivery.
+            #[test]
+            fn any_payload_is_delivered_as_json(payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let data = normalize_payload(&payload);
+                let frame = message("c", &data);
+                prop_assert!(serde_json::from_str::<serde_json::Value>(frame.as_str()).is_ok());
+            }
+        }
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i32>().prop_map(serde_json::Value::from),
+                "[\\[\\]{}\"\\\\a-z]{0,6}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(8, 64, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4)
+                        .prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map("[a-z\\[{\"]{0,3}", inner, 0..4)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn depth_of(v: &serde_json::Value) -> usize {
+            match v {
+                serde_json::Value::Array(a) => 1 + a.iter().map(depth_of).max().unwrap_or(0),
+                serde_json::Value::Object(o) => 1 + o.values().map(depth_of).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
     }
 }

@@ -8,10 +8,15 @@ use wasmtime::ResourceLimiter;
 
 use super::bindings::Level;
 use super::bindings::switchyard::plugin::{host, types};
+use super::loaded::truncate;
 
 /// Longest log message a plugin may emit; longer ones are cut, so a plugin cannot flood logs
 /// with one call.
 const MAX_LOG_BYTES: usize = 2048;
+/// Fields of one log record kept; the rest are dropped.
+const MAX_LOG_FIELDS: usize = 16;
+/// Longest field name or value kept; longer ones are cut.
+const MAX_FIELD_BYTES: usize = 256;
 
 /// The error a plugin's memory growth past its cap traps with.
 #[derive(Debug, thiserror::Error)]
@@ -91,19 +96,17 @@ impl types::Host for HostState {}
 
 impl host::Host for HostState {
     fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
-        let mut message = message;
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let message = truncate(message, MAX_LOG_BYTES);
         let fields: Vec<String> = fields
             .into_iter()
-            .take(16)
-            .map(|(k, v)| format!("{k}={v}"))
+            .take(MAX_LOG_FIELDS)
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    truncate(k, MAX_FIELD_BYTES),
+                    truncate(v, MAX_FIELD_BYTES)
+                )
+            })
             .collect();
         let fields = fields.join(" ");
         let (plugin, version) = (&*self.plugin, &*self.version);

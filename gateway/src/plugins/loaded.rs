@@ -119,7 +119,7 @@ pub struct PluginError {
 }
 
 /// Bounds applied to every call into a plugin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallLimits {
     /// Wall-clock budget per call.
     pub timeout: Duration,
@@ -127,6 +127,135 @@ pub struct CallLimits {
     pub max_memory: usize,
     /// Idle instances kept for reuse.
     pub pool_size: usize,
+    /// A successful call slower than this fraction of `timeout` counts as a failure for the
+    /// circuit breaker.
+    pub slow_fraction: f64,
+    /// What a call may hand back.
+    pub output: OutputLimits,
+}
+
+/// Bounds on everything a plugin hands back: a call whose output breaks one failed
+/// ([`Failure::InvalidOutput`]), is counted and logged, and feeds the circuit breaker, as a
+/// trap does. Nothing a plugin returns reaches a client, a log or memory unchecked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// Total bytes of JSON a publish hook may forward, or a deliver hook rewrite to.
+    pub max_output: usize,
+    /// Messages one publish hook may forward.
+    pub max_forwards: usize,
+    /// Longest reason, group key, user or tenant.
+    pub max_text: usize,
+    /// Longest claims JSON of an enriched identity.
+    pub max_claims: usize,
+    /// Deepest nesting of JSON data handed back.
+    pub max_json_depth: usize,
+}
+
+impl OutputLimits {
+    fn text(&self, what: &str, text: &str) -> Result<(), String> {
+        if text.len() > self.max_text {
+            return Err(format!(
+                "{what} is {} bytes; the limit is plugins.max_text_bytes = {}",
+                text.len(),
+                self.max_text
+            ));
+        }
+        Ok(())
+    }
+
+    fn json(&self, what: &str, data: &str) -> Result<(), String> {
+        if serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
+            return Err(format!("{what} is not JSON"));
+        }
+        let depth = crate::protocol::json_depth(data.as_bytes());
+        if depth > self.max_json_depth {
+            return Err(format!(
+                "{what} nests {depth} levels deep; the limit is limits.max_json_depth = {}",
+                self.max_json_depth
+            ));
+        }
+        Ok(())
+    }
+
+    fn identity(&self, who: &Identity) -> Result<(), String> {
+        if let Some(user) = &who.user {
+            self.text("the user", user)?;
+        }
+        if let Some(tenant) = &who.tenant {
+            self.text("the tenant", tenant)?;
+        }
+        if who.claims.len() > self.max_claims {
+            return Err(format!(
+                "the claims are {} bytes; the limit is plugins.max_claims_bytes = {}",
+                who.claims.len(),
+                self.max_claims
+            ));
+        }
+        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&who.claims).is_err()
+        {
+            return Err("claims must be a JSON object".into());
+        }
+        Ok(())
+    }
+
+    fn connect(&self, d: &ConnectDecision) -> Result<(), String> {
+        match d {
+            ConnectDecision::Accept => Ok(()),
+            ConnectDecision::Enrich(who) => self.identity(who),
+            ConnectDecision::Reject(reason) => self.text("the reject reason", reason),
+        }
+    }
+
+    fn subscribe(&self, d: &SubscribeDecision) -> Result<(), String> {
+        match d {
+            SubscribeDecision::Allow => Ok(()),
+            SubscribeDecision::AllowInGroup(key) => self.text("the group key", key),
+            SubscribeDecision::Deny(reason) => self.text("the deny reason", reason),
+        }
+    }
+
+    fn publish(&self, d: &PublishDecision) -> Result<(), String> {
+        match d {
+            PublishDecision::Pass | PublishDecision::Drop => Ok(()),
+            PublishDecision::Reject(reason) => self.text("the reject reason", reason),
+            PublishDecision::Forward(list) => {
+                if list.len() > self.max_forwards {
+                    return Err(format!(
+                        "{} forwards; the limit is plugins.max_forwards = {}",
+                        list.len(),
+                        self.max_forwards
+                    ));
+                }
+                let total: usize = list.iter().map(|o| o.data.len() + o.channel.len()).sum();
+                if total > self.max_output {
+                    return Err(format!(
+                        "{total} bytes of output; the limit is plugins.max_output_bytes = {}",
+                        self.max_output
+                    ));
+                }
+                list.iter().try_for_each(|o| {
+                    self.text("a forward's channel", &o.channel)?;
+                    self.json("data forwarded", &o.data)
+                })
+            }
+        }
+    }
+
+    fn deliver(&self, d: &DeliverDecision) -> Result<(), String> {
+        match d {
+            DeliverDecision::Deliver | DeliverDecision::Skip => Ok(()),
+            DeliverDecision::Rewrite(data) => {
+                if data.len() > self.max_output {
+                    return Err(format!(
+                        "{} bytes of output; the limit is plugins.max_output_bytes = {}",
+                        data.len(),
+                        self.max_output
+                    ));
+                }
+                self.json("rewritten data", data)
+            }
+        }
+    }
 }
 
 /// Consecutive failed calls that open a plugin's circuit breaker.
@@ -195,7 +324,11 @@ pub struct LoadedPlugin {
     pub stats: CallStats,
     /// Tenant this instance set serves, when bound per tenant (a metrics label).
     pub tenant: Option<Arc<str>>,
-    breaker: Breaker,
+    /// One per hook (indexed by [`Hook`]): a deliver hook that fails on every call must open
+    /// its breaker even while the same plugin's publish hook succeeds.
+    breakers: [Breaker; Hook::ALL.len()],
+    /// Where the hub runs this plugin's deliver hook.
+    placement: crate::hub::Placement,
     metrics: std::sync::OnceLock<Vec<HookMetrics>>,
     runtime: Arc<Runtime>,
     pre: PluginPre<HostState>,
@@ -234,7 +367,8 @@ impl LoadedPlugin {
             hash: hash.into(),
             stats: CallStats::default(),
             tenant: None,
-            breaker: Breaker::default(),
+            breakers: Default::default(),
+            placement: crate::hub::Placement::default(),
             metrics: std::sync::OnceLock::new(),
             runtime,
             pre,
@@ -253,9 +387,9 @@ impl LoadedPlugin {
         self
     }
 
-    /// This instance set's call deadline.
-    pub fn timeout(&self) -> Duration {
-        self.limits.timeout
+    /// The bounds this instance set's calls run under.
+    pub fn limits(&self) -> &CallLimits {
+        &self.limits
     }
 
     /// The config JSON this instance set was initialised with.
@@ -290,7 +424,10 @@ impl LoadedPlugin {
             .map_err(|e| self.error(Hook::Init, self.classify(e)))?;
         match plugin.call_init(&mut store, &self.config) {
             Ok(Ok(())) => Ok(Slot { store, plugin }),
-            Ok(Err(reason)) => Err(self.error(Hook::Init, Failure::InitFailed(reason))),
+            Ok(Err(reason)) => {
+                let reason = truncate(reason, self.limits.output.max_text);
+                Err(self.error(Hook::Init, Failure::InitFailed(reason)))
+            }
             Err(e) => Err(self.error(Hook::Init, self.classify(e))),
         }
     }
@@ -306,14 +443,19 @@ impl LoadedPlugin {
         }
     }
 
-    /// Runs one hook call on a pooled (or fresh) instance with the deadline set. An instance
-    /// whose call failed is discarded: a trap poisons its whole store.
+    /// Runs one hook call on a pooled (or fresh) instance with the deadline set, then checks
+    /// its output with `check`. A call that traps or overruns is discarded with its instance
+    /// (a trap poisons the store); one whose output `check` refuses fails as invalid output
+    /// (its instance is healthy and goes back to the pool). Both, and a successful call slower
+    /// than `plugins.slow_call_fraction` of the deadline, count against the circuit breaker.
     fn call<R>(
         &self,
         hook: Hook,
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        check: impl FnOnce(&OutputLimits, &R) -> Result<(), String>,
     ) -> Result<R, PluginError> {
-        if self.breaker.is_open() {
+        let breaker = &self.breakers[hook as usize];
+        if breaker.is_open() {
             let err = self.error(hook, Failure::CircuitOpen);
             metrics::counter!(
                 "switchyard_plugin_errors_total",
@@ -337,38 +479,72 @@ impl LoadedPlugin {
         let result = f(&slot.plugin, &mut slot.store);
         drop(ticking);
         let elapsed = started.elapsed();
-        self.stats.record(elapsed, result.is_err());
         let m = self.hook_metrics(hook);
         m.calls.increment(1);
         m.seconds.record(elapsed);
-        match result {
-            Ok(r) => {
-                self.breaker.succeeded();
-                let mut pool = self.pool.lock().expect("pool lock");
-                if pool.len() < self.limits.pool_size {
-                    pool.push(slot);
-                }
-                Ok(r)
+        let (result, healthy) = match result {
+            Ok(r) => match check(&self.limits.output, &r) {
+                Ok(()) => (Ok(r), true),
+                Err(why) => (Err(self.error(hook, Failure::InvalidOutput(why))), true),
+            },
+            Err(e) => (Err(self.error(hook, self.classify(e))), false),
+        };
+        self.stats.record(elapsed, result.is_err());
+        if healthy {
+            let mut pool = self.pool.lock().expect("pool lock");
+            if pool.len() < self.limits.pool_size {
+                pool.push(slot);
             }
-            Err(e) => {
-                let err = self.error(hook, self.classify(e));
-                self.record_failure(&err);
-                if self.breaker.failed() {
-                    tracing::warn!(
-                        plugin = %self.name,
-                        version = %self.version,
-                        tenant = self.tenant.as_deref(),
-                        "plugin failed {BREAKER_FAILURES} times in a row: circuit open for {} s",
-                        BREAKER_OPEN.as_secs()
-                    );
-                }
-                Err(err)
+        }
+        match &result {
+            Err(err) => {
+                self.record_failure(err);
+                self.breaker_failed(hook);
             }
+            Ok(_) if elapsed > self.limits.timeout.mul_f64(self.limits.slow_fraction) => {
+                self.record_slow(hook, elapsed);
+                self.breaker_failed(hook);
+            }
+            Ok(_) => breaker.succeeded(),
+        }
+        result
+    }
+
+    fn breaker_failed(&self, hook: Hook) {
+        if self.breakers[hook as usize].failed() {
+            tracing::warn!(
+                plugin = %self.name,
+                version = %self.version,
+                hook = hook.as_str(),
+                tenant = self.tenant.as_deref(),
+                "plugin failed {BREAKER_FAILURES} times in a row: circuit open for {} s",
+                BREAKER_OPEN.as_secs()
+            );
         }
     }
 
-    /// Logs and counts a failure (also used for invalid output detected by the caller).
-    pub fn record_failure(&self, err: &PluginError) {
+    /// Counts a call that succeeded, but slowly.
+    fn record_slow(&self, hook: Hook, elapsed: Duration) {
+        tracing::debug!(
+            plugin = %self.name,
+            version = %self.version,
+            hook = hook.as_str(),
+            elapsed_us = elapsed.as_micros() as u64,
+            "slow plugin call"
+        );
+        metrics::counter!(
+            "switchyard_plugin_errors_total",
+            "plugin" => self.name.to_string(),
+            "hook" => hook.as_str(),
+            "version" => self.version.to_string(),
+            "tenant" => self.tenant_label(),
+            "kind" => "slow"
+        )
+        .increment(1);
+    }
+
+    /// Logs and counts a failure.
+    fn record_failure(&self, err: &PluginError) {
         tracing::warn!(
             plugin = %err.plugin,
             version = %err.version,
@@ -418,16 +594,13 @@ impl LoadedPlugin {
         self.tenant.as_deref().unwrap_or_default().to_owned()
     }
 
-    /// A failure of this plugin's `hook` that the caller detected in its output.
-    pub fn invalid_output(&self, hook: Hook, message: String) -> PluginError {
-        let err = self.error(hook, Failure::InvalidOutput(message));
-        self.record_failure(&err);
-        err
-    }
-
     /// Calls `on-connect`.
     pub fn on_connect(&self, info: &ConnectInfo) -> Result<ConnectDecision, PluginError> {
-        self.call(Hook::Connect, |p, s| p.call_on_connect(s, info))
+        self.call(
+            Hook::Connect,
+            |p, s| p.call_on_connect(s, info),
+            OutputLimits::connect,
+        )
     }
 
     /// Calls `on-subscribe`.
@@ -436,7 +609,11 @@ impl LoadedPlugin {
         who: &Identity,
         channel: &str,
     ) -> Result<SubscribeDecision, PluginError> {
-        self.call(Hook::Subscribe, |p, s| p.call_on_subscribe(s, who, channel))
+        self.call(
+            Hook::Subscribe,
+            |p, s| p.call_on_subscribe(s, who, channel),
+            OutputLimits::subscribe,
+        )
     }
 
     /// Calls `on-publish`.
@@ -446,9 +623,11 @@ impl LoadedPlugin {
         channel: &str,
         data: &str,
     ) -> Result<PublishDecision, PluginError> {
-        self.call(Hook::Publish, |p, s| {
-            p.call_on_publish(s, who, channel, data)
-        })
+        self.call(
+            Hook::Publish,
+            |p, s| p.call_on_publish(s, who, channel, data),
+            OutputLimits::publish,
+        )
     }
 
     /// Calls `on-deliver`.
@@ -458,10 +637,61 @@ impl LoadedPlugin {
         channel: &str,
         data: &str,
     ) -> Result<DeliverDecision, PluginError> {
-        self.call(Hook::Deliver, |p, s| {
-            p.call_on_deliver(s, group, channel, data)
-        })
+        self.call(
+            Hook::Deliver,
+            |p, s| p.call_on_deliver(s, group, channel, data),
+            OutputLimits::deliver,
+        )
     }
+}
+
+impl crate::hub::GroupHook for LoadedPlugin {
+    fn prepare(
+        &self,
+        channel: &str,
+        group: &crate::hub::Group,
+        data: &[u8],
+    ) -> crate::hub::Prepared {
+        use crate::hub::Prepared;
+        let Ok(text) = std::str::from_utf8(data) else {
+            return Prepared::Skip;
+        };
+        let ctx = GroupContext {
+            key: group.key.to_string(),
+            tenant: group.tenant.as_deref().map(str::to_owned),
+        };
+        // A failing deliver hook delivers nothing to that group: the hook may be a filter,
+        // and failing open could leak what it was meant to hide.
+        match self.on_deliver(&ctx, channel, text) {
+            Ok(DeliverDecision::Deliver) => Prepared::Unchanged,
+            Ok(DeliverDecision::Skip) | Err(_) => Prepared::Skip,
+            Ok(DeliverDecision::Rewrite(new)) => Prepared::Rewritten(new.into_bytes()),
+        }
+    }
+
+    fn placement(&self) -> &crate::hub::Placement {
+        &self.placement
+    }
+
+    fn describe(&self) -> String {
+        match &self.tenant {
+            Some(t) => format!("{}@{} (tenant {t})", self.name, self.version),
+            None => format!("{}@{}", self.name, self.version),
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked with `…` when cut.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 /// Lock-free call statistics: counts and a latency histogram with power-of-two microsecond

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DefaultPolicy, PluginsConfig};
-use crate::hub::{DeliverHook, Group, Prepared};
+use crate::hub::{DeliverHook, Group, GroupHook, Prepared};
 use crate::protocol::{ErrorCode, Rejection};
 
 pub mod bindings;
@@ -22,11 +22,9 @@ pub mod registry;
 pub mod runtime;
 pub mod watch;
 
-use bindings::{
-    ConnectDecision, DeliverDecision, GroupContext, PublishDecision, SubscribeDecision,
-};
+use bindings::{ConnectDecision, PublishDecision, SubscribeDecision};
 pub use bindings::{ConnectInfo, Identity};
-use loaded::{CallLimits, Hook, LoadedPlugin, PluginError};
+use loaded::{CallLimits, LoadedPlugin, OutputLimits, PluginError};
 use namespace::Pattern;
 use runtime::Runtime;
 
@@ -63,6 +61,30 @@ pub enum LoadError {
     },
 }
 
+/// Longest plugin name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Checks a plugin name: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-` and `_` (it names a
+/// file, `<plugins.dir>/<name>.wasm`, a metrics label and Redis keys). The one rule for names
+/// in the configuration and in admin uploads.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "plugin names are 1 to {MAX_NAME_LEN} characters long; this one has {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "plugin names use ASCII letters, digits, - and _; this one contains {c:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// The identity of a connection nobody authenticated.
 pub fn anonymous() -> Identity {
     Identity {
@@ -95,7 +117,7 @@ struct Binding {
 
 /// What a namespace lookup found for a channel.
 enum Route<'a> {
-    Plugin(&'a LoadedPlugin),
+    Plugin(&'a Arc<LoadedPlugin>),
     Allow,
     Deny,
 }
@@ -116,8 +138,6 @@ pub struct Plugins {
     bindings: Vec<Binding>,
     default: DefaultPolicy,
     connect: Option<Arc<LoadedPlugin>>,
-    max_output: usize,
-    max_forwards: usize,
     forward_headers: Vec<String>,
 }
 
@@ -128,17 +148,16 @@ impl Plugins {
             bindings: Vec::new(),
             default: DefaultPolicy::Allow,
             connect: None,
-            max_output: usize::MAX,
-            max_forwards: usize::MAX,
             forward_headers: Vec::new(),
         }
     }
 
     /// Loads every plugin the configuration binds from `plugins.dir`: compile, instantiate,
-    /// `init`.
-    pub fn load(config: &PluginsConfig) -> Result<Self, LoadError> {
+    /// `init`. Data plugins hand back may nest `max_json_depth` deep (`limits.max_json_depth`).
+    pub fn load(config: &PluginsConfig, max_json_depth: usize) -> Result<Self, LoadError> {
         Self::build(
             config,
+            max_json_depth,
             &|name, key| read_code(config, name, key),
             None,
             &HashSet::new(),
@@ -150,6 +169,7 @@ impl Plugins {
     /// pool); plugins in `unbound` are left out.
     pub fn build(
         config: &PluginsConfig,
+        max_json_depth: usize,
         code: &dyn Fn(&str, &str) -> Result<Code, LoadError>,
         previous: Option<&Plugins>,
         unbound: &HashSet<String>,
@@ -158,17 +178,23 @@ impl Plugins {
             bindings: Vec::new(),
             default: config.default,
             connect: None,
-            max_output: config.max_output_bytes,
-            max_forwards: config.max_forwards,
             forward_headers: config.forward_headers.clone(),
         };
         let limits = CallLimits {
             timeout: Duration::from_millis(config.timeout_ms),
             max_memory: config.max_memory_bytes,
             pool_size: config.pool_size,
+            slow_fraction: config.slow_call_fraction,
+            output: OutputLimits {
+                max_output: config.max_output_bytes,
+                max_forwards: config.max_forwards,
+                max_text: config.max_text_bytes,
+                max_claims: config.max_claims_bytes,
+                max_json_depth,
+            },
         };
         let reusable =
-            |name: &str, hash: &str, cfg: &str, tenant: Option<&str>, timeout: Duration| {
+            |name: &str, hash: &str, cfg: &str, tenant: Option<&str>, limits: &CallLimits| {
                 previous.and_then(|p| {
                     p.loaded()
                         .find(|l| {
@@ -176,7 +202,7 @@ impl Plugins {
                                 && &*l.hash == hash
                                 && l.config() == cfg
                                 && l.tenant.as_deref() == tenant
-                                && l.timeout() == timeout
+                                && l.limits() == limits
                         })
                         .cloned()
                 })
@@ -193,7 +219,7 @@ impl Plugins {
             }
             let code = code(name, &key)?;
             let cfg = cfg.to_string();
-            if let Some(l) = reusable(name, &code.hash, &cfg, tenant, limits.timeout) {
+            if let Some(l) = reusable(name, &code.hash, &cfg, tenant, &limits) {
                 return Ok(l);
             }
             let runtime = Runtime::global().map_err(|source| LoadError::Compile {
@@ -342,19 +368,7 @@ impl Plugins {
         };
         match plugin.on_connect(&info).map_err(plugin_rejection)? {
             ConnectDecision::Accept => Ok(info.identity),
-            ConnectDecision::Enrich(identity) => {
-                if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
-                    &identity.claims,
-                )
-                .is_err()
-                {
-                    return Err(plugin_rejection(plugin.invalid_output(
-                        Hook::Connect,
-                        "claims must be a JSON object".into(),
-                    )));
-                }
-                Ok(identity)
-            }
+            ConnectDecision::Enrich(identity) => Ok(identity),
             ConnectDecision::Reject(reason) => Err(Rejection::new(ErrorCode::Forbidden, reason)),
         }
     }
@@ -388,67 +402,32 @@ impl Plugins {
             PublishDecision::Pass => Ok(Routed::Pass),
             PublishDecision::Drop => Ok(Routed::Drop),
             PublishDecision::Reject(reason) => Err(Rejection::new(ErrorCode::Forbidden, reason)),
-            PublishDecision::Forward(list) => {
-                let invalid = |m: String| plugin_rejection(plugin.invalid_output(Hook::Publish, m));
-                if list.len() > self.max_forwards {
-                    return Err(invalid(format!(
-                        "{} forwards; the limit is plugins.max_forwards = {}",
-                        list.len(),
-                        self.max_forwards
-                    )));
-                }
-                let total: usize = list.iter().map(|o| o.data.len() + o.channel.len()).sum();
-                if total > self.max_output {
-                    return Err(invalid(format!(
-                        "{total} bytes of output; the limit is plugins.max_output_bytes = {}",
-                        self.max_output
-                    )));
-                }
-                if let Some(o) = list.iter().find(|o| !is_json(&o.data)) {
-                    return Err(invalid(format!(
-                        "data forwarded to {:?} is not JSON",
-                        o.channel
-                    )));
-                }
-                Ok(Routed::Forward(
-                    list.into_iter().map(|o| (o.channel, o.data)).collect(),
-                ))
-            }
+            PublishDecision::Forward(list) => Ok(Routed::Forward(
+                list.into_iter().map(|o| (o.channel, o.data)).collect(),
+            )),
         }
     }
 }
 
 impl DeliverHook for Plugins {
-    fn prepare(&self, channel: &str, group: &Group, data: &[u8]) -> Prepared {
+    fn for_group(&self, channel: &str, group: &Group) -> Option<Arc<dyn GroupHook>> {
         if self.bindings.is_empty() {
-            return Prepared::Unchanged;
+            return None;
         }
-        let Route::Plugin(plugin) = self.route(channel, group.tenant.as_deref()) else {
-            return Prepared::Unchanged;
-        };
-        let Ok(text) = std::str::from_utf8(data) else {
-            return Prepared::Skip;
-        };
-        let ctx = GroupContext {
-            key: group.key.to_string(),
-            tenant: group.tenant.as_deref().map(str::to_owned),
-        };
-        // A failing deliver hook delivers nothing to that group: the hook may be a filter,
-        // and failing open could leak what it was meant to hide.
-        match plugin.on_deliver(&ctx, channel, text) {
-            Ok(DeliverDecision::Deliver) => Prepared::Unchanged,
-            Ok(DeliverDecision::Skip) | Err(_) => Prepared::Skip,
-            Ok(DeliverDecision::Rewrite(new)) => {
-                if new.len() > self.max_output {
-                    plugin.invalid_output(Hook::Deliver, format!("{} bytes of output", new.len()));
-                    Prepared::Skip
-                } else if !is_json(&new) {
-                    plugin.invalid_output(Hook::Deliver, "rewritten data is not JSON".into());
-                    Prepared::Skip
-                } else {
-                    Prepared::Rewritten(new.into_bytes())
-                }
-            }
+        match self.route(channel, group.tenant.as_deref()) {
+            Route::Plugin(plugin) => Some(plugin.clone()),
+            Route::Allow | Route::Deny => None,
+        }
+    }
+}
+
+impl Plugins {
+    /// Runs the deliver hook `group` gets on `channel` (for tools and benchmarks; the hub
+    /// finds the hook with [`DeliverHook::for_group`] and decides where it runs).
+    pub fn prepare(&self, channel: &str, group: &Group, data: &[u8]) -> Prepared {
+        match self.for_group(channel, group) {
+            Some(hook) => hook.prepare(channel, group, data),
+            None => Prepared::Unchanged,
         }
     }
 }
@@ -484,10 +463,6 @@ pub fn read_code(config: &PluginsConfig, name: &str, key: &str) -> Result<Code, 
     Ok(Code::new(bytes))
 }
 
-fn is_json(text: &str) -> bool {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
-}
-
 fn no_binding(channel: &str) -> Rejection {
     Rejection::new(
         ErrorCode::Forbidden,
@@ -495,6 +470,15 @@ fn no_binding(channel: &str) -> Rejection {
     )
 }
 
+/// What a client is told when a plugin fails: a stable text naming the hook. The plugin's
+/// name, version and what went wrong (a trap's text, say) are logged and counted where the
+/// failure happened, never sent: they describe the operator's system, not the client's request.
 fn plugin_rejection(e: PluginError) -> Rejection {
-    Rejection::new(ErrorCode::PluginError, e.to_string())
+    Rejection::new(
+        ErrorCode::PluginError,
+        format!(
+            "the plugin handling this channel failed in {}; the gateway's log has the details",
+            e.hook.as_str()
+        ),
+    )
 }

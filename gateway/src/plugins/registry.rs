@@ -51,6 +51,8 @@ struct Entry {
 
 struct State {
     config: PluginsConfig,
+    /// `limits.max_json_depth`, for data plugins hand back (not reloaded with `[plugins]`).
+    max_json_depth: usize,
     entries: HashMap<String, Entry>,
     unbound: HashSet<String>,
 }
@@ -114,6 +116,7 @@ impl PluginRegistry {
     /// cluster's current versions) instead of the plugins directory.
     pub fn load(
         config: PluginsConfig,
+        max_json_depth: usize,
         overrides: HashMap<String, Version>,
     ) -> Result<Self, LoadError> {
         let mut entries: HashMap<String, Entry> = HashMap::new();
@@ -126,7 +129,7 @@ impl PluginRegistry {
                     Some(v) => Ok(v.code.clone()),
                     None => read_code(&config, name, key),
                 };
-            Plugins::build(&config, &code, None, &HashSet::new())?
+            Plugins::build(&config, max_json_depth, &code, None, &HashSet::new())?
         };
         // Record the file versions actually loaded.
         for l in plugins.loaded() {
@@ -146,6 +149,7 @@ impl PluginRegistry {
             active: ArcSwap::from_pointee(plugins),
             state: tokio::sync::Mutex::new(State {
                 config,
+                max_json_depth,
                 entries,
                 unbound: HashSet::new(),
             }),
@@ -244,6 +248,7 @@ impl PluginRegistry {
             codes.insert(name.to_owned(), v.code.clone());
         }
         let config = state.config.clone();
+        let max_json_depth = state.max_json_depth;
         let previous = self.current();
         let unbound_for_build = unbound.clone();
         // Compilation and init take milliseconds of CPU: keep them off the async workers.
@@ -252,7 +257,13 @@ impl PluginRegistry {
                 Some(c) => Ok(c.clone()),
                 None => read_code(&config, n, key),
             };
-            Plugins::build(&config, &code, Some(&previous), &unbound_for_build)
+            Plugins::build(
+                &config,
+                max_json_depth,
+                &code,
+                Some(&previous),
+                &unbound_for_build,
+            )
         })
         .await
         .map_err(|e| SwapError::Refused(format!("build task failed: {e}")))?;

@@ -15,8 +15,12 @@
 //! | `flood`     | publish: forwards `forwards` (default 100,000) copies of `{}` to its own  |
 //! |             | channel; other hooks as `oversize`                                        |
 //! | `init-fail` | `init` returns an error (hooks are never reached)                         |
+//! | `slow`      | busy-waits `ms` milliseconds (default 5) on the host clock, then passes    |
+//! | `deep`      | answers with JSON nested `depth` levels (default 1,000) where `oversize`   |
+//! |             | answers with its huge string                                              |
 //!
-//! Optional knobs: `"bytes"` for `oversize`/`flood`, `"forwards"` for `flood`.
+//! Optional knobs: `"bytes"` for `oversize`/`flood`, `"forwards"` for `flood`, `"ms"` for
+//! `slow`, `"depth"` for `deep`.
 
 use std::hint::black_box;
 
@@ -48,6 +52,10 @@ pub enum Mode {
     Flood,
     /// Fail `init`.
     InitFail,
+    /// Take `ms` milliseconds, then behave.
+    Slow,
+    /// Return deeply nested JSON.
+    Deep,
 }
 
 /// A hook the misbehaviour can be attached to.
@@ -76,6 +84,10 @@ pub struct Config {
     pub bytes: usize,
     /// Number of messages `flood` forwards.
     pub forwards: usize,
+    /// Milliseconds `slow` takes per call.
+    pub ms: u64,
+    /// Nesting of the JSON `deep` returns.
+    pub depth: usize,
 }
 
 impl Default for Config {
@@ -85,6 +97,8 @@ impl Default for Config {
             hooks: vec![Hook::Connect, Hook::Subscribe, Hook::Publish, Hook::Deliver],
             bytes: 16 << 20,
             forwards: 100_000,
+            ms: 5,
+            depth: 1_000,
         }
     }
 }
@@ -160,6 +174,11 @@ impl Hostile {
             Mode::Trap => trap(),
             Mode::Panic => panic!("hostile plugin: deliberate panic in {hook:?}"),
             Mode::Oversize | Mode::Flood => Some(huge_json_string(self.config.bytes)),
+            Mode::Slow => {
+                busy_wait(self.config.ms);
+                None
+            }
+            Mode::Deep => Some(nested_json(self.config.depth)),
         }
     }
 }
@@ -171,6 +190,19 @@ pub fn huge_json_string(bytes: usize) -> String {
     s.extend(std::iter::repeat_n('x', bytes.saturating_sub(2)));
     s.push('"');
     s
+}
+
+/// `[[...[]...]]`, `depth` arrays deep.
+pub fn nested_json(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// Spins until `ms` milliseconds have passed on the host's clock.
+fn busy_wait(ms: u64) {
+    let until = switchyard_plugin_sdk::now_ms() + ms;
+    while switchyard_plugin_sdk::now_ms() < until {
+        black_box(());
+    }
 }
 
 fn spin() -> ! {
@@ -287,6 +319,27 @@ mod tests {
         assert_eq!(
             p.on_subscribe(&who(), "c"),
             SubscribeDecision::Deny("\"xxxxxxxx\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn slow_takes_its_time_on_the_host_clock_then_passes() {
+        switchyard_plugin_sdk::testing::use_real_clock();
+        let mut p = Hostile::init(r#"{"mode": "slow", "ms": 3, "hooks": ["deliver"]}"#).unwrap();
+        let started = switchyard_plugin_sdk::now_ms();
+        assert_eq!(
+            p.on_deliver(&GroupContext::default(), "c", "{}"),
+            DeliverDecision::Deliver
+        );
+        assert!(switchyard_plugin_sdk::now_ms() >= started + 3);
+    }
+
+    #[test]
+    fn deep_answers_nested_json() {
+        let mut p = Hostile::init(r#"{"mode": "deep", "depth": 3}"#).unwrap();
+        assert_eq!(
+            p.on_deliver(&GroupContext::default(), "c", "{}"),
+            DeliverDecision::Rewrite("[[[]]]".to_owned())
         );
     }
 }
