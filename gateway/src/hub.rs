@@ -4,16 +4,29 @@
 //! channels do not contend and a fan-out only blocks changes to its own shard. Subscribers of a
 //! channel are kept in delivery groups (by tenant, or a key a plugin chose): each message is
 //! prepared and encoded once per group and the same bytes are queued for every member.
+//!
+//! A group whose channel is bound to a plugin is prepared by the plugin's deliver hook. Hooks
+//! run with no lock held: the shard is locked to find the groups, released while the hooks
+//! run, and locked again to queue what they produced, so a hook never blocks subscribes or
+//! another fan-out. A hook runs on the thread that dispatches the message (the broker's
+//! receiving task) while it is fast; a hook whose calls take longer than
+//! `plugins.deliver_inline_max_us` is moved to a lane of its own ([`isolation`]), so one slow
+//! tenant's plugin slows that tenant's deliveries, not the node's.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
 use crate::broker::{Broker, BrokerError};
 use crate::outbox::Outbox;
 use crate::protocol::{self, Frame};
+
+pub mod isolation;
+
+pub use isolation::Placement;
 
 /// Identifies one connection on this node.
 pub type ConnId = u64;
@@ -42,17 +55,30 @@ pub enum Prepared {
     Skip,
 }
 
-/// Hands out the deliver hook to use for one message, so a hot swap never splits a message
+/// Hands out the deliver hooks to use for one message, so a hot swap never splits a message
 /// between two versions.
 pub trait DeliverHooks: Send + Sync {
-    /// The hook for the next message.
+    /// The hooks for the next message.
     fn current(&self) -> Arc<dyn DeliverHook>;
 }
 
-/// Prepares a message for one delivery group; the plugin runtime implements it.
+/// Finds the hook that prepares a channel's messages for a group; the plugin runtime
+/// implements it.
 pub trait DeliverHook: Send + Sync {
+    /// The hook for `group` on `channel`; `None` delivers the message unchanged.
+    fn for_group(&self, channel: &str, group: &Group) -> Option<Arc<dyn GroupHook>>;
+}
+
+/// One plugin's deliver hook.
+pub trait GroupHook: Send + Sync + 'static {
     /// Decides what `group` receives of `data` (valid JSON) published on `channel`.
     fn prepare(&self, channel: &str, group: &Group, data: &[u8]) -> Prepared;
+
+    /// Where the hub runs this hook's calls (kept with the hook, which outlives a message).
+    fn placement(&self) -> &Placement;
+
+    /// The hook's name for logs and metrics (plugin, and tenant when bound per tenant).
+    fn describe(&self) -> String;
 }
 
 #[derive(Default)]
@@ -71,33 +97,101 @@ pub struct Fanout {
     pub dropped: usize,
 }
 
-/// Channel -> local subscribers, with node-level reference counting towards the broker.
-pub struct Hub {
+impl Fanout {
+    fn add(&mut self, other: Fanout) {
+        self.delivered += other.delivered;
+        self.dropped += other.dropped;
+    }
+}
+
+/// The channel -> group -> subscriber table, shared with the isolation lanes.
+struct Table {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
+}
+
+impl Table {
+    fn shard(&self, channel: &str) -> &RwLock<Shard> {
+        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    /// Queues what each group is to receive of a message on `channel` (`data` as published)
+    /// for its members now, under one lock. `shared` holds the message's unchanged frame once
+    /// a group needed it.
+    fn deliver_prepared(
+        &self,
+        channel: &str,
+        data: &[u8],
+        prepared: impl IntoIterator<Item = (GroupKey, Prepared)>,
+        shared: &mut Option<Frame>,
+    ) -> Fanout {
+        let mut stats = Fanout::default();
+        let mut shard = None;
+        for (group, prepared) in prepared {
+            let frame = match prepared {
+                Prepared::Skip => continue,
+                Prepared::Rewritten(data) => protocol::message(channel, &data),
+                Prepared::Unchanged => shared
+                    .get_or_insert_with(|| protocol::message(channel, data))
+                    .clone(),
+            };
+            let shard =
+                shard.get_or_insert_with(|| self.shard(channel).read().expect("hub lock poisoned"));
+            if let Some(members) = shard.get(channel).and_then(|c| c.groups.get(&group)) {
+                stats.add(push_all(members, &frame));
+            }
+        }
+        stats
+    }
+}
+
+fn push_all(members: &HashMap<ConnId, Outbox>, frame: &Frame) -> Fanout {
+    let mut stats = Fanout::default();
+    for outbox in members.values() {
+        if outbox.push(frame.clone()) {
+            stats.delivered += 1;
+        } else {
+            stats.dropped += 1;
+        }
+    }
+    stats
+}
+
+/// Channel -> local subscribers, with node-level reference counting towards the broker.
+pub struct Hub {
+    table: Arc<Table>,
     broker: Arc<dyn Broker>,
     deliver: Option<Arc<dyn DeliverHooks>>,
+    /// Hook calls longer than this move the hook to an isolation lane.
+    inline_max: Duration,
+    lanes: OnceLock<Arc<isolation::Lanes>>,
 }
 
 impl Hub {
     /// Creates a hub that subscribes channels on `broker` as local demand appears.
     pub fn new(broker: Arc<dyn Broker>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: RandomState::new(),
+            table: Arc::new(Table {
+                shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+                hasher: RandomState::new(),
+            }),
             broker,
             deliver: None,
+            inline_max: Duration::from_millis(1),
+            lanes: OnceLock::new(),
         }
     }
 
-    /// Runs the hook `hooks` hands out once per message per delivery group before encoding.
-    pub fn with_deliver_hook(mut self, hook: Arc<dyn DeliverHooks>) -> Self {
-        self.deliver = Some(hook);
+    /// Runs the hooks `hooks` hands out once per message per delivery group before encoding;
+    /// a hook whose call takes longer than `inline_max` is moved to an isolation lane.
+    pub fn with_deliver_hook(mut self, hooks: Arc<dyn DeliverHooks>, inline_max: Duration) -> Self {
+        self.deliver = Some(hooks);
+        self.inline_max = inline_max;
         self
     }
 
     fn shard(&self, channel: &str) -> &RwLock<Shard> {
-        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+        self.table.shard(channel)
     }
 
     /// Adds `conn` to `channel` in `group`. The returned future resolves once the broker
@@ -146,41 +240,59 @@ impl Hub {
     }
 
     /// Delivers a broker message, `payload` on `channel`, to every local subscriber of it.
+    /// Groups without a hook get the message at once, under the shard's read lock; the hooks
+    /// of the others run after it is released (or on their isolation lanes), and what they
+    /// produced is queued under the lock again. Counts what was queued here, not on lanes.
     pub fn dispatch(&self, channel: &str, payload: &[u8]) -> Fanout {
-        let shard = self.shard(channel).read().expect("hub lock poisoned");
-        let Some(entry) = shard.get(channel) else {
-            return Fanout::default();
-        };
         let data = protocol::normalize_payload(payload);
+        let hooks = self.deliver.as_ref().map(|h| h.current());
         let mut shared: Option<Frame> = None;
         let mut stats = Fanout::default();
-        let hook = self.deliver.as_ref().map(|h| h.current());
-        for (group, members) in &entry.groups {
-            let prepared = match &hook {
-                Some(hook) => hook.prepare(channel, group, &data),
-                None => Prepared::Unchanged,
+        let mut hooked: Vec<(GroupKey, Arc<dyn GroupHook>)> = Vec::new();
+        {
+            let shard = self.shard(channel).read().expect("hub lock poisoned");
+            let Some(entry) = shard.get(channel) else {
+                return stats;
             };
-            let frame = match prepared {
-                Prepared::Skip => continue,
-                Prepared::Rewritten(data) => protocol::message(channel, &data),
-                Prepared::Unchanged => shared
-                    .get_or_insert_with(|| protocol::message(channel, &data))
-                    .clone(),
-            };
-            for outbox in members.values() {
-                if outbox.push(frame.clone()) {
-                    stats.delivered += 1;
-                } else {
-                    stats.dropped += 1;
+            for (group, members) in &entry.groups {
+                if let Some(hook) = hooks.as_ref().and_then(|h| h.for_group(channel, group)) {
+                    hooked.push((group.clone(), hook));
+                    continue;
                 }
+                let frame = shared.get_or_insert_with(|| protocol::message(channel, &data));
+                stats.add(push_all(members, frame));
             }
         }
+        let mut prepared = Vec::with_capacity(hooked.len());
+        for (group, hook) in hooked {
+            if hook.placement().is_isolated()
+                && self
+                    .lanes()
+                    .queue(hook.clone(), channel, group.clone(), &data)
+            {
+                continue;
+            }
+            let started = Instant::now();
+            prepared.push((group.clone(), hook.prepare(channel, &group, &data)));
+            hook.placement()
+                .record_inline(&*hook, started.elapsed(), self.inline_max);
+        }
+        stats.add(
+            self.table
+                .deliver_prepared(channel, &data, prepared, &mut shared),
+        );
         stats
+    }
+
+    fn lanes(&self) -> &isolation::Lanes {
+        self.lanes
+            .get_or_init(|| isolation::Lanes::start(self.table.clone(), self.inline_max))
     }
 
     /// Number of channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
-        self.shards
+        self.table
+            .shards
             .iter()
             .map(|s| s.read().expect("hub lock poisoned").len())
             .sum()
@@ -188,7 +300,8 @@ impl Hub {
 
     /// Channels with at least one local subscriber (for resubscription after a broker outage).
     pub fn channels(&self) -> Vec<Arc<str>> {
-        self.shards
+        self.table
+            .shards
             .iter()
             .flat_map(|s| {
                 s.read()
@@ -206,6 +319,14 @@ impl Hub {
         shard
             .get(channel)
             .map_or(0, |c| c.groups.values().map(HashMap::len).sum())
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(lanes) = self.lanes.get() {
+            lanes.stop();
+        }
     }
 }
 

@@ -93,6 +93,9 @@ struct Shared {
     producers: AtomicU32,
     /// The writer is gone (its socket failed): frames pushed now would never be sent.
     writer_gone: AtomicBool,
+    /// The session stopped reading requests until the queue shrinks below
+    /// [`Shared::request_room`]; set back (and the session woken) once it has.
+    wants_room: AtomicBool,
     reason: OnceLock<CloseReason>,
     /// Most frames that may be queued. This and the counters are 32-bit so that, with the
     /// socket and the lane, the whole stays in jemalloc's 128-byte size class (idle memory).
@@ -165,6 +168,13 @@ impl Shared {
         }
     }
 
+    /// Frames below which the session reads its client's next request: replies to requests
+    /// are never refused for a full queue (that would close a client for pipelining), so the
+    /// session stops reading instead, and the client's requests wait in TCP.
+    fn request_room(&self) -> u32 {
+        (self.capacity / 2).max(1)
+    }
+
     /// Records the queue's length after frames left it.
     fn written(&self, queue: &mut Queue) {
         if queue.frames.is_empty() && queue.frames.capacity() > 0 {
@@ -174,8 +184,13 @@ impl Shared {
                 queue.frames = VecDeque::new();
             }
         }
-        self.queued
-            .store(queue.frames.len() as u32, Ordering::Release);
+        let queued = queue.frames.len() as u32;
+        // SeqCst here and in `has_request_room`: each side stores one flag and reads the
+        // other's, and at least one of them must see the other's store.
+        self.queued.store(queued, Ordering::SeqCst);
+        if queued < self.request_room() && self.wants_room.swap(false, Ordering::SeqCst) {
+            self.writer.wake();
+        }
     }
 }
 
@@ -207,6 +222,7 @@ fn new(capacity: usize, wire: Option<Arc<Wire>>, lane: Option<Arc<Lane>>) -> (Ou
         writer: AtomicWaker::new(),
         producers: AtomicU32::new(1),
         writer_gone: AtomicBool::new(false),
+        wants_room: AtomicBool::new(false),
         reason: OnceLock::new(),
         capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         lane,
@@ -239,14 +255,26 @@ impl Drop for OutboxRx {
 }
 
 impl Outbox {
-    /// Queues a frame; on overflow, closes the session as a slow consumer. Returns false when
-    /// the frame was not queued.
+    /// Queues a delivery; on overflow, closes the session as a slow consumer. Returns false
+    /// when the frame was not queued.
     pub fn push(&self, frame: Frame) -> bool {
+        self.push_frame(frame, true)
+    }
+
+    /// Queues a reply to one of the client's own requests. Never refused for a full queue:
+    /// the session bounds replies by reading requests only while the queue has room
+    /// ([`OutboxRx::has_request_room`]), so a client that pipelines many requests is slowed
+    /// down, not closed. Returns false when the frame was not queued.
+    pub fn push_reply(&self, frame: Frame) -> bool {
+        self.push_frame(frame, false)
+    }
+
+    fn push_frame(&self, frame: Frame, bounded: bool) -> bool {
         if self.0.writer_gone.load(Ordering::Acquire) {
             return false;
         }
         let mut queue = self.0.queue();
-        if queue.frames.len() >= self.0.capacity as usize {
+        if bounded && queue.frames.len() >= self.0.capacity as usize {
             drop(queue);
             self.close(CloseReason::SlowConsumer);
             return false;
@@ -345,6 +373,22 @@ impl OutboxRx {
         };
         self.0.written(&mut queue);
         found
+    }
+
+    /// Whether the session may read its client's next request: the queue holds fewer frames
+    /// than half its capacity. When not, the session is woken once it does.
+    pub fn has_request_room(&self) -> bool {
+        let room = self.0.request_room();
+        if self.0.queued.load(Ordering::Acquire) < room {
+            return true;
+        }
+        self.0.wants_room.store(true, Ordering::SeqCst);
+        // The writer may have emptied the queue between the look and the flag.
+        if self.0.queued.load(Ordering::SeqCst) < room {
+            self.0.wants_room.store(false, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// The session handled a request: the queue's buffer is freed once what it holds is

@@ -52,6 +52,9 @@ pub struct Link {
     /// Poll the other waits even if `fired` is not set: they have not been polled since
     /// something changed (first poll, one of them was ready, the session started a reply).
     dirty: bool,
+    /// The outbox had no room for replies when the waits were last polled, so the client's
+    /// requests were not read; the outbox wakes the task once it has.
+    paused: bool,
 }
 
 impl Link {
@@ -69,6 +72,7 @@ impl Link {
             stopped: None,
             fired,
             dirty: true,
+            paused: false,
         }
     }
 
@@ -129,20 +133,25 @@ impl Link {
     }
 
     /// Polls `others` (the waits besides the outbox) if one of them fired since they were last
-    /// polled, with a context that records the next time one does.
+    /// polled, with a context that records the next time one does. `others` is told whether
+    /// the outbox has room for the replies to more requests (see
+    /// [`OutboxRx::has_request_room`]); the task is woken when it regains it.
     pub fn poll_others<T>(
         &mut self,
         cx: &mut Context<'_>,
-        others: impl FnOnce(&mut WebSocket, &mut Context<'_>) -> Poll<T>,
+        others: impl FnOnce(&mut WebSocket, bool, &mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
         self.fired.task.register(cx.waker());
         let fired = self.fired.fired.swap(false, Ordering::AcqRel);
-        if !(fired || std::mem::take(&mut self.dirty)) {
+        let room = self.rx.has_request_room();
+        let regained = room && self.paused;
+        self.paused = !room;
+        if !(fired || regained || std::mem::take(&mut self.dirty)) {
             return Poll::Pending;
         }
         let waker = waker_ref(&self.fired);
         let mut cx = Context::from_waker(&waker);
-        let found = others(&mut self.ws, &mut cx);
+        let found = others(&mut self.ws, room, &mut cx);
         if found.is_ready() {
             // The others polled after the ready one were not polled this time.
             self.dirty = true;

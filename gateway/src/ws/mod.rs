@@ -10,7 +10,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::node::Node;
 use crate::plugins;
-use crate::protocol::ErrorCode;
 use crate::wire::Peer;
 
 mod handshake;
@@ -54,8 +53,9 @@ pub async fn upgrade(
         tracing::info!(%remote, reason = %e, "connection refused");
         return (StatusCode::FORBIDDEN, e.to_string()).into_response();
     }
-    let token = bearer(&headers).or_else(|| query_token(uri.query()));
-    let identity = match node.auth.authenticate(token.as_deref()) {
+    let query = query_token(uri.query());
+    let token = crate::auth::bearer(&headers).or(query.as_deref());
+    let identity = match node.auth.authenticate(token) {
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(%remote, reason = %e, "connection refused");
@@ -80,11 +80,7 @@ pub async fn upgrade(
         Ok(identity) => identity,
         Err(r) => {
             tracing::info!(%remote, code = %r.code, reason = %r.message, "connection refused by plugin");
-            let status = if r.code == ErrorCode::Forbidden {
-                StatusCode::FORBIDDEN
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
+            let status = crate::error::http_status(r.code);
             return (status, format!("{}: {}", r.code, r.message)).into_response();
         }
     };
@@ -102,18 +98,169 @@ pub async fn upgrade(
     })
 }
 
-/// The token of an `Authorization: Bearer` header.
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-}
-
 /// The `token` parameter of the query string.
 fn query_token(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
+}
+
+/// Runs the opening handshake's checks on a raw HTTP request head (for the fuzz targets and
+/// property tests): a request with the four headers right is refused only for want of a
+/// connection to take over (426); anything else with 400 or 405 and a reason.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn check_handshake(head: &[u8]) {
+    use axum::extract::FromRequestParts;
+    use futures_util::FutureExt;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = parsed.parse(head) else {
+        return;
+    };
+    let mut request = axum::http::Request::builder()
+        .method(parsed.method.unwrap_or("GET"))
+        .uri(parsed.path.unwrap_or("/ws"));
+    for h in parsed.headers.iter() {
+        request = request.header(h.name, h.value);
+    }
+    let Ok(request) = request.body(()) else {
+        return;
+    };
+    let (mut parts, ()) = request.into_parts();
+    let refused = Handshake::from_request_parts(&mut parts, &())
+        .now_or_never()
+        .expect("the handshake's checks do not wait")
+        .err()
+        .expect("no connection to take over here");
+    let reason = refused.to_string();
+    let status = refused.into_response().status();
+    assert!(
+        [
+            StatusCode::BAD_REQUEST,
+            StatusCode::METHOD_NOT_ALLOWED,
+            StatusCode::UPGRADE_REQUIRED
+        ]
+        .contains(&status),
+        "{status}"
+    );
+    assert!(!reason.is_empty());
+}
+
+/// Reads `bytes` as a session reads its client's stream after the handshake (its read buffer
+/// under the read-ahead, frames of at most `max_frame` bytes) until the end; returns the close
+/// a read error calls for, if any (for the fuzz targets and property tests).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn read_all(bytes: &[u8], max_frame: usize) -> Option<crate::outbox::CloseReason> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let (mut client, server) = tokio::io::duplex(bytes.len().max(1));
+        client
+            .write_all(bytes)
+            .await
+            .expect("the pipe takes it all");
+        drop(client);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max_frame))
+            .max_frame_size(Some(max_frame))
+            .read_buffer_size(READ_BUFFER);
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            read_ahead::ReadAhead::new(server),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        loop {
+            match ws.next().await {
+                None => return None,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return session::close_reason(e),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+    /// One frame as a client might send it: any opcode and flags, masked or not, any payload
+    /// (a close frame with any code and reason, text that may not be UTF-8).
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        (
+            0u8..16,
+            any::<[bool; 4]>(),
+            proptest::option::of(any::<[u8; 4]>()),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(opcode, [is_final, rsv1, rsv2, rsv3], mask, payload)| {
+                let header = FrameHeader {
+                    is_final,
+                    rsv1,
+                    rsv2,
+                    rsv3,
+                    opcode: OpCode::from(opcode),
+                    mask,
+                };
+                let mut bytes = Vec::new();
+                Frame::from_payload(header, payload.into())
+                    .format(&mut bytes)
+                    .expect("formats");
+                bytes
+            })
+    }
+
+    fn header_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("Upgrade".to_owned()),
+            Just("websocket".to_owned()),
+            Just("13".to_owned()),
+            Just("dGhlIHNhbXBsZSBub25jZQ==".to_owned()),
+            "[ -~]{0,30}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Whatever bytes a client sends after the handshake end in messages, then the end of
+        /// the stream or a documented close: never a panic.
+        #[test]
+        fn any_bytes_end_in_a_documented_way(
+            frames in proptest::collection::vec(frame(), 0..8),
+            garbage in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes: Vec<u8> = frames.concat();
+            bytes.extend_from_slice(&garbage);
+            crate::fuzzing::frames(&bytes);
+        }
+
+        /// Any request to `/ws` with any of the four headers (or none) is answered with a
+        /// documented status and a reason.
+        #[test]
+        fn any_upgrade_request_is_answered(
+            method in prop_oneof![Just("GET"), Just("POST"), Just("HEAD")],
+            headers in proptest::collection::vec((0usize..4, header_value()), 0..6),
+        ) {
+            let names = ["Connection", "Upgrade", "Sec-WebSocket-Version", "Sec-WebSocket-Key"];
+            let mut head = format!("{method} /ws HTTP/1.1\r\nHost: gw\r\n");
+            for (i, value) in &headers {
+                head.push_str(&format!("{}: {value}\r\n", names[*i]));
+            }
+            head.push_str("\r\n");
+            crate::fuzzing::handshake(head.as_bytes());
+        }
+
+        /// Arbitrary bytes as a request head.
+        #[test]
+        fn any_head_is_answered(head in proptest::collection::vec(any::<u8>(), 0..200)) {
+            crate::fuzzing::handshake(&head);
+        }
+    }
 }

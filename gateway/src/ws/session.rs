@@ -182,7 +182,7 @@ impl Owed {
             };
             replies.pop_front();
             if let Some(frame) = frame {
-                outbox.push(frame);
+                outbox.push_reply(frame);
             }
             sent = true;
         }
@@ -342,11 +342,14 @@ impl Session {
             return Poll::Ready(Event::Stop(stop));
         }
         let (pending, outbox) = (&mut self.pending, &self.outbox);
-        link.poll_others(cx, |ws, cx| {
+        link.poll_others(cx, |ws, room, cx| {
             if pending.send_ready(cx, outbox) {
                 return Poll::Ready(Event::Replied);
             }
-            if pending.len() < MAX_IN_FLIGHT
+            // Requests are read only while their replies fit: a client that pipelines more
+            // than it reads is slowed down through TCP rather than closed.
+            if room
+                && pending.len() < MAX_IN_FLIGHT
                 && let Poll::Ready(msg) = ws.poll_next_unpin(cx)
             {
                 return Poll::Ready(Event::Frame(msg));
@@ -389,7 +392,7 @@ impl Session {
     /// Sends a reply now, or queues it behind the replies still owed.
     fn send(&mut self, frame: protocol::Frame) {
         if self.pending.is_empty() {
-            self.outbox.push(frame);
+            self.outbox.push_reply(frame);
         } else {
             self.pending.push_back(Reply::Ready(Some(frame)));
         }
@@ -559,7 +562,7 @@ async fn bounded<T>(
 }
 
 /// The close a read error calls for, if the connection can still carry one.
-fn close_reason(e: tungstenite::Error) -> Option<CloseReason> {
+pub(super) fn close_reason(e: tungstenite::Error) -> Option<CloseReason> {
     use tungstenite::error::{Error, ProtocolError};
     match e {
         Error::Capacity(_) => Some(CloseReason::FrameTooBig),
