@@ -13,7 +13,18 @@
 //! the server) for every one of them whenever a connection reports a disconnection or the
 //! server ends a subscription on its own (a slot moved, a master lost it), then again 0.5, 1,
 //! 2 and 4 s later while connections settle (`SETTLE`), and every 30 s (`RECONCILE_EVERY`) as a
-//! last line of defence. Readiness is false from the disconnection until the first full re-subscribe.
+//! last line of defence.
+//!
+//! A successful SSUBSCRIBE is not proof: redis-rs may answer it on a connection it is about
+//! to replace, and the subscription goes with that connection, silently (after a master
+//! restart this left 1-2 of 3 nodes unsubscribed while they reported ready, and publishes were
+//! acknowledged that some nodes never delivered). So after trouble every re-subscribed
+//! channel is proven end to end: the node SPUBLISHes a probe on it and waits for its own probe
+//! to come back on the connection that carries the channel's messages ([`PROBE_MAGIC`]; every
+//! node drops probes before the fan-out). Readiness is false from the trouble until every
+//! channel's probe came back; a probe that does not come back within `PROBE_TIMEOUT` sends its
+//! channel back to be re-subscribed. The settle steps probe too, so a subscription lost
+//! shortly after counts as trouble again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -51,6 +62,13 @@ const SETTLE: [Duration; 4] = [
 ];
 /// SSUBSCRIBEs in flight at once while re-subscribing.
 const CONCURRENCY: usize = 64;
+/// How long a probe may take to come back before its channel is re-subscribed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How every probe payload starts. Reserved: a message on a gateway channel whose payload
+/// starts with these bytes is never delivered to clients (the NUL byte keeps it from being a
+/// JSON text, or any text a backend would publish).
+pub const PROBE_MAGIC: &[u8] = b"\0switchyard-probe ";
 
 /// What the connections report that needs the subscriber's attention.
 enum Control {
@@ -58,6 +76,27 @@ enum Control {
     Disconnected,
     /// The server ended a shard-channel subscription (Redis channel name).
     Unsubscribed(String),
+    /// This node's probe came back on a channel (client name, probe number).
+    Probed(String, u64),
+}
+
+/// The probe payload node `node` sends with number `nonce`.
+fn probe_payload(node: &str, nonce: u64) -> Vec<u8> {
+    let mut payload = PROBE_MAGIC.to_vec();
+    payload.extend_from_slice(format!("{nonce} {node}").as_bytes());
+    payload
+}
+
+/// The probe number in `payload` if it is a probe of node `node`; `Some(None)` for another
+/// node's probe, `None` when it is no probe at all.
+fn parse_probe(payload: &[u8], node: &str) -> Option<Option<u64>> {
+    let rest = payload.strip_prefix(PROBE_MAGIC)?;
+    let rest = std::str::from_utf8(rest).ok();
+    let ours = rest
+        .and_then(|r| r.split_once(' '))
+        .filter(|(_, from)| *from == node)
+        .and_then(|(nonce, _)| nonce.parse().ok());
+    Some(ours)
 }
 
 /// Sharded pub/sub through a Redis Cluster.
@@ -79,6 +118,18 @@ fn bulk(v: &Value) -> Option<&[u8]> {
     }
 }
 
+/// Whether an `smessage` push (`[channel, payload]`) is a probe: `Some(Some(..))` with the
+/// client channel and number of this node's own probe, `Some(None)` for another node's (or a
+/// malformed) probe, `None` for a message to deliver.
+fn probe_of(data: &[Value], prefix: &str, node: &str) -> Option<Option<(String, u64)>> {
+    let [name, payload] = data else { return None };
+    let nonce = parse_probe(bulk(payload)?, node)?;
+    let channel = bulk(name)
+        .and_then(|n| n.strip_prefix(prefix.as_bytes()))
+        .and_then(|c| std::str::from_utf8(c).ok());
+    Some(nonce.zip(channel).map(|(n, c)| (c.to_owned(), n)))
+}
+
 impl RedisClusterBroker {
     /// Starts the broker for the cluster reached through `seeds`; connects lazily, so a
     /// cluster that is down at start is retried like any outage.
@@ -91,9 +142,16 @@ impl RedisClusterBroker {
     ) -> Result<Self, BrokerError> {
         let (control_tx, control) = mpsc::unbounded_channel();
         let push_prefix: Arc<str> = prefix.into();
+        let push_node: Arc<str> = node.into();
         let on_push = move |info: PushInfo| -> Result<(), ()> {
             match info.kind {
-                PushKind::SMessage => deliver_push(&push_prefix, &*inbox, &info.data),
+                PushKind::SMessage => match probe_of(&info.data, &push_prefix, &push_node) {
+                    None => deliver_push(&push_prefix, &*inbox, &info.data),
+                    Some(Some((channel, nonce))) => {
+                        let _ = control_tx.send(Control::Probed(channel, nonce));
+                    }
+                    Some(None) => {}
+                },
                 PushKind::Disconnection => {
                     let _ = control_tx.send(Control::Disconnected);
                 }
@@ -126,6 +184,9 @@ impl RedisClusterBroker {
             desired: HashSet::new(),
             lost: HashSet::new(),
             stale: HashSet::new(),
+            probing: HashMap::new(),
+            next_probe: 0,
+            trouble_since: None,
             connected: false,
             commands: command_rx,
             control,
@@ -177,6 +238,12 @@ struct Subscriber {
     lost: HashSet<String>,
     /// Channels no longer needed whose SUNSUBSCRIBE failed; retried so the shard stops sending.
     stale: HashSet<String>,
+    /// Re-subscribed channels waiting for their probe: its number and when it is overdue.
+    probing: HashMap<String, (u64, tokio::time::Instant)>,
+    /// Number of the next probe.
+    next_probe: u64,
+    /// Since when the node may be missing subscriptions (readiness is false meanwhile).
+    trouble_since: Option<Instant>,
     /// Whether the cluster has been reached at least once.
     connected: bool,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -194,19 +261,34 @@ impl Subscriber {
         !self.connected || !self.lost.is_empty() || !self.stale.is_empty()
     }
 
+    /// When the oldest probe is overdue.
+    fn probe_deadline(&self) -> Option<tokio::time::Instant> {
+        self.probing.values().map(|(_, due)| *due).min()
+    }
+
+    /// Subscriptions may be missing from now on: not ready until every one is proven again.
+    fn trouble(&mut self) {
+        self.ready.store(false, Ordering::Release);
+        self.trouble_since.get_or_insert_with(Instant::now);
+    }
+
     async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
         let mut repair_at = tokio::time::Instant::now();
-        let mut trouble_since: Option<Instant> = None;
         // Pending follow-up re-subscribes after trouble: the next one's time and index.
         let mut settle: Option<(tokio::time::Instant, usize)> = None;
         let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
         reconcile.reset();
+        // Until the cluster has been reached and every channel proven, the node is not ready.
+        self.trouble();
         loop {
             let repair = tokio::time::sleep_until(repair_at);
             let settle_at = tokio::time::sleep_until(
                 settle.map_or_else(tokio::time::Instant::now, |(at, _)| at),
             );
+            let probe_due = self.probe_deadline();
+            let probe_timeout =
+                tokio::time::sleep_until(probe_due.unwrap_or_else(tokio::time::Instant::now));
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
                     None => return,
@@ -230,58 +312,103 @@ impl Subscriber {
                                 _ => continue,
                             }
                         }
+                        Control::Probed(channel, nonce) => {
+                            if self.probing.get(&channel).is_some_and(|(n, _)| *n == nonce) {
+                                self.probing.remove(&channel);
+                                self.settled_if_proven(&mut settle);
+                            }
+                            continue;
+                        }
                     }
                     if !self.lost.is_empty() {
-                        self.ready.store(false, Ordering::Release);
-                        trouble_since.get_or_insert_with(Instant::now);
+                        self.trouble();
                         settle = None;
                         backoff = MIN_BACKOFF;
                         repair_at = tokio::time::Instant::now() + MIN_BACKOFF;
                     }
                 }
                 _ = repair, if self.needs_repair() => {
-                    let started = Instant::now();
-                    let count = self.lost.len();
-                    self.repair().await;
+                    self.repair(true).await;
                     if self.needs_repair() {
                         repair_at = tokio::time::Instant::now() + backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
                     backoff = MIN_BACKOFF;
-                    self.ready.store(true, Ordering::Release);
-                    match trouble_since.take() {
-                        Some(since) => {
-                            settle = Some((tokio::time::Instant::now() + SETTLE[0], 0));
-                            metrics::counter!("switchyard_broker_reconnects_total").increment(1);
-                            tracing::info!(
-                                node = %self.node,
-                                channels = count,
-                                outage_ms = since.elapsed().as_millis() as u64,
-                                resubscribe_ms = started.elapsed().as_millis() as u64,
-                                "redis cluster: channels subscribed again"
-                            );
+                    self.settled_if_proven(&mut settle);
+                }
+                _ = probe_timeout, if probe_due.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    let overdue: Vec<String> = self
+                        .probing
+                        .iter()
+                        .filter(|(_, (_, due))| *due <= now)
+                        .map(|(c, _)| c.clone())
+                        .collect();
+                    tracing::warn!(
+                        node = %self.node,
+                        channels = overdue.len(),
+                        "redis cluster: subscriptions did not carry their probe; subscribing again"
+                    );
+                    for channel in overdue {
+                        self.probing.remove(&channel);
+                        if self.desired.contains(&channel) {
+                            self.lost.insert(channel);
                         }
-                        None if count == 0 => {
-                            tracing::info!(node = %self.node, "redis cluster connected")
-                        }
-                        None => {}
                     }
+                    self.trouble();
+                    settle = None;
+                    repair_at = now;
                 }
                 _ = settle_at, if settle.is_some() => {
                     let (_, step) = settle.take().expect("guarded by the branch condition");
                     settle = SETTLE
                         .get(step + 1)
                         .map(|d| (tokio::time::Instant::now() + *d, step + 1));
+                    // Re-subscribed and probed again: a subscription lost since is trouble.
                     self.lost.extend(self.desired.iter().cloned());
+                    self.repair(true).await;
+                    if !self.lost.is_empty() {
+                        self.trouble();
+                    }
                     repair_at = tokio::time::Instant::now();
                 }
                 _ = reconcile.tick() => {
+                    // A quiet re-subscribe of everything (idempotent on the server), unprobed:
+                    // probing every channel every period would cost a publish per channel.
                     self.lost.extend(self.desired.iter().cloned());
+                    self.repair(false).await;
+                    if !self.lost.is_empty() {
+                        self.trouble();
+                    }
                     repair_at = tokio::time::Instant::now();
                 }
             }
         }
+    }
+
+    /// Once nothing is lost and every probe came back, the node is ready again; the first
+    /// time after trouble, the settle steps are scheduled.
+    fn settled_if_proven(&mut self, settle: &mut Option<(tokio::time::Instant, usize)>) {
+        if self.needs_repair() || !self.probing.is_empty() {
+            return;
+        }
+        self.ready.store(true, Ordering::Release);
+        let Some(since) = self.trouble_since.take() else {
+            return;
+        };
+        if self.desired.is_empty() {
+            tracing::info!(node = %self.node, "redis cluster connected");
+            return;
+        }
+        *settle = Some((tokio::time::Instant::now() + SETTLE[0], 0));
+        metrics::counter!("switchyard_broker_reconnects_total").increment(1);
+        tracing::info!(
+            node = %self.node,
+            channels = self.desired.len(),
+            outage_ms = since.elapsed().as_millis() as u64,
+            "redis cluster: every channel subscribed again and proven by its probe"
+        );
     }
 
     async fn subscribe(&mut self, channel: String) -> Result<(), BrokerError> {
@@ -298,6 +425,7 @@ impl Subscriber {
     async fn unsubscribe(&mut self, channel: String) {
         self.desired.remove(&channel);
         self.lost.remove(&channel);
+        self.probing.remove(&channel);
         let name = self.redis_name(&channel);
         if let Err(e) = sunsubscribe(&self.con, name).await {
             tracing::debug!(%channel, error = %e, "sunsubscribe failed; will retry");
@@ -305,8 +433,9 @@ impl Subscriber {
         }
     }
 
-    /// One attempt at everything pending: connecting, lost subscriptions, stale ones.
-    async fn repair(&mut self) {
+    /// One attempt at everything pending: connecting, lost subscriptions (each proven by a
+    /// probe when `probe`), stale ones.
+    async fn repair(&mut self, probe: bool) {
         if !self.connected {
             match tokio::time::timeout(TIMEOUT, self.con.get()).await {
                 Ok(Ok(_)) => self.connected = true,
@@ -321,23 +450,49 @@ impl Subscriber {
             }
         }
         let lost: Vec<String> = self.lost.drain().collect();
-        let failed: Vec<String> = futures_util::stream::iter(lost)
-            .map(|channel| {
-                let name = self.redis_name(&channel);
-                let con = self.con.clone();
-                async move { ssubscribe(&con, name).await.err().map(|e| (channel, e)) }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .filter_map(|r| async move { r })
-            .map(|(channel, e)| {
-                tracing::debug!(%channel, error = %e, "re-subscribe failed; will retry");
-                channel
-            })
-            .collect()
-            .await;
-        // A channel unsubscribed while its re-subscribe was in flight stays unwanted.
-        self.lost
-            .extend(failed.into_iter().filter(|c| self.desired.contains(c)));
+        let first = self.next_probe;
+        self.next_probe += lost.len() as u64;
+        let due = tokio::time::Instant::now() + PROBE_TIMEOUT;
+        let node = self.node.clone();
+        let results: Vec<(String, Result<Option<u64>, String>)> =
+            futures_util::stream::iter(lost.into_iter().zip(first..))
+                .map(|(channel, nonce)| {
+                    let name = self.redis_name(&channel);
+                    let con = self.con.clone();
+                    let payload = probe.then(|| probe_payload(&node, nonce));
+                    async move {
+                        let result = async {
+                            ssubscribe(&con, name.clone()).await?;
+                            match payload {
+                                Some(payload) => spublish_one(&con, name, payload)
+                                    .await
+                                    .map(|()| Some(nonce)),
+                                None => Ok(None),
+                            }
+                        }
+                        .await;
+                        (channel, result)
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+        for (channel, result) in results {
+            // A channel unsubscribed while its re-subscribe was in flight stays unwanted.
+            if !self.desired.contains(&channel) {
+                continue;
+            }
+            match result {
+                Ok(Some(nonce)) => {
+                    self.probing.insert(channel, (nonce, due));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(%channel, error = %e, "re-subscribe failed; will retry");
+                    self.lost.insert(channel);
+                }
+            }
+        }
         let stale: Vec<String> = self.stale.drain().collect();
         for channel in stale {
             if self.desired.contains(&channel) {
@@ -351,6 +506,19 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// One SPUBLISH (a probe), routed to the channel's shard.
+async fn spublish_one(con: &LazyCluster, name: String, payload: Vec<u8>) -> Result<(), String> {
+    bounded(async {
+        let mut c = con.get().await?;
+        redis::cmd("SPUBLISH")
+            .arg(name)
+            .arg(payload)
+            .query_async::<()>(&mut c)
+            .await
+    })
+    .await
 }
 
 /// Sends one batch: a pipeline of SPUBLISH per channel (one slot each, so redis-rs can route
@@ -409,4 +577,42 @@ async fn sunsubscribe(con: &LazyCluster, name: String) -> Result<(), String> {
         c.sunsubscribe(name).await
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(channel: &str, payload: &[u8]) -> [Value; 2] {
+        [
+            Value::BulkString(channel.as_bytes().to_vec()),
+            Value::BulkString(payload.to_vec()),
+        ]
+    }
+
+    #[test]
+    fn own_probes_are_recognised_and_every_probe_is_kept_from_clients() {
+        let ours = probe_payload("node-a:8080", 42);
+        assert_eq!(
+            probe_of(&push("sy:room", &ours), "sy:", "node-a:8080"),
+            Some(Some(("room".to_owned(), 42)))
+        );
+        // Another node's probe, or a malformed one: not delivered, not ours.
+        assert_eq!(
+            probe_of(&push("sy:room", &ours), "sy:", "node-b:8080"),
+            Some(None)
+        );
+        let mut junk = PROBE_MAGIC.to_vec();
+        junk.extend_from_slice(b"not a probe");
+        assert_eq!(
+            probe_of(&push("sy:room", &junk), "sy:", "node-a:8080"),
+            Some(None)
+        );
+        // Messages are not probes, whatever they hold.
+        assert_eq!(probe_of(&push("sy:room", br#"{"n":1}"#), "sy:", "n"), None);
+        assert_eq!(
+            probe_of(&push("sy:room", b"switchyard-probe 1 n"), "sy:", "n"),
+            None
+        );
+    }
 }
