@@ -5,10 +5,12 @@ mod support;
 mod cli;
 mod cluster;
 mod deploy;
+mod hardening;
 mod hotswap;
 mod plugins;
 mod redis;
 mod redis_support;
+mod soak;
 mod spine;
 mod tenancy;
 

@@ -6,7 +6,7 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Client, Ended, TestGateway, eventually, http_get};
+use crate::support::{Client, Ended, TestGateway, eventually, http_get, raw_request, scrape};
 
 #[tokio::test]
 async fn three_clients_subscribe_publish_unsubscribe() {
@@ -430,41 +430,6 @@ async fn seed_protocol_client_works_unchanged() {
     assert_eq!(sub.recv().await["type"], "unsubscribed");
 }
 
-/// Parses Prometheus text exposition: every non-comment line is `name{labels} value`.
-fn scrape(text: &str) -> std::collections::HashMap<String, f64> {
-    let mut out = std::collections::HashMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(c) = line.strip_prefix('#') {
-            assert!(
-                c.starts_with(" HELP ") || c.starts_with(" TYPE "),
-                "bad comment line {line:?}"
-            );
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad line {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        let name = series.split('{').next().unwrap();
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name in {line:?}"
-        );
-        if let Some(labels) = series.strip_prefix(name) {
-            assert!(
-                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
-                "{line:?}"
-            );
-        }
-        // Sum series of one name across labels.
-        *out.entry(name.to_owned()).or_insert(0.0) += value;
-    }
-    out
-}
-
 #[tokio::test]
 async fn metrics_parse_and_move_with_traffic() {
     let gw = TestGateway::start("").await;
@@ -525,19 +490,6 @@ async fn drain_leaves_readiness_before_closing_clients() {
         Ended::Closed(code, _) => assert_eq!(code, 1001),
         Ended::Dropped => panic!("expected 1001"),
     }
-}
-
-/// Sends `request` on a fresh connection; returns the status and everything after the head.
-async fn raw_request(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
 }
 
 #[tokio::test]

@@ -313,6 +313,104 @@ pub async fn http(
     (status, body)
 }
 
+/// Sends `request` on a fresh connection; returns the status and everything after the head.
+pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// Sends a WebSocket upgrade request for `path` (with its query) with a valid key and the
+/// extra header lines `headers` (each ending in `\r\n`); returns the status and, when the
+/// upgrade is refused, the body.
+pub async fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let head_end = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before a response head: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                return at + 4;
+            }
+        }
+    })
+    .await
+    .expect("a response in time");
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    if status == 101 {
+        return (status, String::new());
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = got[head_end..].to_vec();
+    while body.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk))
+            .await
+            .expect("the body in time")
+            .unwrap();
+        assert!(n > 0, "closed in the middle of the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Parses Prometheus text exposition: every non-comment line is `name{labels} value`.
+pub fn scrape(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix('#') {
+            assert!(
+                c.starts_with(" HELP ") || c.starts_with(" TYPE "),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line:?}"
+            );
+        }
+        // Sum series of one name across labels.
+        *out.entry(name.to_owned()).or_insert(0.0) += value;
+    }
+    out
+}
+
 /// Waits until `cond` holds, polling state the test cannot be notified of (e.g. server
 /// counters); bounded by [`PATIENCE`].
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
