@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use crate::wit::switchyard::plugin::types as w;
 use crate::{
     ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, Identity, Level, Outgoing, Plugin,
-    PublishDecision, SubscribeDecision,
+    PublishDecision, SubscribeDecision, json,
 };
 
 #[doc(hidden)]
@@ -22,6 +22,14 @@ thread_local! {
 /// Implements the generated `Guest` trait for any [`Plugin`].
 #[doc(hidden)]
 pub struct Adapter<P>(PhantomData<P>);
+
+/// Deserialize the binding's config text into `P::Config` and build the plugin from it.
+///
+/// The one place both the `init` export and [`crate::testing`] build a plugin, so a unit test
+/// accepts and refuses exactly the configs the gateway would.
+pub(crate) fn build<P: Plugin>(config: &str) -> Result<P, String> {
+    P::init(json::parse_config(config)?)
+}
 
 fn with_plugin<P: Plugin, R>(f: impl FnOnce(&mut P) -> R) -> R {
     INSTANCE.with_borrow_mut(|slot| {
@@ -40,7 +48,7 @@ impl<P: Plugin> crate::wit::Guest for Adapter<P> {
             crate::log(Level::Error, &format!("plugin panicked: {info}"), &[]);
         }));
         INSTANCE.set(None);
-        let plugin = P::init(&config)?;
+        let plugin = build::<P>(&config)?;
         INSTANCE.set(Some(Box::new(plugin)));
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! JSON helpers: payloads and configs cross the plugin boundary as JSON text.
 //!
-//! `serde_json` is re-exported as [`crate::serde_json`], so plugins need no JSON dependency of
-//! their own (add `serde` with the `derive` feature to derive `Deserialize` for a config type).
+//! `serde_json` is re-exported as [`crate::serde_json`] and `serde` as [`crate::serde`], so
+//! plugins need no JSON dependency of their own (derive `Deserialize` for a config type with
+//! `#[serde(crate = "switchyard_plugin_sdk::serde")]`).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -40,7 +41,8 @@ pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, String> {
     serde_json::to_string(value).map_err(|e| format!("cannot serialise to JSON: {e}"))
 }
 
-/// Read a plugin's config (the JSON text passed to `init`) into `T`.
+/// Read a binding's config (JSON text) into `T`: what the SDK does with the text the `init`
+/// export receives before it calls [`crate::Plugin::init`].
 ///
 /// An empty config or `null` is read as `{}`, so a config struct whose fields all have
 /// `#[serde(default)]` works when the binding has no `config`. Errors name the problem and

@@ -6,13 +6,15 @@
 //! traffic through, so a plugin only writes the hooks it cares about:
 //!
 //! ```
-//! use switchyard_plugin_sdk::{Identity, Plugin, SubscribeDecision};
+//! use switchyard_plugin_sdk::{Identity, NoConfig, Plugin, SubscribeDecision};
 //!
 //! /// Only authenticated users may subscribe.
 //! struct MembersOnly;
 //!
 //! impl Plugin for MembersOnly {
-//!     fn init(_config: &str) -> Result<Self, String> {
+//!     type Config = NoConfig;
+//!
+//!     fn init(_config: NoConfig) -> Result<Self, String> {
 //!         Ok(MembersOnly)
 //!     }
 //!
@@ -27,7 +29,9 @@
 //! switchyard_plugin_sdk::export_plugin!(MembersOnly);
 //! ```
 //!
-//! Payloads and configs are JSON text; [`json`] has helpers and [`serde_json`] is re-exported.
+//! The binding's config arrives already deserialized into the plugin's [`Plugin::Config`]
+//! ([`NoConfig`] for none, or any `serde::Deserialize` type). Payloads are JSON text; [`json`]
+//! has helpers and [`serde_json`] is re-exported.
 //! The host gives plugins [`log`] (plus the [`info!`]-style macros) and [`now_ms`]; nothing
 //! else (no WASI). On native targets those are replaced by the stand-ins of [`testing`], so a
 //! plugin is unit-tested with plain `cargo test`.
@@ -36,6 +40,7 @@ pub mod json;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
+mod config;
 mod export;
 mod host;
 mod types;
@@ -48,6 +53,7 @@ mod tests;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub use config::NoConfig;
 pub use host::{log, now_ms};
 pub use types::{
     ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, Identity, Level, Outgoing,
@@ -68,11 +74,20 @@ pub use serde_json;
 /// A panic (or any trap) aborts the call; the gateway treats that per its failure policy.
 /// In a wasm build the panic message is first logged through the host at `error` level.
 pub trait Plugin: Sized + 'static {
-    /// Build the plugin from the binding's config (JSON text; see [`json::parse_config`]).
+    /// The binding's config, deserialized by the SDK from its JSON before [`Plugin::init`].
+    ///
+    /// Typically a `#[derive(Deserialize)]` struct with `#[serde(default, deny_unknown_fields)]`;
+    /// [`NoConfig`] for a plugin that takes none. The text is read by [`json::parse_config`]:
+    /// empty or `null` reads as `{}` (the gateway passes `{}` when a binding has no `config`),
+    /// and text that does not deserialize refuses the plugin with serde's message, e.g.
+    /// ``invalid config: unknown field `max_lenn`, expected `max_len` at line 1 column 11``.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Build the plugin from the binding's deserialized config.
     ///
     /// Called once per instance, before any hook. An `Err` refuses the plugin; the message
-    /// is shown in the gateway's log.
-    fn init(config: &str) -> Result<Self, String>;
+    /// is shown in the gateway's log. Check here what serde cannot (e.g. a non-empty string).
+    fn init(config: Self::Config) -> Result<Self, String>;
 
     /// A client connects (only for the gateway's connect plugin). Default: accept.
     fn on_connect(&mut self, info: &ConnectInfo) -> ConnectDecision {
@@ -109,7 +124,9 @@ macro_rules! export_plugin {
     ($plugin:ty) => {
         const _: () = {
             // Fails to compile, on every target, unless the type implements `Plugin`.
-            const _: fn(&str) -> ::core::result::Result<$plugin, ::std::string::String> =
+            const _: fn(
+                <$plugin as $crate::Plugin>::Config,
+            ) -> ::core::result::Result<$plugin, ::std::string::String> =
                 <$plugin as $crate::Plugin>::init;
             #[allow(dead_code)]
             type __SwitchyardPluginExport = $crate::__private::Adapter<$plugin>;

@@ -9,7 +9,8 @@
 //!
 //! [`TestHost`] bundles these and resets them when created and dropped. [`Instance`] drives a
 //! plugin through the same export glue the wasm build uses and checks its JSON output the way
-//! the gateway does.
+//! the gateway does; [`new_plugin`] builds a bare plugin value. Both take the config as JSON
+//! text, like a binding's `config`, and deserialize it into the plugin's `Config` type.
 //!
 //! ```
 //! use switchyard_plugin_sdk::testing::TestHost;
@@ -189,7 +190,9 @@ impl<P: Plugin> std::fmt::Debug for Instance<P> {
 }
 
 impl<P: Plugin> Instance<P> {
-    /// Call the plugin's `init` export with `config` (JSON text).
+    /// Call the plugin's `init` export with `config`: JSON text, as the gateway passes a
+    /// binding's `config`. It is deserialized into `P::Config` exactly as in a wasm build, so a
+    /// config that does not deserialize is an `Err` starting with `invalid config:`.
     pub fn init(config: &str) -> Result<Self, String> {
         <Adapter<P> as Guest>::init(config.to_owned())?;
         Ok(Self {
@@ -236,6 +239,14 @@ impl<P: Plugin> Instance<P> {
         }
         decision
     }
+}
+
+/// Build a bare plugin value from `config` (JSON text) exactly as the `init` export does.
+///
+/// For tests that call hooks directly or look inside the plugin; [`Instance`] drives it
+/// through the export glue instead. Config errors read as from [`Instance::init`].
+pub fn new_plugin<P: Plugin>(config: &str) -> Result<P, String> {
+    crate::export::build(config)
 }
 
 fn assert_json(hook: &str, text: &str) {

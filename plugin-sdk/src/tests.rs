@@ -9,21 +9,24 @@ struct Counter {
     published: u64,
 }
 
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct CounterConfig {
+    prefix: String,
+}
+
+impl Default for CounterConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "n".to_owned(),
+        }
+    }
+}
+
 impl Plugin for Counter {
-    fn init(config: &str) -> Result<Self, String> {
-        #[derive(serde::Deserialize)]
-        #[serde(default)]
-        struct Cfg {
-            prefix: String,
-        }
-        impl Default for Cfg {
-            fn default() -> Self {
-                Self {
-                    prefix: "n".to_owned(),
-                }
-            }
-        }
-        let cfg: Cfg = json::parse_config(config)?;
+    type Config = CounterConfig;
+
+    fn init(cfg: CounterConfig) -> Result<Self, String> {
         if cfg.prefix == "fail" {
             return Err("told to fail".to_owned());
         }
@@ -82,8 +85,20 @@ impl Plugin for Counter {
 
 struct Other;
 impl Plugin for Other {
-    fn init(_: &str) -> Result<Self, String> {
+    type Config = NoConfig;
+
+    fn init(_: NoConfig) -> Result<Self, String> {
         Ok(Other)
+    }
+}
+
+/// Accepts any config and ignores it, as a pass-through plugin may.
+struct Lenient;
+impl Plugin for Lenient {
+    type Config = serde::de::IgnoredAny;
+
+    fn init(_: serde::de::IgnoredAny) -> Result<Self, String> {
+        Ok(Lenient)
     }
 }
 
@@ -159,7 +174,64 @@ fn init_errors_are_returned() {
     let err = Instance::<Counter>::init(r#"{"prefix":"fail"}"#).unwrap_err();
     assert_eq!(err, "told to fail");
     let err = Instance::<Counter>::init(r#"{"prefix":7}"#).unwrap_err();
-    assert!(err.starts_with("invalid config:"), "{err}");
+    assert_eq!(
+        err,
+        "invalid config: invalid type: integer `7`, expected a string at line 1 column 11"
+    );
+    let err = Instance::<Counter>::init(r#"{"prefx":"a"}"#).unwrap_err();
+    assert_eq!(
+        err,
+        "invalid config: unknown field `prefx`, expected `prefix` at line 1 column 8"
+    );
+    let err = Instance::<Counter>::init("{").unwrap_err();
+    assert!(err.starts_with("invalid config: EOF"), "{err}");
+}
+
+#[test]
+fn config_is_deserialized_before_init() {
+    let _host = TestHost::new();
+    let p: Counter = testing::new_plugin(r#" {"prefix": "k"} "#).unwrap();
+    assert_eq!((p.prefix.as_str(), p.published), ("k", 0));
+    // No config at all reads as `{}`, so the defaults apply.
+    for absent in ["", "null", "{}"] {
+        let p: Counter = testing::new_plugin(absent).unwrap();
+        assert_eq!(p.prefix, "n", "{absent:?}");
+    }
+    assert_eq!(
+        testing::new_plugin::<Counter>(r#"{"prefix":"fail"}"#).err(),
+        Some("told to fail".to_owned())
+    );
+}
+
+#[test]
+fn no_config_accepts_only_nothing() {
+    for absent in ["", "  ", "null", "{}", " { } "] {
+        assert!(Instance::<Other>::init(absent).is_ok(), "{absent:?}");
+    }
+    assert_eq!(
+        Instance::<Other>::init(r#"{"mode": "x"}"#).unwrap_err(),
+        "invalid config: unknown field `mode`, this plugin takes no config at line 1 column 7"
+    );
+    assert_eq!(
+        Instance::<Other>::init("[]").unwrap_err(),
+        "invalid config: invalid type: sequence, \
+         expected an empty object (this plugin takes no config) at line 1 column 2"
+    );
+    assert_eq!(
+        Instance::<Other>::init("3").unwrap_err(),
+        "invalid config: invalid type: integer `3`, \
+         expected an empty object (this plugin takes no config) at line 1 column 1"
+    );
+    // Read on its own (not through `parse_config`), `null` is accepted too.
+    assert_eq!(serde_json::from_str::<NoConfig>("null").unwrap(), NoConfig);
+}
+
+#[test]
+fn ignored_any_accepts_every_config() {
+    for config in ["", "{}", r#"{"mode": "init-fail"}"#, "[1]", "\"x\""] {
+        assert!(Instance::<Lenient>::init(config).is_ok(), "{config:?}");
+    }
+    assert!(Instance::<Lenient>::init("{").is_err());
 }
 
 #[test]

@@ -3,13 +3,18 @@
 //! Every hook keeps the SDK's default (accept / allow / pass / deliver) and nothing is
 //! parsed, so this is the baseline for measuring the cost of the plugin machinery itself.
 
+use switchyard_plugin_sdk::serde::de::IgnoredAny;
 use switchyard_plugin_sdk::{Plugin, export_plugin};
 
 /// The pass-through plugin; it has no state and ignores its config.
 pub struct AllowAll;
 
 impl Plugin for AllowAll {
-    fn init(_config: &str) -> Result<Self, String> {
+    // Not `NoConfig`: any config is accepted and skipped unread, so the baseline can stand in
+    // under a binding written for another plugin (the hot-swap tests do exactly that).
+    type Config = IgnoredAny;
+
+    fn init(_config: IgnoredAny) -> Result<Self, String> {
         Ok(AllowAll)
     }
 }
@@ -19,7 +24,7 @@ export_plugin!(AllowAll);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::testing::{Instance, TestHost};
+    use switchyard_plugin_sdk::testing::{Instance, TestHost, new_plugin};
     use switchyard_plugin_sdk::{
         ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, Identity, PublishDecision,
         SubscribeDecision,
@@ -45,7 +50,7 @@ mod tests {
 
     #[test]
     fn any_config_is_accepted() {
-        assert!(AllowAll::init("").is_ok());
-        assert!(AllowAll::init(r#"{"whatever": 1}"#).is_ok());
+        assert!(new_plugin::<AllowAll>("").is_ok());
+        assert!(new_plugin::<AllowAll>(r#"{"whatever": 1}"#).is_ok());
     }
 }

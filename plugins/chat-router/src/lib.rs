@@ -40,8 +40,9 @@ pub struct ChatRouter {
 }
 
 impl Plugin for ChatRouter {
-    fn init(config: &str) -> Result<Self, String> {
-        let config: Config = json::parse_config(config)?;
+    type Config = Config;
+
+    fn init(config: Config) -> Result<Self, String> {
         if config.mention_prefix.is_empty() {
             return Err("invalid config: `mention_prefix` must not be empty".to_owned());
         }
@@ -123,7 +124,7 @@ export_plugin!(ChatRouter);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::testing::{Instance, TestHost};
+    use switchyard_plugin_sdk::testing::{Instance, TestHost, new_plugin};
 
     fn forwarded(decision: PublishDecision) -> Vec<(String, Value)> {
         match decision {
@@ -156,7 +157,7 @@ mod tests {
     #[test]
     fn plain_message_goes_to_its_room_only() {
         let _host = TestHost::new();
-        let mut p = ChatRouter::init("").unwrap();
+        let mut p = new_plugin::<ChatRouter>("").unwrap();
         let out = forwarded(p.on_publish(
             &Identity::anonymous(),
             "chat:r",
@@ -173,7 +174,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_messages() {
-        let mut p = ChatRouter::init("{}").unwrap();
+        let mut p = new_plugin::<ChatRouter>("{}").unwrap();
         let who = Identity::user("a");
         for data in [
             r#""just a string""#,
@@ -199,7 +200,7 @@ mod tests {
 
     #[test]
     fn other_channels_pass() {
-        let mut p = ChatRouter::init("{}").unwrap();
+        let mut p = new_plugin::<ChatRouter>("{}").unwrap();
         let who = Identity::user("a");
         assert_eq!(p.on_publish(&who, "news:x", "[1]"), PublishDecision::Pass);
         assert_eq!(p.on_publish(&who, "chat:", "[1]"), PublishDecision::Pass);
@@ -207,7 +208,8 @@ mod tests {
 
     #[test]
     fn custom_prefix_and_cap() {
-        let mut p = ChatRouter::init(r#"{"mention_prefix": "inbox.", "max_mentions": 1}"#).unwrap();
+        let mut p =
+            new_plugin::<ChatRouter>(r#"{"mention_prefix": "inbox.", "max_mentions": 1}"#).unwrap();
         let out = forwarded(p.on_publish(&Identity::user("a"), "chat:x", r#"{"text":"@x @y"}"#));
         let channels: Vec<&str> = out.iter().map(|(c, _)| c.as_str()).collect();
         assert_eq!(channels, ["chat:x", "inbox.x"]);
@@ -215,10 +217,10 @@ mod tests {
 
     #[test]
     fn bad_config_is_refused() {
-        let err = ChatRouter::init(r#"{"mention_prefx": "u:"}"#).unwrap_err();
+        let err = new_plugin::<ChatRouter>(r#"{"mention_prefx": "u:"}"#).unwrap_err();
         assert!(err.contains("unknown field `mention_prefx`"), "{err}");
-        assert!(ChatRouter::init(r#"{"mention_prefix": ""}"#).is_err());
-        assert!(ChatRouter::init(r#"{"mention_prefix": 3}"#).is_err());
+        assert!(new_plugin::<ChatRouter>(r#"{"mention_prefix": ""}"#).is_err());
+        assert!(new_plugin::<ChatRouter>(r#"{"mention_prefix": 3}"#).is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use switchyard_plugin_sdk::serde;
 use switchyard_plugin_sdk::{
     ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, Identity, Outgoing, Plugin,
-    PublishDecision, SubscribeDecision, export_plugin, json,
+    PublishDecision, SubscribeDecision, export_plugin,
 };
 
 /// What the plugin does on its selected hooks.
@@ -110,8 +110,9 @@ pub struct Hostile {
 }
 
 impl Plugin for Hostile {
-    fn init(config: &str) -> Result<Self, String> {
-        let config: Config = json::parse_config(config)?;
+    type Config = Config;
+
+    fn init(config: Config) -> Result<Self, String> {
         if config.mode == Mode::InitFail {
             return Err("hostile plugin: init-fail mode refuses to start".to_owned());
         }
@@ -235,7 +236,7 @@ export_plugin!(Hostile);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::testing::Instance;
+    use switchyard_plugin_sdk::testing::{Instance, new_plugin};
 
     fn who() -> Identity {
         Identity::user("mallory")
@@ -255,15 +256,15 @@ mod tests {
 
     #[test]
     fn init_fail() {
-        let err = Hostile::init(r#"{"mode": "init-fail"}"#).unwrap_err();
+        let err = new_plugin::<Hostile>(r#"{"mode": "init-fail"}"#).unwrap_err();
         assert!(err.contains("init-fail"), "{err}");
     }
 
     #[test]
     fn config_is_checked() {
-        assert!(Hostile::init(r#"{"mode": "explode"}"#).is_err());
-        assert!(Hostile::init(r#"{"mode": "loop", "hooks": ["teardown"]}"#).is_err());
-        let p = Hostile::init(r#"{"mode": "loop", "hooks": ["publish"]}"#).unwrap();
+        assert!(new_plugin::<Hostile>(r#"{"mode": "explode"}"#).is_err());
+        assert!(new_plugin::<Hostile>(r#"{"mode": "loop", "hooks": ["teardown"]}"#).is_err());
+        let p = new_plugin::<Hostile>(r#"{"mode": "loop", "hooks": ["publish"]}"#).unwrap();
         assert_eq!(p.config.hooks, [Hook::Publish]);
     }
 
@@ -282,14 +283,14 @@ mod tests {
     #[test]
     #[should_panic(expected = "hostile plugin: trap")]
     fn trap_panics_natively() {
-        let mut p = Hostile::init(r#"{"mode": "trap", "hooks": ["subscribe"]}"#).unwrap();
+        let mut p = new_plugin::<Hostile>(r#"{"mode": "trap", "hooks": ["subscribe"]}"#).unwrap();
         p.on_subscribe(&who(), "c");
     }
 
     #[test]
     #[should_panic(expected = "deliberate panic in Deliver")]
     fn panic_mode() {
-        let mut p = Hostile::init(r#"{"mode": "panic"}"#).unwrap();
+        let mut p = new_plugin::<Hostile>(r#"{"mode": "panic"}"#).unwrap();
         p.on_deliver(&GroupContext::default(), "c", "{}");
     }
 
@@ -309,13 +310,13 @@ mod tests {
 
     #[test]
     fn flood_forwards() {
-        let mut p = Hostile::init(r#"{"mode": "flood", "hooks": ["publish"]}"#).unwrap();
+        let mut p = new_plugin::<Hostile>(r#"{"mode": "flood", "hooks": ["publish"]}"#).unwrap();
         let PublishDecision::Forward(out) = p.on_publish(&who(), "c", "{}") else {
             panic!("expected forward");
         };
         assert_eq!(out.len(), 100_000);
         assert_eq!(out[99_999], Outgoing::new("c", "{}"));
-        let mut p = Hostile::init(r#"{"mode": "oversize", "bytes": 10}"#).unwrap();
+        let mut p = new_plugin::<Hostile>(r#"{"mode": "oversize", "bytes": 10}"#).unwrap();
         assert_eq!(
             p.on_subscribe(&who(), "c"),
             SubscribeDecision::Deny("\"xxxxxxxx\"".to_owned())
@@ -325,7 +326,8 @@ mod tests {
     #[test]
     fn slow_takes_its_time_on_the_host_clock_then_passes() {
         switchyard_plugin_sdk::testing::use_real_clock();
-        let mut p = Hostile::init(r#"{"mode": "slow", "ms": 3, "hooks": ["deliver"]}"#).unwrap();
+        let mut p =
+            new_plugin::<Hostile>(r#"{"mode": "slow", "ms": 3, "hooks": ["deliver"]}"#).unwrap();
         let started = switchyard_plugin_sdk::now_ms();
         assert_eq!(
             p.on_deliver(&GroupContext::default(), "c", "{}"),
@@ -336,7 +338,7 @@ mod tests {
 
     #[test]
     fn deep_answers_nested_json() {
-        let mut p = Hostile::init(r#"{"mode": "deep", "depth": 3}"#).unwrap();
+        let mut p = new_plugin::<Hostile>(r#"{"mode": "deep", "depth": 3}"#).unwrap();
         assert_eq!(
             p.on_deliver(&GroupContext::default(), "c", "{}"),
             DeliverDecision::Rewrite("[[[]]]".to_owned())

@@ -47,10 +47,10 @@ pub struct Redact {
 }
 
 impl Plugin for Redact {
-    fn init(config: &str) -> Result<Self, String> {
-        Ok(Self {
-            config: json::parse_config(config)?,
-        })
+    type Config = Config;
+
+    fn init(config: Config) -> Result<Self, String> {
+        Ok(Self { config })
     }
 
     fn on_publish(&mut self, _who: &Identity, channel: &str, data: &str) -> PublishDecision {
@@ -248,10 +248,10 @@ export_plugin!(Redact);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::testing::Instance;
+    use switchyard_plugin_sdk::testing::{Instance, new_plugin};
 
     fn redact(text: &str) -> String {
-        let r = Redact::init("{}").unwrap();
+        let r = new_plugin::<Redact>("{}").unwrap();
         r.redact_str(text).unwrap_or_else(|| text.to_owned())
     }
 
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn luhn_option() {
-        let r = Redact::init(r#"{"luhn": true, "mask": "***"}"#).unwrap();
+        let r = new_plugin::<Redact>(r#"{"luhn": true, "mask": "***"}"#).unwrap();
         assert_eq!(r.redact_str("4111 1111 1111 1111").as_deref(), Some("***"));
         assert_eq!(r.redact_str("4111 1111 1111 1112"), None);
     }
@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn publish_passes_clean_messages() {
-        let mut p = Redact::init("").unwrap();
+        let mut p = new_plugin::<Redact>("").unwrap();
         let who = Identity::anonymous();
         assert_eq!(
             p.on_publish(&who, "c", r#"{"text":"hello"}"#),
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn too_deep_is_rejected() {
-        let mut p = Redact::init("").unwrap();
+        let mut p = new_plugin::<Redact>("").unwrap();
         let data = format!("{}\"a@b.io\"{}", "[".repeat(200), "]".repeat(200));
         assert!(matches!(
             p.on_publish(&Identity::anonymous(), "c", &data),
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn bad_config() {
-        assert!(Redact::init(r#"{"mask": 1}"#).is_err());
-        assert!(Redact::init(r#"{"masks": "x"}"#).is_err());
+        assert!(new_plugin::<Redact>(r#"{"mask": 1}"#).is_err());
+        assert!(new_plugin::<Redact>(r#"{"masks": "x"}"#).is_err());
     }
 }

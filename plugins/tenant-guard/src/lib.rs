@@ -14,10 +14,12 @@ use switchyard_plugin_sdk::{
     export_plugin, json,
 };
 
-#[derive(Deserialize)]
+/// Binding configuration.
+#[derive(Debug, Deserialize)]
 #[serde(crate = "switchyard_plugin_sdk::serde", default, deny_unknown_fields)]
-struct Config {
-    prefix: String,
+pub struct Config {
+    /// Channels `<prefix><tenant>:...` belong to `<tenant>`.
+    pub prefix: String,
 }
 
 impl Default for Config {
@@ -51,10 +53,10 @@ impl TenantGuard {
 }
 
 impl Plugin for TenantGuard {
-    fn init(config: &str) -> Result<Self, String> {
-        Ok(TenantGuard {
-            config: json::parse_config(config)?,
-        })
+    type Config = Config;
+
+    fn init(config: Config) -> Result<Self, String> {
+        Ok(TenantGuard { config })
     }
 
     fn on_subscribe(&mut self, who: &Identity, channel: &str) -> SubscribeDecision {

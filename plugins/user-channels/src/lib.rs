@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 use switchyard_plugin_sdk::serde;
-use switchyard_plugin_sdk::{Identity, Plugin, SubscribeDecision, export_plugin, json};
+use switchyard_plugin_sdk::{Identity, Plugin, SubscribeDecision, export_plugin};
 
 /// Binding configuration.
 #[derive(Debug, Deserialize)]
@@ -33,8 +33,9 @@ pub struct UserChannels {
 }
 
 impl Plugin for UserChannels {
-    fn init(config: &str) -> Result<Self, String> {
-        let Config { prefix } = json::parse_config(config)?;
+    type Config = Config;
+
+    fn init(Config { prefix }: Config) -> Result<Self, String> {
         if prefix.is_empty() {
             return Err("invalid config: `prefix` must not be empty".to_owned());
         }
@@ -60,7 +61,7 @@ export_plugin!(UserChannels);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::testing::Instance;
+    use switchyard_plugin_sdk::testing::{Instance, new_plugin};
 
     #[test]
     fn owner_only() {
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn other_channels_allowed() {
-        let mut p = UserChannels::init("").unwrap();
+        let mut p = new_plugin::<UserChannels>("").unwrap();
         let anon = Identity::anonymous();
         assert_eq!(p.on_subscribe(&anon, "chat:x"), SubscribeDecision::Allow);
         assert_eq!(p.on_subscribe(&anon, "users:x"), SubscribeDecision::Allow);
@@ -98,7 +99,7 @@ mod tests {
 
     #[test]
     fn custom_prefix() {
-        let mut p = UserChannels::init(r#"{"prefix": "inbox."}"#).unwrap();
+        let mut p = new_plugin::<UserChannels>(r#"{"prefix": "inbox."}"#).unwrap();
         let bob = Identity::user("bob");
         assert_eq!(p.on_subscribe(&bob, "inbox.bob"), SubscribeDecision::Allow);
         assert!(matches!(
@@ -106,6 +107,6 @@ mod tests {
             SubscribeDecision::Deny(_)
         ));
         assert_eq!(p.on_subscribe(&bob, "user:eve"), SubscribeDecision::Allow);
-        assert!(UserChannels::init(r#"{"prefix": ""}"#).is_err());
+        assert!(new_plugin::<UserChannels>(r#"{"prefix": ""}"#).is_err());
     }
 }
