@@ -18,6 +18,10 @@
 #               its latency with `redis`, not its CPU.
 #   floor       ../shared/bench/floor, 2 nodes + Redis
 #   seed-ws     ../shared/bench/peers/seed-ws (Node ws), 2 nodes + Redis
+#   base-embedded, base-redis, base-allow-all
+#               the same as embedded, redis and allow-all with another switchyard binary,
+#               $BASE_BIN (say, a release build of the commit before a change): a before/after
+#               pair measured in one invocation, round by round.
 #
 # Environment:
 #   SCENARIOS     "fanout-light fanout throughput idle" (run.sh scenario names)
@@ -34,6 +38,7 @@
 #   KEEP_LOGS=1   run.sh --keep-logs (run directories under target/bench-results/harness/results)
 #   JOBS          cargo -j for the builds (default 1: the machine is shared)
 #   SHARED_BENCH  the shared bench directory (default <workspace>/../shared/bench)
+#   BASE_BIN      the switchyard binary of the base-* servers
 #   WINDOW_MODE   what the throughput scenario's window counts (loadgen --window-mode; default
 #                 deliveries: W messages' worth of undelivered deliveries per publisher, the
 #                 only bound that works for servers that do not acknowledge publishes)
@@ -72,7 +77,10 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 for s in $SERVERS; do
   case $s in
     embedded | redis | allow-all | cluster | floor | seed-ws) ;;
-    *) die "unknown server '$s' (embedded redis allow-all cluster floor seed-ws)" ;;
+    base-embedded | base-redis | base-allow-all)
+      [ -x "${BASE_BIN:-}" ] || die "server '$s' needs BASE_BIN, an executable switchyard binary"
+      ;;
+    *) die "unknown server '$s' (embedded redis allow-all cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
   esac
 done
 for s in $SCENARIOS; do
@@ -99,7 +107,7 @@ log "building switchyard and the loadgen (release, -j$JOBS)"
 # builds from the usual `cargo build --release -p switchyard` (and rebuild them).
 cargo build -j"$JOBS" --release -p switchyard >&2
 cargo build -j"$JOBS" --release -p switchyard-loadgen >&2
-if wants allow-all; then
+if wants allow-all || wants base-allow-all; then
   log "building the plugins"
   scripts/build-plugins.sh -j"$JOBS" >&2
   [ -f "$ROOT/target/plugins/allow-all.wasm" ] || die "target/plugins/allow-all.wasm missing"
@@ -170,6 +178,7 @@ fi
 
 # ------------------------------------------------------------------ servers
 SY=$(printf '%q' "$ROOT/target/release/switchyard")
+BASE=$(printf '%q' "${BASE_BIN:-}")
 PLAIN=$(printf '%q' "$ROOT/bench/configs/plain.toml")
 ALLOW=$(printf '%q' "$ROOT/bench/configs/allow-all.toml")
 # server name -> "nodes|peer"; run.sh replaces {PORT} and {REDIS_URL} per node.
@@ -181,10 +190,13 @@ server_spec() {
     cluster) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-cluster $CLUSTER_SEEDS --config $PLAIN" ;;
     floor) echo "2|floor" ;;
     seed-ws) echo "2|seed-ws" ;;
+    base-embedded) echo "1|cmd:exec $BASE --listen 127.0.0.1:{PORT} --config $PLAIN" ;;
+    base-redis) echo "2|cmd:exec $BASE --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $PLAIN" ;;
+    base-allow-all) echo "2|cmd:exec $BASE --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
   esac
 }
 for cfg in "$ROOT/bench/configs/plain.toml" "$ROOT/bench/configs/allow-all.toml"; do
-  if [ "$cfg" = "$ROOT/bench/configs/allow-all.toml" ] && ! wants allow-all; then continue; fi
+  if [ "$cfg" = "$ROOT/bench/configs/allow-all.toml" ] && ! wants allow-all && ! wants base-allow-all; then continue; fi
   "$ROOT/target/release/switchyard" --check --config "$cfg" >/dev/null 2>&1 ||
     die "switchyard --check --config $cfg failed"
 done

@@ -16,11 +16,15 @@ import json
 import statistics
 import sys
 
-ORDER = ["embedded", "redis", "cluster", "allow-all", "floor", "seed-ws"]
+ORDER = ["embedded", "base-embedded", "redis", "base-redis", "cluster", "allow-all",
+         "base-allow-all", "floor", "seed-ws"]
 NAMES = {
     "embedded": "switchyard embedded (1 node)",
     "redis": "switchyard + Redis (2 nodes)",
     "allow-all": "switchyard + Redis + allow-all",
+    "base-embedded": "base: embedded (1 node)",
+    "base-redis": "base: + Redis (2 nodes)",
+    "base-allow-all": "base: + Redis + allow-all",
     "floor": "floor (2 nodes)",
     "seed-ws": "seed-ws (2 nodes)",
 }
