@@ -10,7 +10,8 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use switchyard::config::{BindingConfig, PluginsConfig};
 use switchyard::hub::{GroupKey, Prepared};
-use switchyard::plugins::{Plugins, Routed, anonymous};
+use switchyard::identity::Identity;
+use switchyard::plugins::{Plugins, Routed};
 
 use common::{PAYLOAD_BYTES, padded};
 
@@ -51,7 +52,7 @@ fn hooks(c: &mut Criterion) {
         r#"{"text": "write to jane.doe@example.com about {pad}", "user": "alice"}"#,
         PAYLOAD_BYTES,
     );
-    let who = anonymous();
+    let who = Identity::anonymous();
     // The default delivery group (no tenant, no key).
     let group = GroupKey::default();
 

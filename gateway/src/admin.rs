@@ -12,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde_json::json;
 
-use crate::api::{ApiError, read_body};
+use crate::api::read_body;
+use crate::error::ApiError;
 use crate::node::Node;
 use crate::plugins::Code;
-use crate::plugins::registry::{Source, SwapError, is_component};
+use crate::plugins::registry::{Origin, SwapError, is_component};
 
 /// Routes under `/admin`.
 pub fn router(node: Arc<Node>) -> Router {
@@ -29,10 +30,6 @@ pub fn router(node: Arc<Node>) -> Router {
             require_token,
         ))
         .with_state(node)
-}
-
-fn reply(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    ApiError::new(status, code, message).into_response()
 }
 
 /// Lets a request through only with the admin token.
@@ -49,9 +46,7 @@ async fn require_token(
 
 fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &node.config.admin.token else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        return Err(ApiError::unauthorized(
             "admin API disabled: set admin.token",
         ));
     };
@@ -59,30 +54,17 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     if crate::auth::matches_secret(given, [token.as_str()]) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong admin token",
-        ))
+        Err(ApiError::unauthorized("missing or wrong admin token"))
     }
 }
 
 fn swap_failed(e: SwapError) -> Response {
-    match e {
-        SwapError::NotWasm => reply(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not_wasm",
-            e.to_string(),
-        ),
-        SwapError::NoPrevious(_) => reply(StatusCode::CONFLICT, "no_previous", e.to_string()),
-        SwapError::Unknown(_) => reply(StatusCode::NOT_FOUND, "unknown_plugin", e.to_string()),
-        SwapError::Refused(_) => reply(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string()),
-    }
+    ApiError::from(e).into_response()
 }
 
-/// Refuses a name the configuration would refuse too ([`crate::plugins::check_name`]).
+/// Refuses a name the configuration would refuse too ([`crate::config::check_plugin_name`]).
 fn check_name(name: &str) -> Result<(), ApiError> {
-    crate::plugins::check_name(name)
+    crate::config::check_plugin_name(name)
         .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", why))
 }
 
@@ -120,7 +102,7 @@ async fn upload(State(node): State<Arc<Node>>, Path(name): Path<String>, body: B
         return swap_failed(SwapError::NotWasm);
     }
     let code = Code::new(body.to_vec());
-    match node.plugins.install(&name, code.clone(), Source::Api).await {
+    match node.plugins.install(&name, code.clone(), Origin::Api).await {
         Ok(changed) => {
             let cluster = node.publish_plugin_version(&name, &code).await;
             Json(json!({

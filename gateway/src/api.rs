@@ -13,8 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::error::ApiError;
 use crate::node::Node;
-use crate::plugins::Identity;
+use crate::identity::Identity;
 use crate::protocol::{ErrorCode, Rejection};
 
 /// Routes of the backend API (`/api/...`). The key is checked before anything else, the body
@@ -102,70 +103,15 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     )
 }
 
-/// An API failure: HTTP status plus the protocol's `{code, message}` body.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    /// An error with this status, machine code and human message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn unauthorized() -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message: "missing or wrong API key".into(),
-        }
-    }
-}
-
-impl From<Rejection> for ApiError {
-    fn from(r: Rejection) -> Self {
-        Self {
-            status: crate::error::http_status(r.code),
-            code: r.code.as_str(),
-            message: r.message,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"code": self.code, "message": self.message})),
-        )
-            .into_response()
-    }
-}
-
 /// Checks `Authorization: Bearer <key>` against `api.keys`, in constant time per key.
 pub fn check_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = crate::auth::bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    let wrong = || ApiError::unauthorized("missing or wrong API key");
+    let given = crate::auth::bearer(headers).ok_or_else(wrong)?;
     let keys = node.config.api.keys.iter().map(String::as_str);
     if crate::auth::matches_secret(given, keys) {
         Ok(())
     } else {
-        Err(ApiError::unauthorized())
-    }
-}
-
-/// The identity plugins see for API publishes.
-pub fn server_identity() -> Identity {
-    Identity {
-        user: None,
-        tenant: None,
-        claims: r#"{"source":"api"}"#.to_owned(),
+        Err(wrong())
     }
 }
 
@@ -196,7 +142,7 @@ pub async fn publish(
             format!("body must be {{\"channel\":..,\"data\":..}}: {e}"),
         )
     })?;
-    node.publish(&server_identity(), &req.channel, req.data.get())
+    node.publish(&Identity::server(), &req.channel, req.data.get())
         .await?;
     Ok(Json(json!({"published": true})))
 }

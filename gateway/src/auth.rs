@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
 
-use crate::plugins::{Identity, anonymous};
+use crate::config::AuthConfig;
+use crate::identity::Identity;
 
 /// The credentials of an `Authorization: Bearer <credentials>` header: the scheme is matched
 /// without regard to case (RFC 9110 section 11.1) and the credentials are trimmed. The one
@@ -29,50 +29,6 @@ pub fn matches_secret<'a>(given: &str, secrets: impl IntoIterator<Item = &'a str
     secrets.into_iter().fold(false, |ok, secret| {
         ok | bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
     })
-}
-
-/// Authentication settings (`[auth]`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Whether connections without a token are accepted (as anonymous).
-    pub anonymous: bool,
-    /// Shared secret for HS256 tokens.
-    pub hs256_secret: Option<String>,
-    /// PEM file with the RSA public key for RS256 tokens.
-    pub rs256_public_key_file: Option<std::path::PathBuf>,
-    /// PEM file with the EC (P-256) public key for ES256 tokens.
-    pub es256_public_key_file: Option<std::path::PathBuf>,
-    /// Required `aud` claim, if set.
-    pub audience: Option<String>,
-    /// Required `iss` claim, if set.
-    pub issuer: Option<String>,
-    /// Seconds of clock skew tolerated on `exp` and `nbf`.
-    pub leeway_secs: u64,
-    /// Claim holding the user id.
-    pub user_claim: String,
-    /// Claim holding the tenant id.
-    pub tenant_claim: String,
-    /// Origins allowed to open WebSockets (`https://app.example.com`); empty allows any.
-    /// Requests without an `Origin` header (non-browser clients) are not affected.
-    pub allowed_origins: Vec<String>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            anonymous: true,
-            hs256_secret: None,
-            rs256_public_key_file: None,
-            es256_public_key_file: None,
-            audience: None,
-            issuer: None,
-            leeway_secs: 5,
-            user_claim: "sub".to_owned(),
-            tenant_claim: "tenant".to_owned(),
-            allowed_origins: Vec::new(),
-        }
-    }
 }
 
 /// Why a connection was refused before upgrading; each maps to a distinct reason text.
@@ -129,16 +85,11 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Loads the configured keys.
+    /// Loads the configured keys (reads and parses the key files); `config` was validated
+    /// when the configuration was loaded ([`AuthConfig::validate`]).
     pub fn new(config: &AuthConfig) -> Result<Self, AuthConfigError> {
         let mut keys = HashMap::new();
         if let Some(secret) = &config.hs256_secret {
-            if secret.len() < 16 {
-                return Err(AuthConfigError {
-                    key: "auth.hs256_secret",
-                    message: "must be at least 16 bytes".into(),
-                });
-            }
             keys.insert(
                 Algorithm::HS256,
                 DecodingKey::from_secret(secret.as_bytes()),
@@ -171,12 +122,6 @@ impl Authenticator {
             })?;
             keys.insert(alg, k);
         }
-        if keys.is_empty() && !config.anonymous {
-            return Err(AuthConfigError {
-                key: "auth.anonymous",
-                message: "is false but no key is configured, so nobody could connect".into(),
-            });
-        }
         Ok(Self {
             config: config.clone(),
             keys,
@@ -200,7 +145,7 @@ impl Authenticator {
     pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return if self.config.anonymous {
-                Ok(anonymous())
+                Ok(Identity::anonymous())
             } else {
                 Err(AuthError::Missing)
             };

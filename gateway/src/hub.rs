@@ -334,7 +334,8 @@ impl Drop for Hub {
 mod tests {
     use super::*;
     use crate::broker::memory::MemoryBroker;
-    use crate::outbox::{CloseReason, outbox};
+    use crate::error::CloseReason;
+    use crate::outbox::outbox;
 
     /// An inbox that drops everything: these tests call `dispatch` themselves.
     struct Nowhere;

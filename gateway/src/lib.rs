@@ -8,13 +8,16 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod hub;
+pub mod identity;
 pub mod metrics;
+pub mod namespace;
 pub mod node;
 pub mod outbox;
 pub mod plugins;
@@ -27,5 +30,6 @@ pub mod telemetry;
 pub mod wire;
 pub mod ws;
 
-pub use config::{Cli, Config};
+pub use cli::Cli;
+pub use config::Config;
 pub use server::Gateway;

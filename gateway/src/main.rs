@@ -33,7 +33,8 @@ fn raise_fd_limit(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli) {
+    let source = cli.source();
+    let config = match Config::load(&source) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchyard: {e}");
@@ -41,6 +42,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        for warning in &source.warnings {
+            eprintln!("switchyard: warning: {warning}");
+        }
+        // The key files are read and parsed as at start.
+        if let Err(e) = switchyard::auth::Authenticator::new(&config.auth) {
+            eprintln!("switchyard: invalid config: {e}");
+            return ExitCode::from(2);
+        }
         // Load every bound plugin too: compile, instantiate and `init` must all succeed.
         return match switchyard::plugins::Plugins::load(
             &config.plugins,
@@ -60,6 +69,9 @@ fn main() -> ExitCode {
         };
     }
     telemetry::init(&config.log);
+    for warning in &source.warnings {
+        tracing::warn!("{warning}");
+    }
     raise_fd_limit(&config);
     let runtime = match server::runtime(&config.server) {
         Ok(r) => r,
@@ -69,7 +81,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let gateway = Gateway::bind(config).await?.reload_from(cli);
+        let gateway = Gateway::bind(config).await?.reload_from(source);
         gateway.run(server::shutdown_signal()).await
     });
     match result {

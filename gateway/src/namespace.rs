@@ -10,8 +10,10 @@
 
 use std::cmp::Ordering;
 
-/// A compiled namespace pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A compiled namespace pattern. Deserializes from its text (refused with the reason when it
+/// is not a pattern), so a loaded configuration only holds valid ones.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Pattern {
     text: String,
     segments: Vec<Segment>,
@@ -31,6 +33,20 @@ pub struct PatternError {
     pub pattern: String,
     /// What is wrong with it.
     pub reason: &'static str,
+}
+
+impl TryFrom<String> for Pattern {
+    type Error = PatternError;
+
+    fn try_from(text: String) -> Result<Self, PatternError> {
+        Self::parse(&text)
+    }
+}
+
+impl From<Pattern> for String {
+    fn from(p: Pattern) -> String {
+        p.text
+    }
 }
 
 impl Pattern {

@@ -21,12 +21,14 @@ use crate::broker::redis_cluster::RedisClusterBroker;
 use crate::broker::{self, Broker};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::error::CloseReason;
 use crate::hub::{ConnId, Hub};
-use crate::outbox::{CloseReason, Lanes, Outbox};
+use crate::outbox::{Lanes, Outbox};
 use crate::plugins::Code;
 use crate::plugins::cluster::{CONTROL_CHANNEL, ClusterStore};
-use crate::plugins::registry::{PluginRegistry, Source, Version};
-use crate::plugins::{Identity, Routed};
+use crate::plugins::registry::{Origin, PluginRegistry, Version};
+use crate::identity::Identity;
+use crate::plugins::Routed;
 use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
@@ -229,7 +231,7 @@ impl Node {
                             name,
                             Version {
                                 code,
-                                source: Source::Cluster,
+                                source: Origin::Cluster,
                                 loaded_at: crate::presence::now_ms(),
                             },
                         );
@@ -422,7 +424,7 @@ impl Node {
         match cluster.blob(&note.hash).await {
             Ok(code) => match self
                 .plugins
-                .install(&note.plugin, code, Source::Cluster)
+                .install(&note.plugin, code, Origin::Cluster)
                 .await
             {
                 Ok(_) => cluster.report(&self.id, &note.plugin, &note.hash).await,

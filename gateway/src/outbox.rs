@@ -19,51 +19,9 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
+use crate::error::CloseReason;
 use crate::protocol::Frame;
 use crate::wire::{Flushed, Wire};
-
-/// Why the server closes a connection; maps to a WebSocket close code and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The node is shutting down (1001).
-    ShuttingDown,
-    /// The outbound queue overflowed (4001).
-    SlowConsumer,
-    /// No frame from the client within the idle timeout (4002).
-    IdleTimeout,
-    /// A frame exceeded `limits.max_frame_bytes` (1009).
-    FrameTooBig,
-    /// A text frame was not valid UTF-8 (1007).
-    InvalidUtf8,
-    /// The client broke the WebSocket protocol (1002).
-    ProtocolError,
-}
-
-impl CloseReason {
-    /// WebSocket close code sent to the client.
-    pub fn code(self) -> u16 {
-        match self {
-            CloseReason::ShuttingDown => 1001,
-            CloseReason::SlowConsumer => 4001,
-            CloseReason::IdleTimeout => 4002,
-            CloseReason::FrameTooBig => 1009,
-            CloseReason::InvalidUtf8 => 1007,
-            CloseReason::ProtocolError => 1002,
-        }
-    }
-
-    /// Close reason text sent to the client.
-    pub fn text(self) -> &'static str {
-        match self {
-            CloseReason::ShuttingDown => "server shutting down",
-            CloseReason::SlowConsumer => "slow consumer: outbound queue overflowed",
-            CloseReason::IdleTimeout => "idle timeout",
-            CloseReason::FrameTooBig => "frame exceeds limits.max_frame_bytes",
-            CloseReason::InvalidUtf8 => "text frame is not valid UTF-8",
-            CloseReason::ProtocolError => "websocket protocol error",
-        }
-    }
-}
 
 /// Most frames a queue keeps allocated room for once it is empty again; a burst's larger
 /// buffer is released so a connection that went quiet goes back to holding almost nothing.

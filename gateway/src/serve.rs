@@ -31,8 +31,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::ApiError;
 use crate::config::Limits;
+use crate::error::ApiError;
 
 /// Bounds on connections that are not WebSocket sessions; from `[limits]`.
 #[derive(Debug, Clone)]

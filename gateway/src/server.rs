@@ -9,7 +9,7 @@ use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::config::{Cli, Config, ServerConfig};
+use crate::config::{Config, ServerConfig, Source};
 use crate::node::{Node, StartError};
 use crate::plugins::cluster::CONTROL_CHANNEL;
 use crate::wire::WireListener;
@@ -34,7 +34,7 @@ pub struct Gateway {
     node: Arc<Node>,
     listener: TcpListener,
     admin: Option<TcpListener>,
-    reload: Option<Cli>,
+    reload: Option<Source>,
 }
 
 impl Gateway {
@@ -66,9 +66,9 @@ impl Gateway {
             .expect("bound listener has an address")
     }
 
-    /// Re-reads configuration from these flags on SIGHUP and when the config file changes.
-    pub fn reload_from(mut self, cli: Cli) -> Self {
-        self.reload = Some(cli);
+    /// Re-reads the configuration from `source` on SIGHUP and when its file changes.
+    pub fn reload_from(mut self, source: Source) -> Self {
+        self.reload = Some(source);
         self
     }
 
@@ -114,8 +114,8 @@ impl Gateway {
             tracing::warn!(error = %e, dir = %node.config.plugins.dir.display(), "cannot watch plugins directory; hot swap from files is off");
         }
         #[cfg(unix)]
-        if let Some(cli) = reload {
-            tokio::spawn(reload_on_sighup(node.clone(), cli));
+        if let Some(source) = reload {
+            tokio::spawn(reload_on_sighup(node.clone(), source));
         }
         let limits = crate::serve::HttpLimits::from_config(&node.config.limits);
         let mut app = router(node.clone());
@@ -217,13 +217,13 @@ async fn join_control_channel(node: Arc<Node>) {
 }
 
 #[cfg(unix)]
-async fn reload_on_sighup(node: Arc<Node>, cli: Cli) {
+async fn reload_on_sighup(node: Arc<Node>, source: Source) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading configuration");
-        crate::plugins::watch::reload_bindings(&node, &cli).await;
+        crate::plugins::watch::reload_bindings(&node, &source).await;
     }
 }
 

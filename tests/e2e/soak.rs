@@ -139,7 +139,11 @@ async fn churn(url: String, stop: Arc<AtomicBool>, connects: Arc<AtomicU64>) {
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let ch = CHANNELS[(i % 4) as usize];
-        let tenant = if i.is_multiple_of(5) { TENANT_EVIL } else { TENANT_GOOD };
+        let tenant = if i.is_multiple_of(5) {
+            TENANT_EVIL
+        } else {
+            TENANT_GOOD
+        };
         let mut c = connect(&url, &format!("churn{}", i % 50), tenant).await;
         c.send(json!({"type": "subscribe", "channel": ch})).await;
         for n in 0..3 {

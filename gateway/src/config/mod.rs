@@ -1,11 +1,22 @@
-//! Configuration: defaults, TOML file, `SWITCHYARD__SECTION__KEY` environment overrides and
-//! command-line flags, in rising order of precedence, validated once at start.
+//! Configuration: plain data, checked when it is loaded.
+//!
+//! Sources, in rising order of precedence: built-in defaults, the TOML file, environment
+//! variables `SWITCHYARD__<SECTION>__<KEY>`, then command-line flags ([`source`]). Each
+//! section deserializes into checked types (a binding's `pattern` is a parsed
+//! [`Pattern`]) and validates its own ranges ([`Config::validate`] asks each in turn); an
+//! error names the key and where the offending value came from. Nothing here depends on the
+//! rest of the gateway: the modules that use a section read it, not the other way round.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
 use serde::{Deserialize, Serialize};
+
+use crate::namespace::Pattern;
+
+pub mod source;
+
+pub use source::{Override, Source};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +29,10 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown keys or wrong types.
+    /// A source is not valid TOML, or has unknown keys or wrong types.
     #[error("invalid config {origin}: {message}")]
     Parse {
-        /// Where the text came from (file path or environment).
+        /// Where the text came from: the file, an environment variable or a flag.
         origin: String,
         /// The parser's explanation, with line and column when known.
         message: String,
@@ -36,38 +47,12 @@ pub enum ConfigError {
     },
 }
 
-/// Command-line interface of the `switchyard` binary.
-#[derive(Debug, Clone, Parser, Default)]
-#[command(
-    name = "switchyard",
-    version,
-    about = "Real-time WebSocket message gateway with WebAssembly channel plugins"
-)]
-pub struct Cli {
-    /// TOML configuration file.
-    #[arg(short, long, env = "SWITCHYARD_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on (overrides `server.listen`).
-    #[arg(long, env = "SWITCHYARD_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Redis URL; setting it switches from the embedded broker to Redis (overrides `broker.redis_url`).
-    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Redis Cluster seed node URLs, comma-separated; switches to sharded pub/sub (overrides `broker.redis_cluster`).
-    #[arg(long, env = "SWITCHYARD_REDIS_CLUSTER", value_delimiter = ',')]
-    pub redis_cluster: Vec<String>,
-    /// Node identity in logs, metrics and presence (overrides `server.node_id`).
-    #[arg(long, env = "SWITCHYARD_NODE_ID")]
-    pub node_id: Option<String>,
-    /// Log format (overrides `log.format`).
-    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `switchyard=debug` (overrides `log.filter`; `RUST_LOG` also works).
-    #[arg(long, env = "SWITCHYARD_LOG")]
-    pub log: Option<String>,
-    /// Validate the configuration (and everything it references), print the result and exit.
-    #[arg(long)]
-    pub check: bool,
+/// A value out of range: the key and what is wrong.
+fn invalid<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    })
 }
 
 /// The whole gateway configuration. Every key is documented in `examples/switchyard.toml`.
@@ -85,7 +70,7 @@ pub struct Config {
     /// WebAssembly plugins and the channel namespaces they are bound to.
     pub plugins: PluginsConfig,
     /// Connection authentication.
-    pub auth: crate::auth::AuthConfig,
+    pub auth: AuthConfig,
     /// HTTP API for backends.
     pub api: ApiConfig,
     /// Presence tracking.
@@ -283,7 +268,7 @@ pub struct PluginRef {
 #[serde(deny_unknown_fields)]
 pub struct BindingConfig {
     /// Channel pattern: `chat:*`, `tenant:*:orders`, or an exact name.
-    pub pattern: String,
+    pub pattern: Pattern,
     /// Plugin name: the file `<plugins.dir>/<name>.wasm`.
     pub plugin: String,
     /// Passed to the plugin's `init` as JSON text.
@@ -362,6 +347,70 @@ impl Default for PluginsConfig {
     }
 }
 
+/// Authentication settings (`[auth]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether connections without a token are accepted (as anonymous).
+    pub anonymous: bool,
+    /// Shared secret for HS256 tokens.
+    pub hs256_secret: Option<String>,
+    /// PEM file with the RSA public key for RS256 tokens.
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// PEM file with the EC (P-256) public key for ES256 tokens.
+    pub es256_public_key_file: Option<PathBuf>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Claim holding the user id.
+    pub user_claim: String,
+    /// Claim holding the tenant id.
+    pub tenant_claim: String,
+    /// Origins allowed to open WebSockets (`https://app.example.com`); empty allows any.
+    /// Requests without an `Origin` header (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            anonymous: true,
+            hs256_secret: None,
+            rs256_public_key_file: None,
+            es256_public_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway_secs: 5,
+            user_claim: "sub".to_owned(),
+            tenant_claim: "tenant".to_owned(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Checks the settings (key files are read, and their keys parsed, when the node starts
+    /// and by `--check`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return invalid("auth.hs256_secret", "must be at least 16 bytes");
+        }
+        let keys = self.hs256_secret.is_some()
+            || self.rs256_public_key_file.is_some()
+            || self.es256_public_key_file.is_some();
+        if !keys && !self.anonymous {
+            return invalid(
+                "auth.anonymous",
+                "is false but no key is configured, so nobody could connect",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -392,59 +441,32 @@ impl Default for LogConfig {
     }
 }
 
-/// Environment variables of the form `SWITCHYARD__SECTION__KEY=value` override file keys.
-const ENV_PREFIX: &str = "SWITCHYARD__";
-
 impl Config {
-    /// Loads the configuration the binary runs with: file (if any), environment, then flags.
-    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
-        let text = match &cli.config {
-            Some(path) => read(path)?,
+    /// Loads the configuration from `source`: defaults, its file, its overrides (environment,
+    /// flags), then checks it. Relative paths in the file are relative to the file.
+    pub fn load(source: &Source) -> Result<Self, ConfigError> {
+        let text = match &source.file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                source: e,
+            })?,
             None => String::new(),
         };
-        let origin = cli
-            .config
+        let origin = source
+            .file
             .as_ref()
             .map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
-        let mut config = Self::from_toml_with_env(&text, &origin, std::env::vars())?;
-        if let Some(base) = cli.config.as_ref().and_then(|p| p.parent()) {
+        let mut config = source::build(&text, &origin, &source.overrides)?;
+        if let Some(base) = source.file.as_ref().and_then(|p| p.parent()) {
             config.resolve_paths(base);
         }
-        config.apply_cli(cli);
         config.validate()?;
         Ok(config)
     }
 
-    /// Parses TOML text and applies `SWITCHYARD__…` overrides from `env`; does not validate.
-    pub fn from_toml_with_env(
-        text: &str,
-        origin: &str,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    origin: origin.to_owned(),
-                    message: e.to_string(),
-                })?;
-        for (name, value) in env {
-            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            set_path(&mut table, path, &value).map_err(|message| ConfigError::Parse {
-                origin: format!("from environment variable {name}"),
-                message,
-            })?;
-        }
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })
-    }
-
     /// Parses and validates TOML text alone (no environment, no flags).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config = Self::from_toml_with_env(text, "(text)", std::iter::empty())?;
+        let config = source::build(text, "(text)", &[])?;
         config.validate()?;
         Ok(config)
     }
@@ -469,135 +491,14 @@ impl Config {
         }
     }
 
-    fn apply_cli(&mut self, cli: &Cli) {
-        if let Some(listen) = cli.listen {
-            self.server.listen = listen;
-        }
-        if let Some(url) = &cli.redis_url {
-            self.broker.redis_url = Some(url.clone());
-        }
-        if !cli.redis_cluster.is_empty() {
-            self.broker.redis_cluster = cli.redis_cluster.clone();
-        }
-        if let Some(id) = &cli.node_id {
-            self.server.node_id = Some(id.clone());
-        }
-        if let Some(format) = cli.log_format {
-            self.log.format = format;
-        }
-        if let Some(filter) = &cli.log {
-            self.log.filter = filter.clone();
-        }
-    }
-
-    /// Checks ranges and cross-field consistency.
+    /// Checks every section's ranges, then what sections must agree on.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let l = &self.limits;
-        let invalid = |key: &str, message: &str| {
-            Err(ConfigError::Invalid {
-                key: key.to_owned(),
-                message: message.to_owned(),
-            })
-        };
-        if self.server.listen_backlog == 0 {
-            return invalid("server.listen_backlog", "must be at least 1");
-        }
-        if l.max_message_bytes < 64 {
-            return invalid("limits.max_message_bytes", "must be at least 64");
-        }
-        if l.max_frame_bytes < l.max_message_bytes {
-            return invalid(
-                "limits.max_frame_bytes",
-                "must be at least limits.max_message_bytes",
-            );
-        }
-        if l.max_subscriptions == 0 {
-            return invalid("limits.max_subscriptions", "must be at least 1");
-        }
-        if l.max_channel_len == 0 {
-            return invalid("limits.max_channel_len", "must be at least 1");
-        }
-        if let Some(c) = l
-            .channel_chars
-            .chars()
-            .find(|c| !c.is_ascii_punctuation() || matches!(c, '"' | '\\' | '$'))
-        {
-            return invalid(
-                "limits.channel_chars",
-                &format!(
-                    "{c:?} is not allowed: only ASCII punctuation other than quote, backslash and `$` (reserved)"
-                ),
-            );
-        }
-        if l.idle_timeout_secs == 0 {
-            return invalid("limits.idle_timeout_secs", "must be at least 1");
-        }
-        if l.ping_interval_secs >= l.idle_timeout_secs {
-            return invalid(
-                "limits.ping_interval_secs",
-                "must be shorter than limits.idle_timeout_secs, or idle clients that answer pings are closed",
-            );
-        }
-        if l.outbound_queue == 0 {
-            return invalid("limits.outbound_queue", "must be at least 1");
-        }
-        if l.max_connections == 0 {
-            return invalid("limits.max_connections", "must be at least 1");
-        }
-        if l.max_json_depth == 0 {
-            return invalid("limits.max_json_depth", "must be at least 1");
-        }
-        if l.http_header_timeout_secs == 0 {
-            return invalid("limits.http_header_timeout_secs", "must be at least 1");
-        }
-        if l.http_request_timeout_secs == 0 {
-            return invalid("limits.http_request_timeout_secs", "must be at least 1");
-        }
-        if l.max_http_connections == 0 {
-            return invalid("limits.max_http_connections", "must be at least 1");
-        }
-        if l.publish_rate > 0 && l.publish_burst == 0 {
-            return invalid(
-                "limits.publish_burst",
-                "must be at least 1 when publish_rate is set",
-            );
-        }
-        if let Some(url) = &self.broker.redis_url
-            && !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix:"))
-        {
-            return invalid(
-                "broker.redis_url",
-                "must start with redis://, rediss:// or unix:",
-            );
-        }
-        if !self.broker.redis_cluster.is_empty() && self.broker.redis_url.is_some() {
-            return invalid(
-                "broker.redis_cluster",
-                "set either broker.redis_url (one Redis) or broker.redis_cluster (a Redis Cluster), not both",
-            );
-        }
-        if let Some(i) = self
-            .broker
-            .redis_cluster
-            .iter()
-            .position(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-        {
-            return invalid(
-                &format!("broker.redis_cluster[{i}]"),
-                "must start with redis:// or rediss://",
-            );
-        }
-        if self.broker.prefix.contains(['{', '}']) {
-            return invalid(
-                "broker.prefix",
-                "must not contain `{` or `}`: they would change which Redis Cluster slot keys hash to",
-            );
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
-            return invalid("log.filter", &e.to_string());
-        }
+        self.server.validate()?;
+        self.limits.validate()?;
+        self.broker.validate()?;
+        self.log.validate()?;
+        self.auth.validate()?;
+        self.plugins.validate()?;
         if self.presence.ttl_secs < 3 {
             return invalid("presence.ttl_secs", "must be at least 3");
         }
@@ -605,110 +506,13 @@ impl Config {
             return invalid("admin.token", "must be at least 16 characters");
         }
         if let Some(i) = self.api.keys.iter().position(|k| k.len() < 16) {
-            return invalid(&format!("api.keys[{i}]"), "must be at least 16 characters");
+            return invalid(format!("api.keys[{i}]"), "must be at least 16 characters");
         }
-        if let Err(e) = crate::auth::Authenticator::new(&self.auth) {
-            return invalid(e.key, &e.message);
-        }
-        self.validate_plugins()
-    }
-
-    fn validate_plugins(&self) -> Result<(), ConfigError> {
-        let p = &self.plugins;
-        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
-        if p.timeout_ms == 0 {
-            return invalid("plugins.timeout_ms".into(), "must be at least 1".into());
-        }
-        if p.max_memory_bytes < 1024 * 1024 {
+        if self.plugins.max_output_bytes < self.limits.max_message_bytes {
             return invalid(
-                "plugins.max_memory_bytes".into(),
-                "must be at least 1 MiB".into(),
+                "plugins.max_output_bytes",
+                "must be at least limits.max_message_bytes",
             );
-        }
-        if p.max_text_bytes < 64 {
-            return invalid(
-                "plugins.max_text_bytes".into(),
-                "must be at least 64".into(),
-            );
-        }
-        if p.max_claims_bytes < 64 {
-            return invalid(
-                "plugins.max_claims_bytes".into(),
-                "must be at least 64".into(),
-            );
-        }
-        if p.deliver_inline_max_us == 0 {
-            return invalid(
-                "plugins.deliver_inline_max_us".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if !(p.slow_call_fraction > 0.0 && p.slow_call_fraction <= 1.0) {
-            return invalid(
-                "plugins.slow_call_fraction".into(),
-                "must be more than 0 and at most 1".into(),
-            );
-        }
-        if p.max_output_bytes < self.limits.max_message_bytes {
-            return invalid(
-                "plugins.max_output_bytes".into(),
-                "must be at least limits.max_message_bytes".into(),
-            );
-        }
-        let refs = p
-            .bindings
-            .iter()
-            .enumerate()
-            .flat_map(|(i, b)| {
-                std::iter::once((format!("plugins.bindings[{i}]"), &b.plugin, &b.config)).chain(
-                    b.tenants.iter().map(move |(t, r)| {
-                        (
-                            format!("plugins.bindings[{i}].tenants.{t}"),
-                            &r.plugin,
-                            &r.config,
-                        )
-                    }),
-                )
-            })
-            .chain(
-                p.connect
-                    .iter()
-                    .map(|c| ("plugins.connect".to_owned(), &c.plugin, &c.config)),
-            );
-        for (key, name, config) in refs {
-            if let Err(why) = crate::plugins::check_name(name) {
-                return invalid(format!("{key}.plugin"), format!("{name:?}: {why}"));
-            }
-            if !config.is_object() {
-                return invalid(format!("{key}.config"), "must be a table".into());
-            }
-        }
-        let overrides = p
-            .bindings
-            .iter()
-            .enumerate()
-            .flat_map(|(i, b)| {
-                b.tenants
-                    .iter()
-                    .map(move |(t, r)| (format!("plugins.bindings[{i}].tenants.{t}"), r))
-            })
-            .chain(p.connect.iter().map(|c| ("plugins.connect".to_owned(), c)));
-        for (key, r) in overrides {
-            if r.timeout_ms == Some(0) {
-                return invalid(format!("{key}.timeout_ms"), "must be at least 1".into());
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, b) in p.bindings.iter().enumerate() {
-            if let Err(e) = crate::plugins::namespace::Pattern::parse(&b.pattern) {
-                return invalid(format!("plugins.bindings[{i}].pattern"), e.to_string());
-            }
-            if !seen.insert(b.pattern.as_str()) {
-                return invalid(
-                    format!("plugins.bindings[{i}].pattern"),
-                    format!("{:?} is bound twice", b.pattern),
-                );
-            }
         }
         Ok(())
     }
@@ -724,36 +528,207 @@ impl Config {
     }
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen_backlog == 0 {
+            return invalid("server.listen_backlog", "must be at least 1");
+        }
+        Ok(())
+    }
 }
 
-/// Sets `SECTION__KEY` (case-insensitive) in `table` to `value`, read as a TOML value when it
-/// parses as one (numbers, booleans, arrays) and as a string otherwise.
-fn set_path(table: &mut toml::Table, path: &str, value: &str) -> Result<(), String> {
-    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-    if keys.iter().any(String::is_empty) {
-        return Err("empty key segment".to_owned());
+impl Limits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_1 = [
+            ("limits.max_subscriptions", self.max_subscriptions as u64),
+            ("limits.max_channel_len", self.max_channel_len as u64),
+            ("limits.idle_timeout_secs", self.idle_timeout_secs),
+            ("limits.outbound_queue", self.outbound_queue as u64),
+            ("limits.max_connections", self.max_connections as u64),
+            ("limits.max_json_depth", self.max_json_depth as u64),
+            ("limits.http_header_timeout_secs", self.http_header_timeout_secs),
+            ("limits.http_request_timeout_secs", self.http_request_timeout_secs),
+            ("limits.max_http_connections", self.max_http_connections as u64),
+        ];
+        if let Some((key, _)) = at_least_1.iter().find(|(_, v)| *v == 0) {
+            return invalid(*key, "must be at least 1");
+        }
+        if self.max_message_bytes < 64 {
+            return invalid("limits.max_message_bytes", "must be at least 64");
+        }
+        if self.max_frame_bytes < self.max_message_bytes {
+            return invalid(
+                "limits.max_frame_bytes",
+                "must be at least limits.max_message_bytes",
+            );
+        }
+        if let Some(c) = self
+            .channel_chars
+            .chars()
+            .find(|c| !c.is_ascii_punctuation() || matches!(c, '"' | '\\' | '$'))
+        {
+            return invalid(
+                "limits.channel_chars",
+                format!(
+                    "{c:?} is not allowed: only ASCII punctuation other than quote, backslash and `$` (reserved)"
+                ),
+            );
+        }
+        if self.ping_interval_secs >= self.idle_timeout_secs {
+            return invalid(
+                "limits.ping_interval_secs",
+                "must be shorter than limits.idle_timeout_secs, or idle clients that answer pings are closed",
+            );
+        }
+        if self.publish_rate > 0 && self.publish_burst == 0 {
+            return invalid(
+                "limits.publish_burst",
+                "must be at least 1 when publish_rate is set",
+            );
+        }
+        Ok(())
     }
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-    let (last, parents) = keys.split_last().expect("split yields at least one key");
-    let mut cur = table;
-    for k in parents {
-        cur = cur
-            .entry(k.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| format!("`{k}` is not a table"))?;
+}
+
+impl BrokerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix:"))
+        {
+            return invalid(
+                "broker.redis_url",
+                "must start with redis://, rediss:// or unix:",
+            );
+        }
+        if !self.redis_cluster.is_empty() && self.redis_url.is_some() {
+            return invalid(
+                "broker.redis_cluster",
+                "set either broker.redis_url (one Redis) or broker.redis_cluster (a Redis Cluster), not both",
+            );
+        }
+        if let Some(i) = self
+            .redis_cluster
+            .iter()
+            .position(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
+            return invalid(
+                format!("broker.redis_cluster[{i}]"),
+                "must start with redis:// or rediss://",
+            );
+        }
+        if self.prefix.contains(['{', '}']) {
+            return invalid(
+                "broker.prefix",
+                "must not contain `{` or `}`: they would change which Redis Cluster slot keys hash to",
+            );
+        }
+        Ok(())
     }
-    cur.insert(last.clone(), parsed);
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.filter) {
+            return invalid("log.filter", e.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Longest plugin name, in bytes.
+pub const MAX_PLUGIN_NAME: usize = 64;
+
+/// Checks a plugin name: 1 to [`MAX_PLUGIN_NAME`] ASCII letters, digits, `-` and `_` (it names
+/// a file, `<plugins.dir>/<name>.wasm`, a metrics label and Redis keys). The one rule for
+/// names in the configuration and in admin uploads.
+pub fn check_plugin_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_PLUGIN_NAME {
+        return Err(format!(
+            "plugin names are 1 to {MAX_PLUGIN_NAME} characters long; this one has {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "plugin names use ASCII letters, digits, - and _; this one contains {c:?}"
+        ));
+    }
     Ok(())
+}
+
+impl PluginsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout_ms == 0 {
+            return invalid("plugins.timeout_ms", "must be at least 1");
+        }
+        if self.max_memory_bytes < 1024 * 1024 {
+            return invalid("plugins.max_memory_bytes", "must be at least 1 MiB");
+        }
+        if self.max_text_bytes < 64 {
+            return invalid("plugins.max_text_bytes", "must be at least 64");
+        }
+        if self.max_claims_bytes < 64 {
+            return invalid("plugins.max_claims_bytes", "must be at least 64");
+        }
+        if self.deliver_inline_max_us == 0 {
+            return invalid("plugins.deliver_inline_max_us", "must be at least 1");
+        }
+        if !(self.slow_call_fraction > 0.0 && self.slow_call_fraction <= 1.0) {
+            return invalid(
+                "plugins.slow_call_fraction",
+                "must be more than 0 and at most 1",
+            );
+        }
+        let refs = self
+            .bindings
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| {
+                std::iter::once((format!("plugins.bindings[{i}]"), &b.plugin, &b.config, None))
+                    .chain(b.tenants.iter().map(move |(t, r)| {
+                        (
+                            format!("plugins.bindings[{i}].tenants.{t}"),
+                            &r.plugin,
+                            &r.config,
+                            Some(r.timeout_ms),
+                        )
+                    }))
+            })
+            .chain(self.connect.iter().map(|c| {
+                (
+                    "plugins.connect".to_owned(),
+                    &c.plugin,
+                    &c.config,
+                    Some(c.timeout_ms),
+                )
+            }));
+        for (key, name, config, timeout_ms) in refs {
+            if let Err(why) = check_plugin_name(name) {
+                return invalid(format!("{key}.plugin"), format!("{name:?}: {why}"));
+            }
+            if !config.is_object() {
+                return invalid(format!("{key}.config"), "must be a table");
+            }
+            if timeout_ms == Some(Some(0)) {
+                return invalid(format!("{key}.timeout_ms"), "must be at least 1");
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in self.bindings.iter().enumerate() {
+            if !seen.insert(b.pattern.as_str()) {
+                return invalid(
+                    format!("plugins.bindings[{i}].pattern"),
+                    format!("{:?} is bound twice", b.pattern.as_str()),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -797,18 +772,23 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_file() {
-        let env = [
-            (
-                "SWITCHYARD__LIMITS__MAX_SUBSCRIPTIONS".to_owned(),
-                "7".to_owned(),
-            ),
-            ("SWITCHYARD__BROKER__PREFIX".to_owned(), "sy:".to_owned()),
-            ("UNRELATED".to_owned(), "x".to_owned()),
-        ];
-        let c = Config::from_toml_with_env("[limits]\nmax_subscriptions = 3\n", "t", env).unwrap();
-        assert_eq!(c.limits.max_subscriptions, 7);
-        assert_eq!(c.broker.prefix, "sy:");
+    fn patterns_are_parsed_when_loaded() {
+        let e = Config::from_toml(
+            "[[plugins.bindings]]\npattern = \"a::b\"\nplugin = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("empty segment"), "{e}");
+        let ok = Config::from_toml("[[plugins.bindings]]\npattern = \"a:*\"\nplugin = \"x\"\n")
+            .unwrap();
+        assert!(ok.plugins.bindings[0].pattern.matches("a:b"));
+    }
+
+    #[test]
+    fn plugin_names_follow_one_rule() {
+        assert!(check_plugin_name("chat-router_2").is_ok());
+        for bad in ["", "a.b", "../x", &"a".repeat(65)] {
+            assert!(check_plugin_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

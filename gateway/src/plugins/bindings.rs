@@ -8,6 +8,7 @@
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
     world: "plugin",
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
-pub use self::switchyard::plugin::types::{Level, Outgoing};
+pub use self::switchyard::plugin::types::{IdentityParam, IdentityResult, Level, Outgoing};

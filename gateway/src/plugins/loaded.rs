@@ -9,8 +9,8 @@ use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
 use super::bindings::{
-    ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, Identity, Plugin, PluginPre,
-    PublishDecision, SubscribeDecision,
+    ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, IdentityParam, IdentityResult,
+    Plugin, PluginPre, PublishDecision, SubscribeDecision,
 };
 use super::host::{HostState, MemoryExceeded};
 use super::runtime::Runtime;
@@ -177,7 +177,7 @@ impl OutputLimits {
         Ok(())
     }
 
-    fn identity(&self, who: &Identity) -> Result<(), String> {
+    fn identity(&self, who: &IdentityResult) -> Result<(), String> {
         if let Some(user) = &who.user {
             self.text("the user", user)?;
         }
@@ -595,7 +595,7 @@ impl LoadedPlugin {
     }
 
     /// Calls `on-connect`.
-    pub fn on_connect(&self, info: &ConnectInfo) -> Result<ConnectDecision, PluginError> {
+    pub fn on_connect(&self, info: ConnectInfo<'_>) -> Result<ConnectDecision, PluginError> {
         self.call(
             Hook::Connect,
             |p, s| p.call_on_connect(s, info),
@@ -606,7 +606,7 @@ impl LoadedPlugin {
     /// Calls `on-subscribe`.
     pub fn on_subscribe(
         &self,
-        who: &Identity,
+        who: IdentityParam<'_>,
         channel: &str,
     ) -> Result<SubscribeDecision, PluginError> {
         self.call(
@@ -619,7 +619,7 @@ impl LoadedPlugin {
     /// Calls `on-publish`.
     pub fn on_publish(
         &self,
-        who: &Identity,
+        who: IdentityParam<'_>,
         channel: &str,
         data: &str,
     ) -> Result<PublishDecision, PluginError> {
@@ -633,7 +633,7 @@ impl LoadedPlugin {
     /// Calls `on-deliver`.
     pub fn on_deliver(
         &self,
-        group: &GroupContext,
+        group: GroupContext<'_>,
         channel: &str,
         data: &str,
     ) -> Result<DeliverDecision, PluginError> {
@@ -657,12 +657,12 @@ impl crate::hub::GroupHook for LoadedPlugin {
             return Prepared::Skip;
         };
         let ctx = GroupContext {
-            key: group.key.to_string(),
-            tenant: group.tenant.as_deref().map(str::to_owned),
+            key: &group.key,
+            tenant: group.tenant.as_deref(),
         };
         // A failing deliver hook delivers nothing to that group: the hook may be a filter,
         // and failing open could leak what it was meant to hide.
-        match self.on_deliver(&ctx, channel, text) {
+        match self.on_deliver(ctx, channel, text) {
             Ok(DeliverDecision::Deliver) => Prepared::Unchanged,
             Ok(DeliverDecision::Skip) | Err(_) => Prepared::Skip,
             Ok(DeliverDecision::Rewrite(new)) => Prepared::Rewritten(new.into_bytes()),

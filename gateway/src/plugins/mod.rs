@@ -17,15 +17,14 @@ pub mod bindings;
 pub mod cluster;
 mod host;
 pub mod loaded;
-pub mod namespace;
 pub mod registry;
 pub mod runtime;
 pub mod watch;
 
 use bindings::{ConnectDecision, PublishDecision, SubscribeDecision};
-pub use bindings::{ConnectInfo, Identity};
+use crate::identity::Identity;
 use loaded::{CallLimits, LoadedPlugin, OutputLimits, PluginError};
-use namespace::Pattern;
+use crate::namespace::{self, Pattern};
 use runtime::Runtime;
 
 /// Why plugins could not be loaded at start (or by `--check`).
@@ -61,51 +60,24 @@ pub enum LoadError {
     },
 }
 
-/// Longest plugin name, in bytes.
-pub const MAX_NAME_LEN: usize = 64;
-
-/// Checks a plugin name: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-` and `_` (it names a
-/// file, `<plugins.dir>/<name>.wasm`, a metrics label and Redis keys). The one rule for names
-/// in the configuration and in admin uploads.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "plugin names are 1 to {MAX_NAME_LEN} characters long; this one has {}",
-            name.len()
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
-        return Err(format!(
-            "plugin names use ASCII letters, digits, - and _; this one contains {c:?}"
-        ));
-    }
-    Ok(())
+/// What the connect hook learns about a new connection.
+pub struct Connecting<'a> {
+    /// Peer address as `ip:port`.
+    pub remote_addr: &'a str,
+    /// Request headers the gateway forwards (`plugins.forward_headers`), lower-case names.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Raw query string of the upgrade request, without the `?`.
+    pub query: &'a str,
+    /// Identity verified by the gateway (anonymous when auth is off).
+    pub identity: &'a Identity,
 }
 
-/// The identity of a connection nobody authenticated.
-pub fn anonymous() -> Identity {
-    Identity {
-        user: None,
-        tenant: None,
-        claims: "{}".to_owned(),
-    }
-}
-
-/// `identity` behind an `Arc` for a session to keep: anonymous connections share one, so
-/// each of them keeps 8 bytes in its task instead of the identity's 72 (idle memory:
-/// docs/benchmarks.md).
-pub fn shared_identity(identity: Identity) -> std::sync::Arc<Identity> {
-    static ANONYMOUS: std::sync::LazyLock<std::sync::Arc<Identity>> =
-        std::sync::LazyLock::new(|| std::sync::Arc::new(anonymous()));
-    let is_anonymous =
-        identity.user.is_none() && identity.tenant.is_none() && identity.claims == "{}";
-    if is_anonymous {
-        ANONYMOUS.clone()
-    } else {
-        std::sync::Arc::new(identity)
+/// The contract's record for `who`, borrowing its fields: built at each call at no cost.
+fn wit(who: &Identity) -> bindings::IdentityParam<'_> {
+    bindings::IdentityParam {
+        user: who.user.as_deref(),
+        tenant: who.tenant.as_deref(),
+        claims: &who.claims,
     }
 }
 
@@ -259,7 +231,7 @@ impl Plugins {
                 tenants.insert(tenant.clone(), l);
             }
             plugins.bindings.push(Binding {
-                pattern: Pattern::parse(&b.pattern).expect("validated with the config"),
+                pattern: b.pattern.clone(),
                 plugin,
                 tenants,
             });
@@ -362,13 +334,23 @@ impl Plugins {
     }
 
     /// Runs the connect hook, if one is configured: the identity to use, or why to refuse.
-    pub fn connect(&self, info: ConnectInfo) -> Result<Identity, Rejection> {
+    pub fn connect(&self, connecting: Connecting<'_>) -> Result<Identity, Rejection> {
         let Some(plugin) = &self.connect else {
-            return Ok(info.identity);
+            return Ok(connecting.identity.clone());
         };
-        match plugin.on_connect(&info).map_err(plugin_rejection)? {
-            ConnectDecision::Accept => Ok(info.identity),
-            ConnectDecision::Enrich(identity) => Ok(identity),
+        let info = bindings::ConnectInfo {
+            remote_addr: connecting.remote_addr,
+            headers: connecting.headers,
+            query: connecting.query,
+            identity: wit(connecting.identity),
+        };
+        match plugin.on_connect(info).map_err(plugin_rejection)? {
+            ConnectDecision::Accept => Ok(connecting.identity.clone()),
+            ConnectDecision::Enrich(identity) => Ok(Identity {
+                user: identity.user,
+                tenant: identity.tenant,
+                claims: identity.claims,
+            }),
             ConnectDecision::Reject(reason) => Err(Rejection::new(ErrorCode::Forbidden, reason)),
         }
     }
@@ -378,7 +360,10 @@ impl Plugins {
         match self.route(channel, who.tenant.as_deref()) {
             Route::Allow => Ok(None),
             Route::Deny => Err(no_binding(channel)),
-            Route::Plugin(p) => match p.on_subscribe(who, channel).map_err(plugin_rejection)? {
+            Route::Plugin(p) => match p
+                .on_subscribe(wit(who), channel)
+                .map_err(plugin_rejection)?
+            {
                 SubscribeDecision::Allow => Ok(None),
                 SubscribeDecision::AllowInGroup(g) => Ok(Some(g)),
                 SubscribeDecision::Deny(reason) => {
@@ -396,7 +381,7 @@ impl Plugins {
             Route::Plugin(p) => p,
         };
         match plugin
-            .on_publish(who, channel, data)
+            .on_publish(wit(who), channel, data)
             .map_err(plugin_rejection)?
         {
             PublishDecision::Pass => Ok(Routed::Pass),

@@ -19,10 +19,10 @@ use crate::config::PluginsConfig;
 use crate::hub::{DeliverHook, DeliverHooks};
 use crate::presence::now_ms;
 
-/// Where a version came from.
+/// Where a version came from (`source` in the admin API's list).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub enum Origin {
     /// The plugins directory.
     File,
     /// An upload to this node's admin API.
@@ -37,7 +37,7 @@ pub struct Version {
     /// The code.
     pub code: Code,
     /// Where it came from.
-    pub source: Source,
+    pub source: Origin,
     /// When it started serving (ms since the Unix epoch).
     pub loaded_at: u64,
 }
@@ -84,7 +84,7 @@ pub struct PluginStatus {
     /// Full content hash.
     pub hash: Option<String>,
     /// Where the serving version came from.
-    pub source: Option<Source>,
+    pub source: Option<Origin>,
     /// When it started serving (ms since the Unix epoch).
     pub loaded_at: Option<u64>,
     /// `serving`, `unbound`, or `refused` (the last attempt failed; the old version serves).
@@ -140,7 +140,7 @@ impl PluginRegistry {
                     .filter(|c| *c.hash == *l.hash);
                 entry.current = code.map(|code| Version {
                     code,
-                    source: Source::File,
+                    source: Origin::File,
                     loaded_at: now_ms(),
                 });
             }
@@ -162,7 +162,7 @@ impl PluginRegistry {
     }
 
     /// Installs `code` as plugin `name`'s version. `Ok(false)` when it already serves.
-    pub async fn install(&self, name: &str, code: Code, source: Source) -> Result<bool, SwapError> {
+    pub async fn install(&self, name: &str, code: Code, source: Origin) -> Result<bool, SwapError> {
         if !is_component(&code.bytes) {
             return Err(SwapError::NotWasm);
         }

@@ -10,8 +10,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::Code;
-use super::registry::Source;
-use crate::config::Cli;
+use super::registry::Origin;
+use crate::config::Source;
 use crate::node::Node;
 
 /// Quiet time after the last event before changes are applied, so a file being written is
@@ -20,11 +20,11 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Starts watching; the watcher lives until the node shuts down. Returns an error when the
 /// directory cannot be watched (the node runs on without hot swap from files).
-pub fn spawn(node: Arc<Node>, reload: Option<Cli>) -> notify::Result<()> {
+pub fn spawn(node: Arc<Node>, reload: Option<Source>) -> notify::Result<()> {
     let dir = node.config.plugins.dir.clone();
     let config_file = reload
         .as_ref()
-        .and_then(|c| c.config.clone())
+        .and_then(|c| c.file.clone())
         .map(|p| absolute(&p));
     let (tx, rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -66,7 +66,7 @@ async fn run(
     _watcher: notify::RecommendedWatcher,
     dir: PathBuf,
     config_file: Option<PathBuf>,
-    reload: Option<Cli>,
+    reload: Option<Source>,
 ) {
     let shutdown = node.shutdown.clone();
     loop {
@@ -89,8 +89,8 @@ async fn run(
                 plugin_file_changed(&node, &path).await;
             }
         }
-        if reload_config && let Some(cli) = &reload {
-            reload_bindings(&node, cli).await;
+        if reload_config && let Some(source) = &reload {
+            reload_bindings(&node, source).await;
         }
     }
 }
@@ -102,7 +102,7 @@ async fn plugin_file_changed(node: &Node, path: &Path) {
     match tokio::fs::read(path).await {
         Ok(bytes) => {
             let code = Code::new(bytes);
-            match node.plugins.install(name, code.clone(), Source::File).await {
+            match node.plugins.install(name, code.clone(), Origin::File).await {
                 Ok(true) => {
                     node.publish_plugin_version(name, &code).await;
                 }
@@ -121,8 +121,8 @@ async fn plugin_file_changed(node: &Node, path: &Path) {
 
 /// Re-reads the configuration and applies its `[plugins]` section (bindings, limits); other
 /// sections need a restart. An invalid file is refused and the old bindings keep serving.
-pub async fn reload_bindings(node: &Node, cli: &Cli) {
-    match crate::config::Config::load(cli) {
+pub async fn reload_bindings(node: &Node, source: &Source) {
+    match crate::config::Config::load(source) {
         Ok(config) => match node.plugins.reconfigure(config.plugins).await {
             Ok(()) => tracing::info!("configuration reloaded: plugin bindings applied"),
             Err(e) => {

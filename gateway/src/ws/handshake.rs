@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::read_ahead::ReadAhead;
+use crate::error::NotUpgrade;
 
 /// The byte stream a session's WebSocket runs over.
 pub type Socket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
@@ -24,43 +25,6 @@ pub type Socket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
 pub struct Handshake {
     accept: HeaderValue,
     on_upgrade: OnUpgrade,
-}
-
-/// Why a request to `/ws` is not a WebSocket upgrade; answered with a status and this text.
-#[derive(Debug, thiserror::Error)]
-pub enum NotUpgrade {
-    /// Upgrades are GET requests (HTTP/1.1).
-    #[error("websocket upgrade must be a GET request over HTTP/1.1")]
-    Method,
-    /// `Connection` lacks `upgrade`.
-    #[error("`Connection` header did not include `upgrade`")]
-    Connection,
-    /// `Upgrade` is not `websocket`.
-    #[error("`Upgrade` header is not `websocket`")]
-    Upgrade,
-    /// Only version 13 of the protocol exists.
-    #[error("`Sec-WebSocket-Version` header is not `13`")]
-    Version,
-    /// The client must send a key for the server to answer.
-    #[error("`Sec-WebSocket-Key` header is missing")]
-    Key,
-    /// The key must be 16 bytes in base64 (RFC 6455 section 4.2.1, item 5).
-    #[error("`Sec-WebSocket-Key` header is not 16 bytes in base64")]
-    BadKey,
-    /// The HTTP connection cannot be taken over (not a hyper connection with upgrades).
-    #[error("this connection cannot be upgraded")]
-    NotUpgradable,
-}
-
-impl IntoResponse for NotUpgrade {
-    fn into_response(self) -> Response {
-        let status = match self {
-            Self::Method => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        (status, self.to_string()).into_response()
-    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Handshake {

@@ -21,8 +21,9 @@ use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
 use super::handshake::Socket as WebSocket;
+use crate::error::CloseReason;
+use crate::outbox::OutboxRx;
 pub use crate::outbox::Stop;
-use crate::outbox::{CloseReason, OutboxRx};
 
 /// Records that one of the waits other than the outbox woke the task.
 struct Fired {

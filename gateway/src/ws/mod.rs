@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::error::UpgradeRefused;
 use crate::node::Node;
 use crate::plugins;
 use crate::wire::Peer;
@@ -30,60 +31,51 @@ const READ_BUFFER: usize = 128;
 /// through it: deliveries and replies are written by the outbox's lane (`crate::outbox`).
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// Upgrades an HTTP request to a WebSocket session, or refuses it with a status and reason.
+/// Upgrades an HTTP request to a WebSocket session, or refuses it with a status and reason
+/// ([`UpgradeRefused`]).
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     uri: Uri,
     handshake: Handshake,
-) -> Response {
+) -> Result<Response, UpgradeRefused> {
     let remote = peer.remote;
     if node.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down").into_response();
+        return Err(UpgradeRefused::ShuttingDown);
     }
     let Some(slot) = node.try_connect() else {
         tracing::warn!(%remote, "connection refused: limits.max_connections reached");
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+        return Err(UpgradeRefused::TooManyConnections);
     };
-    if let Err(e) = node
-        .auth
-        .check_origin(headers.get("origin").and_then(|v| v.to_str().ok()))
-    {
+    let refused = |e: UpgradeRefused| {
         tracing::info!(%remote, reason = %e, "connection refused");
-        return (StatusCode::FORBIDDEN, e.to_string()).into_response();
-    }
+        e
+    };
+    node.auth
+        .check_origin(headers.get("origin").and_then(|v| v.to_str().ok()))
+        .map_err(|e| refused(e.into()))?;
     let query = query_token(uri.query());
     let token = crate::auth::bearer(&headers).or(query.as_deref());
-    let identity = match node.auth.authenticate(token) {
-        Ok(identity) => identity,
-        Err(e) => {
-            tracing::info!(%remote, reason = %e, "connection refused");
-            return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
-        }
-    };
+    let identity = node
+        .auth
+        .authenticate(token)
+        .map_err(|e| refused(e.into()))?;
     let plugins = node.plugins.current();
-    let info = plugins::ConnectInfo {
-        remote_addr: remote.to_string(),
-        headers: plugins
-            .forward_headers()
-            .iter()
-            .filter_map(|name| {
-                let value = headers.get(name.as_str())?.to_str().ok()?;
-                Some((name.clone(), value.to_owned()))
-            })
-            .collect(),
-        query: uri.query().unwrap_or_default().to_owned(),
-        identity,
-    };
-    let identity = match plugins.connect(info) {
-        Ok(identity) => identity,
-        Err(r) => {
-            tracing::info!(%remote, code = %r.code, reason = %r.message, "connection refused by plugin");
-            let status = crate::error::http_status(r.code);
-            return (status, format!("{}: {}", r.code, r.message)).into_response();
-        }
-    };
+    let forwarded: Vec<(&str, &str)> = plugins
+        .forward_headers()
+        .iter()
+        .filter_map(|name| Some((name.as_str(), headers.get(name.as_str())?.to_str().ok()?)))
+        .collect();
+    let remote_addr = remote.to_string();
+    let identity = plugins
+        .connect(plugins::Connecting {
+            remote_addr: &remote_addr,
+            headers: &forwarded,
+            query: uri.query().unwrap_or_default(),
+            identity: &identity,
+        })
+        .map_err(|r| refused(UpgradeRefused::Plugin(r)))?;
     let limits = &node.config.limits;
     let tracker = node.sessions.clone();
     let config = WebSocketConfig::default()
@@ -92,10 +84,10 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER.max(limits.max_frame_bytes) * 4);
-    let identity = plugins::shared_identity(identity);
-    handshake.accept(config, move |socket| {
+    let identity = identity.shared();
+    Ok(handshake.accept(config, move |socket| {
         tracker.spawn(session::run(socket, slot, peer, identity));
-    })
+    }))
 }
 
 /// The `token` parameter of the query string.
@@ -111,6 +103,8 @@ fn query_token(query: Option<&str>) -> Option<String> {
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn check_handshake(head: &[u8]) {
     use axum::extract::FromRequestParts;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
     use futures_util::FutureExt;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -150,7 +144,7 @@ pub(crate) fn check_handshake(head: &[u8]) {
 /// under the read-ahead, frames of at most `max_frame` bytes) until the end; returns the close
 /// a read error calls for, if any (for the fuzz targets and property tests).
 #[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn read_all(bytes: &[u8], max_frame: usize) -> Option<crate::outbox::CloseReason> {
+pub(crate) fn read_all(bytes: &[u8], max_frame: usize) -> Option<crate::error::CloseReason> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::protocol::Role;

@@ -15,10 +15,11 @@ use tungstenite::Message;
 use super::handshake::Socket as WebSocket;
 use super::link::{Link, Stop};
 use super::ratelimit::TokenBucket;
+use crate::error::CloseReason;
 use crate::hub::{ConnId, Group, GroupKey};
 use crate::node::{ConnectionSlot, PublishAck};
-use crate::outbox::{CloseReason, Outbox, wired};
-use crate::plugins::Identity;
+use crate::outbox::{Outbox, wired};
+use crate::identity::Identity;
 use crate::protocol::{self, Action, ErrorCode, Rejection};
 use crate::wire::Peer;
 
@@ -108,7 +109,7 @@ struct Session {
     outbox: Outbox,
     subscriptions: Subscriptions,
     bucket: TokenBucket,
-    /// Shared by every anonymous connection (see [`crate::plugins::shared_identity`]).
+    /// Shared by every anonymous connection (see [`Identity::shared`]).
     identity: Arc<Identity>,
     /// Replies owed, oldest first: publishes in flight to the broker and the replies to later
     /// requests, which wait their turn so replies keep request order.
