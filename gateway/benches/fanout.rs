@@ -30,7 +30,10 @@ impl Inbox for Nowhere {
 }
 
 fn hub() -> Hub {
-    Hub::new(Arc::new(MemoryBroker::new(Arc::new(Nowhere))))
+    let (subscriptions, requests) = switchyard::broker::subscriptions();
+    // Serves the hub's subscription requests; the benchmarks dispatch by hand.
+    let _broker = MemoryBroker::start(requests, Arc::new(Nowhere));
+    Hub::new(subscriptions)
 }
 
 /// Each subscriber's queue; also the number of dispatches timed between two (untimed) drains,

@@ -71,19 +71,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 /// `GET /admin/plugins`: every plugin's version, source, status, last error, bindings, call
 /// statistics, and (with Redis) the version each node serves.
 async fn list(State(node): State<Arc<Node>>) -> Response {
-    let mut plugins = Vec::new();
-    for status in node.plugins.list().await {
-        let mut v = serde_json::to_value(&status).expect("status serialises");
-        if let Some(cluster) = &node.cluster {
-            let nodes = cluster.nodes(&status.name).await.unwrap_or_default();
-            let short: serde_json::Map<String, serde_json::Value> = nodes
-                .into_iter()
-                .map(|(n, h)| (n, json!(h.get(..12).unwrap_or(&h))))
-                .collect();
-            v["nodes"] = json!(short);
-        }
-        plugins.push(v);
-    }
+    let plugins = node.rollout.list().await;
     Json(json!({"node": node.id, "plugins": plugins})).into_response()
 }
 
@@ -101,19 +89,19 @@ async fn upload(State(node): State<Arc<Node>>, Path(name): Path<String>, body: B
     if !is_component(&body) {
         return swap_failed(SwapError::NotWasm);
     }
-    let code = Code::new(body.to_vec());
-    match node.plugins.install(&name, code.clone(), Origin::Api).await {
-        Ok(changed) => {
-            let cluster = node.publish_plugin_version(&name, &code).await;
-            Json(json!({
-                "plugin": name,
-                "version": &code.hash[..12],
-                "hash": code.hash,
-                "changed": changed,
-                "cluster": cluster,
-            }))
-            .into_response()
-        }
+    match node
+        .rollout
+        .deploy(&name, Code::new(body.to_vec()), Origin::Api)
+        .await
+    {
+        Ok(d) => Json(json!({
+            "plugin": name,
+            "version": &d.code.hash[..12],
+            "hash": d.code.hash,
+            "changed": d.changed,
+            "cluster": d.cluster,
+        }))
+        .into_response(),
         Err(e) => swap_failed(e),
     }
 }
@@ -123,12 +111,9 @@ async fn rollback(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Re
     if let Err(refused) = check_name(&name) {
         return refused.into_response();
     }
-    match node.plugins.rollback(&name).await {
-        Ok(v) => {
-            let cluster = node.publish_plugin_version(&name, &v.code).await;
-            Json(json!({"plugin": name, "version": &v.code.hash[..12], "cluster": cluster}))
-                .into_response()
-        }
+    match node.rollout.rollback(&name).await {
+        Ok(d) => Json(json!({"plugin": name, "version": &d.code.hash[..12], "cluster": d.cluster}))
+            .into_response(),
         Err(e) => swap_failed(e),
     }
 }
@@ -138,7 +123,7 @@ async fn unbind(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Resp
     if let Err(refused) = check_name(&name) {
         return refused.into_response();
     }
-    match node.plugins.unbind(&name).await {
+    match node.rollout.unbind(&name).await {
         Ok(()) => Json(json!({"plugin": name, "status": "unbound"})).into_response(),
         Err(e) => swap_failed(e),
     }

@@ -14,8 +14,8 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
-use crate::node::Node;
 use crate::identity::Identity;
+use crate::node::Node;
 use crate::protocol::{ErrorCode, Rejection};
 
 /// Routes of the backend API (`/api/...`). The key is checked before anything else, the body
@@ -142,7 +142,8 @@ pub async fn publish(
             format!("body must be {{\"channel\":..,\"data\":..}}: {e}"),
         )
     })?;
-    node.publish(&Identity::server(), &req.channel, req.data.get())
+    node.publisher
+        .publish(&Identity::server(), &req.channel, req.data.get())
         .await?;
     Ok(Json(json!({"published": true})))
 }

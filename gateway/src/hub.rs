@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{BrokerError, Subscriptions};
 use crate::outbox::Outbox;
 use crate::protocol::{self, Frame};
 
@@ -160,7 +160,7 @@ fn push_all(members: &HashMap<ConnId, Outbox>, frame: &Frame) -> Fanout {
 /// Channel -> local subscribers, with node-level reference counting towards the broker.
 pub struct Hub {
     table: Arc<Table>,
-    broker: Arc<dyn Broker>,
+    subscriptions: Subscriptions,
     deliver: Option<Arc<dyn DeliverHooks>>,
     /// Hook calls longer than this move the hook to an isolation lane.
     inline_max: Duration,
@@ -168,14 +168,14 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Creates a hub that subscribes channels on `broker` as local demand appears.
-    pub fn new(broker: Arc<dyn Broker>) -> Self {
+    /// Creates a hub that asks `subscriptions` for channels as local demand appears.
+    pub fn new(subscriptions: Subscriptions) -> Self {
         Self {
             table: Arc::new(Table {
                 shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
                 hasher: RandomState::new(),
             }),
-            broker,
+            subscriptions,
             deliver: None,
             inline_max: Duration::from_millis(1),
             lanes: OnceLock::new(),
@@ -215,9 +215,10 @@ impl Hub {
             .entry(group)
             .or_default()
             .insert(conn, outbox.clone());
-        // Called under the shard lock so the broker sees subscribes and unsubscribes of a
-        // channel in the order they happened here.
-        self.broker.subscribe(channel)
+        // Asked under the shard lock so the broker sees subscribes and unsubscribes of a
+        // channel in the order they happened here; asked for every subscriber, so each one's
+        // reply waits until the node really receives the channel.
+        self.subscriptions.subscribe(channel)
     }
 
     /// Removes `conn` from `channel`; returns whether it was subscribed. The last local
@@ -234,7 +235,7 @@ impl Hub {
         });
         if entry.groups.is_empty() {
             shard.remove(channel);
-            self.broker.unsubscribe(channel);
+            self.subscriptions.unsubscribe(channel);
         }
         found
     }
@@ -345,7 +346,10 @@ mod tests {
     }
 
     fn hub() -> Hub {
-        Hub::new(Arc::new(MemoryBroker::new(Arc::new(Nowhere))))
+        let (subscriptions, requests) = crate::broker::subscriptions();
+        // The broker serves the subscription requests; these tests dispatch by hand.
+        let _broker = MemoryBroker::start(requests, Arc::new(Nowhere));
+        Hub::new(subscriptions)
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod dispatch;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -23,7 +24,9 @@ pub mod outbox;
 pub mod plugins;
 pub mod presence;
 pub mod protocol;
+pub mod publish;
 pub mod redis_link;
+pub mod rollout;
 pub mod serve;
 pub mod server;
 pub mod telemetry;

@@ -10,8 +10,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ServerConfig, Source};
-use crate::node::{Node, StartError};
-use crate::plugins::cluster::CONTROL_CHANNEL;
+use crate::node::{Background, Node, StartError};
 use crate::wire::WireListener;
 use crate::{api, ws};
 
@@ -32,6 +31,7 @@ pub fn router(node: Arc<Node>) -> Router {
 /// A bound, not yet serving gateway node.
 pub struct Gateway {
     node: Arc<Node>,
+    background: Background,
     listener: TcpListener,
     admin: Option<TcpListener>,
     reload: Option<Source>,
@@ -50,9 +50,10 @@ impl Gateway {
             ),
             None => None,
         };
-        let node = Node::new(config).await?;
+        let (node, background) = Node::start(config).await?;
         Ok(Self {
             node,
+            background,
             listener,
             admin,
             reload: None,
@@ -91,6 +92,7 @@ impl Gateway {
     ) -> Result<(), StartError> {
         let Gateway {
             node,
+            background,
             listener,
             admin,
             reload,
@@ -103,9 +105,11 @@ impl Gateway {
         );
         tokio::spawn(close_sessions_on_shutdown(node.clone()));
         tokio::spawn(metrics_upkeep(node.clone()));
-        if node.cluster.is_some() {
-            tokio::spawn(join_control_channel(node.clone()));
-        }
+        tokio::spawn(node.rollout.clone().run(
+            background.subscriptions,
+            background.control,
+            node.shutdown.clone(),
+        ));
         // Without a plugins directory there is nothing to watch (a node with no plugins).
         if node.config.admin.watch
             && node.config.plugins.dir.is_dir()
@@ -180,7 +184,7 @@ async fn drain_then_stop(node: Arc<Node>, shutdown: impl Future<Output = ()>) {
 /// Closes every session once the node starts shutting down, whoever cancelled the token.
 async fn close_sessions_on_shutdown(node: Arc<Node>) {
     node.shutdown.cancelled().await;
-    node.close_sessions();
+    node.connections.close_all();
 }
 
 /// Folds recorded histogram samples into their buckets every [`METRICS_UPKEEP`] until the node
@@ -192,26 +196,6 @@ async fn metrics_upkeep(node: Arc<Node>) {
         tokio::select! {
             _ = every.tick() => node.metrics.run_upkeep(),
             () = node.shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Subscribes the node to plugin announcements, retrying until the broker accepts.
-async fn join_control_channel(node: Arc<Node>) {
-    loop {
-        if node.broker.subscribe(CONTROL_CHANNEL).await.is_ok() {
-            break;
-        }
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-    if let Some(cluster) = &node.cluster {
-        for status in node.plugins.list().await {
-            if let Some(hash) = &status.hash {
-                cluster.report(&node.id, &status.name, hash).await;
-            }
         }
     }
 }

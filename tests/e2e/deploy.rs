@@ -104,7 +104,7 @@ async fn three_nodes_behind_nginx_and_a_drained_node() {
         c.subscribe("room").await;
         clients.push(c);
     }
-    let spread: Vec<usize> = nodes.iter().map(|n| n.node.connection_count()).collect();
+    let spread: Vec<usize> = nodes.iter().map(|n| n.node.connections.count()).collect();
     assert!(
         spread.iter().all(|&n| n == 2),
         "least_conn spreads clients over the nodes: {spread:?}"
@@ -147,7 +147,7 @@ async fn three_nodes_behind_nginx_and_a_drained_node() {
     assert_eq!(
         nodes
             .iter()
-            .map(|n| n.node.connection_count())
+            .map(|n| n.node.connections.count())
             .sum::<usize>(),
         7
     );

@@ -169,7 +169,7 @@ async fn survives_a_redis_crash_and_restart() {
         "nothing from the outage was delivered twice"
     );
     assert_eq!(
-        gws[0].node.connection_count() + gws[1].node.connection_count(),
+        gws[0].node.connections.count() + gws[1].node.connections.count(),
         2
     );
 }

@@ -393,7 +393,7 @@ async fn health_readiness_and_graceful_shutdown() {
     }
     stopping.await.unwrap();
     assert!(!node.is_ready());
-    assert_eq!(node.connection_count(), 0);
+    assert_eq!(node.connections.count(), 0);
 }
 
 /// A client written for the Node `ws` + Redis seed server: no ids, reads only `channel` and

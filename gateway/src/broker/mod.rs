@@ -1,9 +1,14 @@
 //! Brokers carry published messages between nodes: the embedded in-process broker for a
-//! single node, Redis for many.
+//! single node, Redis or a Redis Cluster for many.
 //!
-//! The hub owns reference counts: it calls [`Broker::subscribe`] when a channel gets its
-//! first local subscriber and [`Broker::unsubscribe`] when its last one leaves, always in
-//! the order the changes happened. Messages come back through the node's [`Inbox`].
+//! A broker has two handles, made in two steps so that nothing is attached after it is built:
+//! [`subscriptions`] makes the queue of subscribe and unsubscribe requests first (the hub
+//! holds its sending end), then [`start`] starts the chosen backend with the receiving end and
+//! the [`Inbox`] its messages go to (the node's dispatcher, which holds the hub). The hub asks
+//! for a channel on every local subscribe (requests are idempotent; a subscribe resolves once
+//! the node receives the channel) and releases it when the last local subscriber leaves,
+//! always in the order the changes happened. Every backend keeps the same contract, checked
+//! by one conformance suite (`tests/e2e/conformance.rs`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,10 +18,14 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
+mod batcher;
 pub mod memory;
-mod publisher;
 pub mod redis;
 pub mod redis_cluster;
+
+use std::sync::Arc;
+
+use crate::redis_link::RedisTarget;
 
 /// Where a broker hands the messages it receives for this node: the node's fan-out.
 ///
@@ -44,17 +53,68 @@ pub(crate) fn deliver_push(prefix: &str, inbox: &dyn Inbox, data: &[::redis::Val
     }
 }
 
-/// Sends a request built around a reply slot to a broker task; resolves with the task's
-/// reply, or `Closed` when the task is gone.
-pub(crate) fn ask<T>(
-    tx: &mpsc::UnboundedSender<T>,
-    request: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> T,
-) -> BoxFuture<'static, Result<(), BrokerError>> {
-    let (reply, done) = oneshot::channel();
-    if tx.send(request(reply)).is_err() {
-        return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
+/// A subscription request, in the order the hub made it.
+pub enum Request {
+    /// Receive this channel (client name); answered once the node receives it, or failed.
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    /// Stop receiving this channel.
+    Unsubscribe(String),
+}
+
+/// The sending end of a broker's subscription queue: cheap to clone, requests keep their
+/// order.
+#[derive(Clone)]
+pub struct Subscriptions(mpsc::UnboundedSender<Request>);
+
+/// The receiving end, for the backend [`start`] chooses.
+pub type Requests = mpsc::UnboundedReceiver<Request>;
+
+/// A new subscription queue.
+pub fn subscriptions() -> (Subscriptions, Requests) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Subscriptions(tx), rx)
+}
+
+impl Subscriptions {
+    /// Makes sure this node receives `channel` (idempotent); resolves once it does. Called in
+    /// order with [`Subscriptions::unsubscribe`].
+    pub fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (reply, done) = oneshot::channel();
+        if self
+            .0
+            .send(Request::Subscribe(channel.to_owned(), reply))
+            .is_err()
+        {
+            return futures_util::future::ready(Err(BrokerError::Closed)).boxed();
+        }
+        async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
     }
-    async move { done.await.unwrap_or(Err(BrokerError::Closed)) }.boxed()
+
+    /// This node no longer needs `channel`.
+    pub fn unsubscribe(&self, channel: &str) {
+        let _ = self.0.send(Request::Unsubscribe(channel.to_owned()));
+    }
+}
+
+/// Starts the broker `target` names (none: the embedded one) with the subscription requests
+/// of [`subscriptions`]; messages on subscribed channels go to `inbox`. Must be called within
+/// a tokio runtime.
+pub fn start(
+    target: Option<&RedisTarget>,
+    prefix: &str,
+    node: &str,
+    requests: Requests,
+    inbox: Arc<dyn Inbox>,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    Ok(match target {
+        None => Arc::new(memory::MemoryBroker::start(requests, inbox)),
+        Some(RedisTarget::Single(url)) => Arc::new(redis::RedisBroker::start(
+            url, prefix, node, requests, inbox,
+        )?),
+        Some(RedisTarget::Cluster(seeds)) => Arc::new(redis_cluster::RedisClusterBroker::start(
+            seeds, prefix, node, requests, inbox,
+        )?),
+    })
 }
 
 /// A publish's acknowledgement: resolves once the broker accepted the message.
@@ -108,21 +168,16 @@ pub enum BrokerError {
     Closed,
 }
 
-/// A pub/sub backend.
+/// A pub/sub backend: where publishes go. Subscriptions go through [`Subscriptions`].
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes `payload` on `channel`; the [`Ack`] resolves once the broker has accepted it.
-    /// Publishes reach the broker in the order of these calls (the message is handed over
-    /// before this returns), which is what keeps one connection's pipelined publishes in order.
+    /// Publishes `payload` on `channel`; the [`Ack`] resolves once the broker has accepted it,
+    /// or with [`BrokerError::Unavailable`] (within the backend's command timeout, never
+    /// acknowledged) when it cannot. Publishes reach the broker in the order of these calls
+    /// (the message is handed over before this returns), which is what keeps one connection's
+    /// pipelined publishes in order.
     fn publish(&self, channel: &str, payload: Bytes) -> Ack;
 
-    /// Makes sure this node receives `channel`; resolves once it does. Called in order with
-    /// [`Broker::unsubscribe`], for every local subscribe (idempotent).
-    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>>;
-
-    /// This node no longer needs `channel`.
-    fn unsubscribe(&self, channel: &str);
-
-    /// Whether the broker is connected and serving.
+    /// Whether the broker is connected and every channel the node needs is subscribed.
     fn is_ready(&self) -> bool;
 
     /// Short backend name for logs and metrics.

@@ -19,15 +19,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
 };
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 
-use super::publisher::Publisher;
-use super::{Ack, Broker, BrokerError, Inbox, deliver_push};
+use super::batcher::Batcher;
+use super::{Ack, Broker, BrokerError, Inbox, Request, Requests, deliver_push};
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
@@ -37,41 +36,10 @@ pub(super) const TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the idle subscriber connection is pinged to detect a silent failure.
 const PING_EVERY: Duration = Duration::from_secs(3);
 
-/// A request to a subscriber task (this broker's or the cluster broker's).
-pub(super) enum Command {
-    /// Subscribe (client channel name); answered once subscribed or failed.
-    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
-    /// Unsubscribe (client channel name).
-    Unsubscribe(String),
-}
-
-/// The sending side of a subscriber task's queue: [`Broker::subscribe`] and
-/// [`Broker::unsubscribe`] in the order they were called.
-pub(super) struct Commands(mpsc::UnboundedSender<Command>);
-
-impl Commands {
-    /// A queue and the receiver its subscriber task reads.
-    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<Command>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self(tx), rx)
-    }
-
-    /// Queues a subscribe; resolves with the task's answer.
-    pub(super) fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        super::ask(&self.0, |ack| Command::Subscribe(channel.to_owned(), ack))
-    }
-
-    /// Queues an unsubscribe.
-    pub(super) fn unsubscribe(&self, channel: &str) {
-        let _ = self.0.send(Command::Unsubscribe(channel.to_owned()));
-    }
-}
-
 /// Pub/sub through one Redis server.
 pub struct RedisBroker {
-    publisher: Publisher,
+    batcher: Batcher,
     prefix: Arc<str>,
-    commands: Commands,
     connected: Arc<AtomicBool>,
 }
 
@@ -81,12 +49,13 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 
 impl RedisBroker {
     /// Starts the broker's connections (lazily: a Redis that is down at start is retried like
-    /// any outage). Must be called within a tokio runtime.
-    /// Messages on subscribed channels go to `inbox`.
+    /// any outage), serving `requests`; messages on subscribed channels go to `inbox`. Must be
+    /// called within a tokio runtime.
     pub fn start(
         url: &str,
         prefix: &str,
         node: &str,
+        requests: Requests,
         inbox: Arc<dyn Inbox>,
     ) -> Result<Self, BrokerError> {
         let bad_url =
@@ -105,7 +74,7 @@ impl RedisBroker {
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
         let con = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
-        let publisher = Publisher::start(Box::new(move |messages| {
+        let batcher = Batcher::start(Box::new(move |messages| {
             let mut con = con.clone();
             async move {
                 let mut pipe = redis::pipe();
@@ -131,22 +100,20 @@ impl RedisBroker {
             }
             .boxed()
         }));
-        let (commands, command_rx) = Commands::new();
         let connected = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber {
             client: subscriber_client,
             prefix: prefix.into(),
             node: node.into(),
             desired: HashSet::new(),
-            commands: command_rx,
+            requests,
             inbox,
             connected: connected.clone(),
         };
         tokio::spawn(subscriber.run());
         Ok(Self {
-            publisher,
+            batcher,
             prefix: prefix.into(),
-            commands,
             connected,
         })
     }
@@ -159,16 +126,8 @@ impl Broker for RedisBroker {
                 "redis is disconnected".into(),
             )));
         }
-        self.publisher
+        self.batcher
             .publish(format!("{}{channel}", self.prefix), payload)
-    }
-
-    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        self.commands.subscribe(channel)
-    }
-
-    fn unsubscribe(&self, channel: &str) {
-        self.commands.unsubscribe(channel)
     }
 
     fn is_ready(&self) -> bool {
@@ -187,7 +146,7 @@ struct Subscriber {
     node: String,
     /// Channels (client names) this node needs, whatever the connection's state.
     desired: HashSet<String>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    requests: Requests,
     inbox: Arc<dyn Inbox>,
     connected: Arc<AtomicBool>,
 }
@@ -310,9 +269,9 @@ impl Subscriber {
         ping.reset();
         loop {
             tokio::select! {
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.requests.recv() => match cmd {
                     None => return Ended::Stopped,
-                    Some(Command::Subscribe(channel, ack)) => {
+                    Some(Request::Subscribe(channel, ack)) => {
                         if self.desired.contains(&channel) {
                             let _ = ack.send(Ok(()));
                             continue;
@@ -328,7 +287,7 @@ impl Subscriber {
                             }
                         }
                     }
-                    Some(Command::Unsubscribe(channel)) => {
+                    Some(Request::Unsubscribe(channel)) => {
                         self.desired.remove(&channel);
                         if let Err(e) = bounded(con.unsubscribe(format!("{}{channel}", self.prefix))).await {
                             return Ended::Lost(e);
@@ -363,12 +322,12 @@ impl Subscriber {
         loop {
             tokio::select! {
                 _ = &mut deadline => return true,
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.requests.recv() => match cmd {
                     None => return false,
-                    Some(Command::Subscribe(_, ack)) => {
+                    Some(Request::Subscribe(_, ack)) => {
                         let _ = ack.send(Err(BrokerError::Unavailable("redis is disconnected".into())));
                     }
-                    Some(Command::Unsubscribe(channel)) => {
+                    Some(Request::Unsubscribe(channel)) => {
                         self.desired.remove(&channel);
                     }
                 },

@@ -32,14 +32,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::publisher::Publisher;
-use super::redis::{Command, Commands, bounded};
-use super::{Ack, Broker, BrokerError, Inbox, deliver_push};
+use super::batcher::Batcher;
+use super::redis::bounded;
+use super::{Ack, Broker, BrokerError, Inbox, Request, Requests, deliver_push};
 use crate::redis_link::{LazyCluster, RedisTarget};
 
 /// First delay before re-subscribing after a failure; doubles up to [`MAX_BACKOFF`].
@@ -101,9 +100,8 @@ fn parse_probe(payload: &[u8], node: &str) -> Option<Option<u64>> {
 
 /// Sharded pub/sub through a Redis Cluster.
 pub struct RedisClusterBroker {
-    publisher: Publisher,
+    batcher: Batcher,
     prefix: Arc<str>,
-    commands: Commands,
     ready: Arc<AtomicBool>,
 }
 
@@ -138,6 +136,7 @@ impl RedisClusterBroker {
         seeds: &[String],
         prefix: &str,
         node: &str,
+        requests: Requests,
         inbox: Arc<dyn Inbox>,
     ) -> Result<Self, BrokerError> {
         let (control_tx, control) = mpsc::unbounded_channel();
@@ -175,7 +174,6 @@ impl RedisClusterBroker {
             .build()
             .map_err(|e| BrokerError::Unavailable(format!("bad redis cluster config: {e}")))?;
         let con = LazyCluster::new(client);
-        let (commands, command_rx) = Commands::new();
         let ready = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber {
             con: con.clone(),
@@ -188,17 +186,16 @@ impl RedisClusterBroker {
             next_probe: 0,
             trouble_since: None,
             connected: false,
-            commands: command_rx,
+            requests,
             control,
             ready: ready.clone(),
         };
         tokio::spawn(subscriber.run());
         Ok(Self {
-            publisher: Publisher::start(Box::new(move |messages| {
+            batcher: Batcher::start(Box::new(move |messages| {
                 spublish(con.clone(), messages).boxed()
             })),
             prefix: prefix.into(),
-            commands,
             ready,
         })
     }
@@ -206,16 +203,8 @@ impl RedisClusterBroker {
 
 impl Broker for RedisClusterBroker {
     fn publish(&self, channel: &str, payload: Bytes) -> Ack {
-        self.publisher
+        self.batcher
             .publish(format!("{}{channel}", self.prefix), payload)
-    }
-
-    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        self.commands.subscribe(channel)
-    }
-
-    fn unsubscribe(&self, channel: &str) {
-        self.commands.unsubscribe(channel)
     }
 
     fn is_ready(&self) -> bool {
@@ -246,7 +235,7 @@ struct Subscriber {
     trouble_since: Option<Instant>,
     /// Whether the cluster has been reached at least once.
     connected: bool,
-    commands: mpsc::UnboundedReceiver<Command>,
+    requests: Requests,
     control: mpsc::UnboundedReceiver<Control>,
     ready: Arc<AtomicBool>,
 }
@@ -290,12 +279,12 @@ impl Subscriber {
             let probe_timeout =
                 tokio::time::sleep_until(probe_due.unwrap_or_else(tokio::time::Instant::now));
             tokio::select! {
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.requests.recv() => match cmd {
                     None => return,
-                    Some(Command::Subscribe(channel, ack)) => {
+                    Some(Request::Subscribe(channel, ack)) => {
                         let _ = ack.send(self.subscribe(channel).await);
                     }
-                    Some(Command::Unsubscribe(channel)) => self.unsubscribe(channel).await,
+                    Some(Request::Unsubscribe(channel)) => self.unsubscribe(channel).await,
                 },
                 Some(control) = self.control.recv() => {
                     match control {
@@ -525,7 +514,7 @@ async fn spublish_one(con: &LazyCluster, name: String, payload: Vec<u8>) -> Resu
 /// it; in batch order within it), all channels at once.
 async fn spublish(
     lazy: LazyCluster,
-    messages: Vec<super::publisher::Message>,
+    messages: Vec<super::batcher::Message>,
 ) -> Vec<Result<(), BrokerError>> {
     let con = match lazy.get().await {
         Ok(con) => con,

@@ -546,9 +546,18 @@ impl Limits {
             ("limits.outbound_queue", self.outbound_queue as u64),
             ("limits.max_connections", self.max_connections as u64),
             ("limits.max_json_depth", self.max_json_depth as u64),
-            ("limits.http_header_timeout_secs", self.http_header_timeout_secs),
-            ("limits.http_request_timeout_secs", self.http_request_timeout_secs),
-            ("limits.max_http_connections", self.max_http_connections as u64),
+            (
+                "limits.http_header_timeout_secs",
+                self.http_header_timeout_secs,
+            ),
+            (
+                "limits.http_request_timeout_secs",
+                self.http_request_timeout_secs,
+            ),
+            (
+                "limits.max_http_connections",
+                self.max_http_connections as u64,
+            ),
         ];
         if let Some((key, _)) = at_least_1.iter().find(|(_, v)| *v == 0) {
             return invalid(*key, "must be at least 1");
@@ -773,13 +782,11 @@ mod tests {
 
     #[test]
     fn patterns_are_parsed_when_loaded() {
-        let e = Config::from_toml(
-            "[[plugins.bindings]]\npattern = \"a::b\"\nplugin = \"x\"\n",
-        )
-        .unwrap_err();
+        let e = Config::from_toml("[[plugins.bindings]]\npattern = \"a::b\"\nplugin = \"x\"\n")
+            .unwrap_err();
         assert!(e.to_string().contains("empty segment"), "{e}");
-        let ok = Config::from_toml("[[plugins.bindings]]\npattern = \"a:*\"\nplugin = \"x\"\n")
-            .unwrap();
+        let ok =
+            Config::from_toml("[[plugins.bindings]]\npattern = \"a:*\"\nplugin = \"x\"\n").unwrap();
         assert!(ok.plugins.bindings[0].pattern.matches("a:b"));
     }
 

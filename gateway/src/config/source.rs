@@ -62,7 +62,11 @@ impl Source {
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX) {
                 source.overrides.push(Override {
-                    key: path.split("__").collect::<Vec<_>>().join(".").to_ascii_lowercase(),
+                    key: path
+                        .split("__")
+                        .collect::<Vec<_>>()
+                        .join(".")
+                        .to_ascii_lowercase(),
                     value,
                     origin: format!("environment variable {name}"),
                 });
@@ -199,7 +203,11 @@ mod tests {
             ]),
         );
         let c = build("", "t", &source.overrides).unwrap();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:3", "as the flag did");
+        assert_eq!(
+            c.server.listen.to_string(),
+            "127.0.0.1:3",
+            "as the flag did"
+        );
         assert_eq!(c.broker.redis_cluster, ["redis://a:1", "redis://b:2"]);
         assert_eq!(source.warnings.len(), 2);
         assert!(
@@ -212,15 +220,22 @@ mod tests {
 
     #[test]
     fn errors_name_the_source_of_the_bad_value() {
-        let mut source = Source::new(None, env(&[("SWITCHYARD__LIMITS__MAX_CONNECTIONS", "lots")]));
-        let e = build("", "gw.toml", &source.overrides).unwrap_err().to_string();
+        let mut source = Source::new(
+            None,
+            env(&[("SWITCHYARD__LIMITS__MAX_CONNECTIONS", "lots")]),
+        );
+        let e = build("", "gw.toml", &source.overrides)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("environment variable SWITCHYARD__LIMITS__MAX_CONNECTIONS"),
             "{e}"
         );
         source.overrides.clear();
         source.flag("--listen", "server.listen", "not-an-address");
-        let e = build("", "gw.toml", &source.overrides).unwrap_err().to_string();
+        let e = build("", "gw.toml", &source.overrides)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("flag --listen"), "{e}");
         let e = build("[limits]\nmax_connections = \"x\"\n", "gw.toml", &[])
             .unwrap_err()

@@ -4,18 +4,14 @@
 //! `<prefix>{plugins}:current` (hash: plugin name -> content hash), and
 //! `<prefix>{plugins}:nodes:<name>` (hash: node id -> the content hash that node serves, so
 //! drift is visible). The `{plugins}` hash tag keeps every key in one Redis Cluster slot, so
-//! writing a blob and pointing `current` at it stays one atomic transaction there too. An upload or rollback on any node writes the blob and the current hash,
-//! then announces `{"plugin":..,"hash":..}` on the reserved broker channel [`CONTROL_CHANNEL`];
-//! every node fetches and installs it. A node that starts later reads `plugins:current`.
+//! writing a blob and pointing `current` at it stays one atomic transaction there too. What
+//! is stored when, and how nodes learn of it, is `crate::rollout`'s.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use super::Code;
 use crate::redis_link::{RedisConn, RedisTarget};
-
-/// Broker channel announcing new versions; `$` is never allowed in client channel names.
-pub const CONTROL_CHANNEL: &str = "$plugins";
 
 /// Why the cluster store could not be used.
 #[derive(Debug, Clone, thiserror::Error)]

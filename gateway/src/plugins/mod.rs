@@ -21,10 +21,10 @@ pub mod registry;
 pub mod runtime;
 pub mod watch;
 
-use bindings::{ConnectDecision, PublishDecision, SubscribeDecision};
 use crate::identity::Identity;
-use loaded::{CallLimits, LoadedPlugin, OutputLimits, PluginError};
 use crate::namespace::{self, Pattern};
+use bindings::{ConnectDecision, PublishDecision, SubscribeDecision};
+use loaded::{CallLimits, LoadedPlugin, OutputLimits, PluginError};
 use runtime::Runtime;
 
 /// Why plugins could not be loaded at start (or by `--check`).

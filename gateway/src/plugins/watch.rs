@@ -101,12 +101,12 @@ async fn plugin_file_changed(node: &Node, path: &Path) {
     };
     match tokio::fs::read(path).await {
         Ok(bytes) => {
-            let code = Code::new(bytes);
-            match node.plugins.install(name, code.clone(), Origin::File).await {
-                Ok(true) => {
-                    node.publish_plugin_version(name, &code).await;
-                }
-                Ok(false) => {}
+            match node
+                .rollout
+                .deploy(name, Code::new(bytes), Origin::File)
+                .await
+            {
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(plugin = name, file = %path.display(), error = %e, "plugin file refused")
                 }
@@ -123,7 +123,7 @@ async fn plugin_file_changed(node: &Node, path: &Path) {
 /// sections need a restart. An invalid file is refused and the old bindings keep serving.
 pub async fn reload_bindings(node: &Node, source: &Source) {
     match crate::config::Config::load(source) {
-        Ok(config) => match node.plugins.reconfigure(config.plugins).await {
+        Ok(config) => match node.rollout.reconfigure(config.plugins).await {
             Ok(()) => tracing::info!("configuration reloaded: plugin bindings applied"),
             Err(e) => {
                 tracing::warn!(error = %e, "reloaded bindings refused; the previous ones keep serving")

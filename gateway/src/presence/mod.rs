@@ -13,6 +13,25 @@ use crate::hub::ConnId;
 pub mod memory;
 pub mod redis;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::redis_link::RedisTarget;
+
+/// Starts the presence store `target` names (none: this node's memory) for node `node`;
+/// entries live `ttl` without a heartbeat.
+pub fn start(
+    target: Option<&RedisTarget>,
+    prefix: &str,
+    node: &str,
+    ttl: Duration,
+) -> Result<Arc<dyn Presence>, PresenceError> {
+    Ok(match target {
+        None => Arc::new(memory::MemoryPresence::new(node)),
+        Some(t) => Arc::new(redis::RedisPresence::start(t, prefix, node, ttl)?),
+    })
+}
+
 /// One live connection of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ConnectionEntry {

@@ -17,10 +17,11 @@ use super::link::{Link, Stop};
 use super::ratelimit::TokenBucket;
 use crate::error::CloseReason;
 use crate::hub::{ConnId, Group, GroupKey};
-use crate::node::{ConnectionSlot, PublishAck};
-use crate::outbox::{Outbox, wired};
 use crate::identity::Identity;
+use crate::node::ConnectionSlot;
+use crate::outbox::{Outbox, wired};
 use crate::protocol::{self, Action, ErrorCode, Rejection};
+use crate::publish::PublishAck;
 use crate::wire::Peer;
 
 /// Publishes one connection may have waiting for the broker; beyond it the session stops
@@ -56,7 +57,7 @@ pub fn run(
     let lane = slot.node.lanes.pick(slot.id);
     let (outbox, rx) = wired(limits.outbound_queue, peer.wire, lane);
     let bucket = TokenBucket::new(limits.publish_burst);
-    slot.register(&outbox);
+    slot.node.connections.register(slot.id, &outbox);
     let mut link = Link::new(socket, rx);
     let mut session = Session {
         bucket,
@@ -450,7 +451,7 @@ impl Session {
     }
 
     fn check_channel(&self, channel: &str) -> Result<(), Rejection> {
-        self.slot.node.check_channel(channel)
+        self.slot.node.publisher.check_channel(channel)
     }
 
     async fn subscribe(&mut self, channel: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
@@ -530,7 +531,8 @@ impl Session {
         let ack = self
             .slot
             .node
-            .start_publish(&self.identity, channel, data.get())?;
+            .publisher
+            .start(&self.identity, channel, data.get())?;
         self.pending
             .push_back(Reply::Publish(ack, id.map(ToOwned::to_owned)));
         Ok(())

@@ -29,11 +29,11 @@ struct Queued {
 }
 
 /// The queue in front of the publishing task.
-pub(super) struct Publisher {
+pub(super) struct Batcher {
     tx: mpsc::UnboundedSender<Queued>,
 }
 
-impl Publisher {
+impl Batcher {
     /// Starts the task; `send` performs one batch.
     pub(super) fn start(send: SendBatch) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();

@@ -1,0 +1,249 @@
+//! Plugin rollout: a version from an admin upload, the plugins directory or another node is
+//! installed here and, with Redis, on every node; rollback and unbind likewise. The admin API
+//! and the file watcher call this module; nothing else changes which plugin versions serve.
+//!
+//! Cluster protocol: the version's bytes go to the cluster store (`plugins::cluster`), then a
+//! note `{"plugin":..,"hash":..}` is published on the reserved channel [`CONTROL_CHANNEL`];
+//! every node receives it through its dispatcher, fetches the bytes by hash and installs them,
+//! and records in the store which version it serves (drift shows in the admin list). A node
+//! that starts later reads the cluster's current versions before it loads its own files.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Subscriptions};
+use crate::config::PluginsConfig;
+use crate::dispatch::Control;
+use crate::plugins::Code;
+use crate::plugins::cluster::ClusterStore;
+use crate::plugins::registry::{Origin, PluginRegistry, SwapError, Version};
+use crate::presence::now_ms;
+
+/// Broker channel announcing new versions; `$` is never allowed in client channel names.
+pub const CONTROL_CHANNEL: &str = "$plugins";
+
+/// What a deploy or rollback did.
+pub struct Deployed {
+    /// The version now serving.
+    pub code: Code,
+    /// Whether it replaced another version on this node.
+    pub changed: bool,
+    /// Whether it reached the cluster (`false` without Redis, or when Redis failed: logged).
+    pub cluster: bool,
+}
+
+/// This node's part in rolling plugin versions out.
+pub struct Rollout {
+    node: String,
+    registry: Arc<PluginRegistry>,
+    store: Option<ClusterStore>,
+    broker: Arc<dyn Broker>,
+}
+
+impl Rollout {
+    /// Rollout for node `node`: versions swap in `registry`, and are shared through `store`
+    /// and announced on `broker` when there is a cluster.
+    pub fn new(
+        node: &str,
+        registry: Arc<PluginRegistry>,
+        store: Option<ClusterStore>,
+        broker: Arc<dyn Broker>,
+    ) -> Self {
+        Self {
+            node: node.to_owned(),
+            registry,
+            store,
+            broker,
+        }
+    }
+
+    /// The cluster's current version of each plugin, to start with instead of the local files
+    /// (empty without Redis, or when the store does not answer within 5 s: logged).
+    pub async fn cluster_versions(store: Option<&ClusterStore>) -> HashMap<String, Version> {
+        let Some(store) = store else {
+            return HashMap::new();
+        };
+        match tokio::time::timeout(Duration::from_secs(5), store.current()).await {
+            Ok(Ok(current)) => current
+                .into_iter()
+                .map(|(name, code)| {
+                    let version = Version {
+                        code,
+                        source: Origin::Cluster,
+                        loaded_at: now_ms(),
+                    };
+                    (name, version)
+                })
+                .collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read cluster plugin versions; using local files");
+                HashMap::new()
+            }
+            Err(_) => {
+                tracing::warn!("cluster plugin versions timed out; using local files");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Installs `code` as plugin `name` and shares it with the cluster: always for an upload
+    /// (re-uploading the serving version repairs a node that drifted), for a file only when
+    /// it changed what serves.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        code: Code,
+        origin: Origin,
+    ) -> Result<Deployed, SwapError> {
+        let changed = self.registry.install(name, code.clone(), origin).await?;
+        let cluster = if changed || origin == Origin::Api {
+            self.share(name, &code).await
+        } else {
+            false
+        };
+        Ok(Deployed {
+            code,
+            changed,
+            cluster,
+        })
+    }
+
+    /// Goes back to plugin `name`'s previous version, here and on every node.
+    pub async fn rollback(&self, name: &str) -> Result<Deployed, SwapError> {
+        let version = self.registry.rollback(name).await?;
+        let cluster = self.share(name, &version.code).await;
+        Ok(Deployed {
+            code: version.code,
+            changed: true,
+            cluster,
+        })
+    }
+
+    /// Unbinds plugin `name` on this node.
+    pub async fn unbind(&self, name: &str) -> Result<(), SwapError> {
+        self.registry.unbind(name).await
+    }
+
+    /// Applies a reloaded `[plugins]` section (bindings, limits) on this node.
+    pub async fn reconfigure(&self, config: PluginsConfig) -> Result<(), SwapError> {
+        self.registry.reconfigure(config).await
+    }
+
+    /// Every plugin's status, with the version each node reports (with Redis).
+    pub async fn list(&self) -> Vec<serde_json::Value> {
+        let mut plugins = Vec::new();
+        for status in self.registry.list().await {
+            let mut v = serde_json::to_value(&status).expect("status serialises");
+            if let Some(store) = &self.store {
+                let nodes = store.nodes(&status.name).await.unwrap_or_default();
+                let short: serde_json::Map<String, serde_json::Value> = nodes
+                    .into_iter()
+                    .map(|(n, h)| (n, json!(h.get(..12).unwrap_or(&h))))
+                    .collect();
+                v["nodes"] = json!(short);
+            }
+            plugins.push(v);
+        }
+        plugins
+    }
+
+    /// Makes `code` plugin `name`'s version cluster-wide (store, then announce); whether it
+    /// reached the cluster.
+    async fn share(&self, name: &str, code: &Code) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        if let Err(e) = store.put(name, code).await {
+            tracing::warn!(plugin = name, error = %e, "version not shared with the cluster");
+            return false;
+        }
+        store.report(&self.node, name, &code.hash).await;
+        let note = json!({"plugin": name, "hash": code.hash}).to_string();
+        match self
+            .broker
+            .publish(CONTROL_CHANNEL, Bytes::from(note))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(plugin = name, error = %e, "version stored but not announced; nodes get it at their next start");
+                false
+            }
+        }
+    }
+
+    /// Serves the control channel until `shutdown`: with a cluster, subscribes to it
+    /// (retrying until the broker accepts), reports the versions this node serves, then
+    /// installs every version another node announces.
+    pub async fn run(
+        self: Arc<Self>,
+        subscriptions: Subscriptions,
+        mut control: mpsc::UnboundedReceiver<Control>,
+        shutdown: CancellationToken,
+    ) {
+        if let Some(store) = &self.store {
+            while subscriptions.subscribe(CONTROL_CHANNEL).await.is_err() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            for status in self.registry.list().await {
+                if let Some(hash) = &status.hash {
+                    store.report(&self.node, &status.name, hash).await;
+                }
+            }
+        }
+        loop {
+            let (channel, payload) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = control.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            if channel == CONTROL_CHANNEL {
+                self.on_announcement(&payload).await;
+            }
+        }
+    }
+
+    /// A version announced by some node: fetch and install it unless it already serves.
+    async fn on_announcement(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Note {
+            plugin: String,
+            hash: String,
+        }
+        let Ok(note) = serde_json::from_slice::<Note>(payload) else {
+            tracing::warn!("ignoring malformed plugin announcement");
+            return;
+        };
+        let Some(store) = &self.store else { return };
+        if self.registry.current_hash(&note.plugin).await.as_deref() == Some(note.hash.as_str()) {
+            store.report(&self.node, &note.plugin, &note.hash).await;
+            return;
+        }
+        match store.blob(&note.hash).await {
+            Ok(code) => match self
+                .registry
+                .install(&note.plugin, code, Origin::Cluster)
+                .await
+            {
+                Ok(_) => store.report(&self.node, &note.plugin, &note.hash).await,
+                Err(e) => {
+                    tracing::warn!(plugin = %note.plugin, error = %e, "announced version refused")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(plugin = %note.plugin, error = %e, "announced version unavailable")
+            }
+        }
+    }
+}
