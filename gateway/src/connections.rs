@@ -6,18 +6,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::error::CloseReason;
-use crate::hub::ConnId;
-use crate::outbox::Outbox;
+use crate::hub::{ConnId, Sink};
+use crate::protocol::CloseReason;
 
 /// Every connection of the node.
 pub struct Connections {
     max: usize,
     count: AtomicUsize,
     next: AtomicU64,
-    open: Mutex<HashMap<ConnId, Outbox>>,
+    open: Mutex<HashMap<ConnId, Arc<dyn Sink>>>,
     /// [`Connections::close_all`] was called: sessions registering from now on are closed.
     closing: AtomicBool,
     gauge: metrics::Gauge,
@@ -38,7 +37,7 @@ impl Connections {
         }
     }
 
-    fn open_sessions(&self) -> MutexGuard<'_, HashMap<ConnId, Outbox>> {
+    fn open_sessions(&self) -> MutexGuard<'_, HashMap<ConnId, Arc<dyn Sink>>> {
         // Inserts and removes cannot leave the map half-updated.
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -56,13 +55,13 @@ impl Connections {
         Some(self.next.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Registers connection `id`'s outbox, so that [`Connections::close_all`] closes it with
-    /// 1001; one registering after that is closed at once.
-    pub fn register(&self, id: ConnId, outbox: &Outbox) {
-        self.open_sessions().insert(id, outbox.clone());
+    /// Registers connection `id`'s outbound queue, so that [`Connections::close_all`] closes
+    /// it with 1001; one registering after that is closed at once.
+    pub fn register(&self, id: ConnId, sink: Arc<dyn Sink>) {
+        self.open_sessions().insert(id, sink.clone());
         // After the insert: a close_all that began before it did not see this one.
         if self.closing.load(Ordering::Acquire) {
-            outbox.close(CloseReason::ShuttingDown);
+            sink.close(CloseReason::ShuttingDown);
         }
     }
 
@@ -76,8 +75,8 @@ impl Connections {
     /// Asks every open session, and every one registering from now on, to close with 1001.
     pub fn close_all(&self) {
         self.closing.store(true, Ordering::Release);
-        for outbox in self.open_sessions().values() {
-            outbox.close(CloseReason::ShuttingDown);
+        for sink in self.open_sessions().values() {
+            sink.close(CloseReason::ShuttingDown);
         }
     }
 

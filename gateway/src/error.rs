@@ -1,6 +1,7 @@
-//! Every error a client, a backend or an operator gets back, and the one place that decides
-//! its HTTP status or WebSocket close code: the modules that fail say why (their own error
-//! types), this module says how that is answered. docs/protocol.md lists the same table.
+//! Every error a client, a backend or an operator gets back over HTTP, and the one place that
+//! decides its status: the modules that fail say why (their own error types), this module
+//! says how that is answered. (WebSocket close codes are part of the wire protocol:
+//! `protocol::CloseReason`.) docs/protocol.md lists the same tables.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -25,49 +26,6 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::PluginError => StatusCode::BAD_GATEWAY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// Why the server closes a WebSocket connection; maps to a close code and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The node is shutting down (1001).
-    ShuttingDown,
-    /// The outbound queue overflowed (4001).
-    SlowConsumer,
-    /// No frame from the client within the idle timeout (4002).
-    IdleTimeout,
-    /// A frame exceeded `limits.max_frame_bytes` (1009).
-    FrameTooBig,
-    /// A text frame was not valid UTF-8 (1007).
-    InvalidUtf8,
-    /// The client broke the WebSocket protocol (1002).
-    ProtocolError,
-}
-
-impl CloseReason {
-    /// WebSocket close code sent to the client.
-    pub fn code(self) -> u16 {
-        match self {
-            CloseReason::ShuttingDown => 1001,
-            CloseReason::SlowConsumer => 4001,
-            CloseReason::IdleTimeout => 4002,
-            CloseReason::FrameTooBig => 1009,
-            CloseReason::InvalidUtf8 => 1007,
-            CloseReason::ProtocolError => 1002,
-        }
-    }
-
-    /// Close reason text sent to the client.
-    pub fn text(self) -> &'static str {
-        match self {
-            CloseReason::ShuttingDown => "server shutting down",
-            CloseReason::SlowConsumer => "slow consumer: outbound queue overflowed",
-            CloseReason::IdleTimeout => "idle timeout",
-            CloseReason::FrameTooBig => "frame exceeds limits.max_frame_bytes",
-            CloseReason::InvalidUtf8 => "text frame is not valid UTF-8",
-            CloseReason::ProtocolError => "websocket protocol error",
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! panics when the parser breaks its contract: a panic inside it, or an answer that is not
 //! one of the documented ones (docs/protocol.md).
 
-use crate::error::CloseReason;
+use crate::protocol::CloseReason;
 use crate::protocol::{self, ErrorCode};
 
 /// The codes a client frame that cannot be parsed may get.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 
 use crate::broker::{BrokerError, Subscriptions};
-use crate::outbox::Outbox;
+use crate::protocol::CloseReason;
 use crate::protocol::{self, Frame};
 
 pub mod isolation;
@@ -42,6 +42,17 @@ pub struct Group {
 
 /// A shared delivery group identity.
 pub type GroupKey = Arc<Group>;
+
+/// Where the hub queues a subscriber's frames: its session's outbound queue (`ws::outbox`),
+/// or a test's.
+pub trait Sink: Send + Sync {
+    /// Queues a frame without waiting; false when it was not queued (the queue was full: the
+    /// session is being closed as a slow consumer; or the session is gone).
+    fn push(&self, frame: Frame) -> bool;
+
+    /// Asks the session to close; the first reason wins.
+    fn close(&self, reason: CloseReason);
+}
 
 const SHARDS: usize = 64;
 
@@ -83,7 +94,7 @@ pub trait GroupHook: Send + Sync + 'static {
 
 #[derive(Default)]
 struct Channel {
-    groups: HashMap<GroupKey, HashMap<ConnId, Outbox>>,
+    groups: HashMap<GroupKey, HashMap<ConnId, Arc<dyn Sink>>>,
 }
 
 type Shard = HashMap<Arc<str>, Channel>;
@@ -145,10 +156,10 @@ impl Table {
     }
 }
 
-fn push_all(members: &HashMap<ConnId, Outbox>, frame: &Frame) -> Fanout {
+fn push_all(members: &HashMap<ConnId, Arc<dyn Sink>>, frame: &Frame) -> Fanout {
     let mut stats = Fanout::default();
-    for outbox in members.values() {
-        if outbox.push(frame.clone()) {
+    for sink in members.values() {
+        if sink.push(frame.clone()) {
             stats.delivered += 1;
         } else {
             stats.dropped += 1;
@@ -201,7 +212,7 @@ impl Hub {
         channel: &str,
         conn: ConnId,
         group: GroupKey,
-        outbox: &Outbox,
+        sink: &Arc<dyn Sink>,
     ) -> BoxFuture<'static, Result<(), BrokerError>> {
         let mut shard = self.shard(channel).write().expect("hub lock poisoned");
         let entry = shard.entry(Arc::from(channel)).or_default();
@@ -214,7 +225,7 @@ impl Hub {
             .groups
             .entry(group)
             .or_default()
-            .insert(conn, outbox.clone());
+            .insert(conn, sink.clone());
         // Asked under the shard lock so the broker sees subscribes and unsubscribes of a
         // channel in the order they happened here; asked for every subscriber, so each one's
         // reply waits until the node really receives the channel.
@@ -335,8 +346,7 @@ impl Drop for Hub {
 mod tests {
     use super::*;
     use crate::broker::memory::MemoryBroker;
-    use crate::error::CloseReason;
-    use crate::outbox::outbox;
+    use std::sync::Mutex;
 
     /// An inbox that drops everything: these tests call `dispatch` themselves.
     struct Nowhere;
@@ -352,15 +362,56 @@ mod tests {
         Hub::new(subscriptions)
     }
 
+    /// A sink that keeps up to `room` frames, and how it was closed.
+    #[derive(Default)]
+    struct Collect {
+        room: usize,
+        frames: Mutex<Vec<Frame>>,
+        closed: Mutex<Option<CloseReason>>,
+    }
+
+    impl Collect {
+        fn with_room(room: usize) -> Arc<Self> {
+            Arc::new(Self {
+                room,
+                ..Self::default()
+            })
+        }
+
+        fn frames(&self) -> Vec<Frame> {
+            self.frames.lock().unwrap().clone()
+        }
+    }
+
+    impl Sink for Collect {
+        fn push(&self, frame: Frame) -> bool {
+            let mut frames = self.frames.lock().unwrap();
+            if frames.len() >= self.room {
+                drop(frames);
+                self.close(CloseReason::SlowConsumer);
+                return false;
+            }
+            frames.push(frame);
+            true
+        }
+
+        fn close(&self, reason: CloseReason) {
+            self.closed.lock().unwrap().get_or_insert(reason);
+        }
+    }
+
+    fn sink(c: &Arc<Collect>) -> Arc<dyn Sink> {
+        c.clone()
+    }
+
     #[tokio::test]
     async fn encodes_once_and_shares_the_bytes() {
         let hub = hub();
-        let (a, mut ra) = outbox(8);
-        let (b, mut rb) = outbox(8);
-        hub.subscribe("c", 1, GroupKey::default(), &a)
+        let (a, b) = (Collect::with_room(8), Collect::with_room(8));
+        hub.subscribe("c", 1, GroupKey::default(), &sink(&a))
             .await
             .unwrap();
-        hub.subscribe("c", 2, GroupKey::default(), &b)
+        hub.subscribe("c", 2, GroupKey::default(), &sink(&b))
             .await
             .unwrap();
         let stats = hub.dispatch("c", b"1");
@@ -371,7 +422,7 @@ mod tests {
                 dropped: 0
             }
         );
-        let (fa, fb) = (ra.recv().await.unwrap(), rb.recv().await.unwrap());
+        let (fa, fb) = (a.frames()[0].clone(), b.frames()[0].clone());
         assert_eq!(fa.as_str(), r#"{"type":"message","channel":"c","data":1}"#);
         assert_eq!(
             fa.as_str().as_ptr(),
@@ -383,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn last_unsubscribe_drops_the_channel() {
         let hub = hub();
-        let (a, _ra) = outbox(8);
+        let a = sink(&Collect::with_room(8));
         hub.subscribe("c", 1, GroupKey::default(), &a)
             .await
             .unwrap();
@@ -411,12 +462,11 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_closes_only_that_session() {
         let hub = hub();
-        let (slow, slow_rx) = outbox(1);
-        let (fast, mut fast_rx) = outbox(8);
-        hub.subscribe("c", 1, GroupKey::default(), &slow)
+        let (slow, fast) = (Collect::with_room(1), Collect::with_room(8));
+        hub.subscribe("c", 1, GroupKey::default(), &sink(&slow))
             .await
             .unwrap();
-        hub.subscribe("c", 2, GroupKey::default(), &fast)
+        hub.subscribe("c", 2, GroupKey::default(), &sink(&fast))
             .await
             .unwrap();
         hub.dispatch("c", b"1");
@@ -428,8 +478,11 @@ mod tests {
                 dropped: 1
             }
         );
-        assert_eq!(slow_rx.closed().await, CloseReason::SlowConsumer);
-        assert!(fast_rx.recv().await.is_some());
-        assert!(fast_rx.recv().await.is_some());
+        assert_eq!(
+            *slow.closed.lock().unwrap(),
+            Some(CloseReason::SlowConsumer)
+        );
+        assert_eq!(fast.frames().len(), 2);
+        assert_eq!(*fast.closed.lock().unwrap(), None);
     }
 }

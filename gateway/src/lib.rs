@@ -1,14 +1,17 @@
 //! Switchyard: a real-time WebSocket message gateway whose per-channel routing,
 //! authorization and transformation run as WebAssembly plugins.
 //!
-//! Data flows one way: socket -> session ([`ws`]) -> broker ([`broker`]) -> dispatcher
-//! ([`dispatch`]) -> hub ([`hub`]) -> session outboxes ([`outbox`]) -> sockets.
+//! Data flows one way: socket -> session ([`ws`]) -> publish path ([`publish`], the publish
+//! hook) -> broker ([`broker`]) -> dispatcher ([`dispatch`]) -> hub ([`hub`], the deliver
+//! hook) -> session outboxes -> fan-out lanes -> sockets ([`ws`]). docs/architecture.md has
+//! the module map.
 
 pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod dispatch;
@@ -20,7 +23,6 @@ pub mod identity;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
-pub mod outbox;
 pub mod plugins;
 pub mod presence;
 pub mod protocol;
@@ -30,7 +32,7 @@ pub mod rollout;
 pub mod serve;
 pub mod server;
 pub mod telemetry;
-pub mod wire;
+pub mod watch;
 pub mod ws;
 
 pub use cli::Cli;

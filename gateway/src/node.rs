@@ -17,7 +17,6 @@ use crate::config::Config;
 use crate::connections::Connections;
 use crate::dispatch::{Control, Dispatcher};
 use crate::hub::{ConnId, Hub};
-use crate::outbox::Lanes;
 use crate::plugins::cluster::ClusterStore;
 use crate::plugins::registry::PluginRegistry;
 use crate::presence::Presence;
@@ -58,8 +57,6 @@ pub struct Node {
     pub id: String,
     /// Local subscriptions and the fan-out.
     pub hub: Arc<Hub>,
-    /// The tasks that write deliveries to the sessions' sockets.
-    pub lanes: Lanes,
     /// Where publishes go.
     pub broker: Arc<dyn Broker>,
     /// The publish path of clients and backends.
@@ -159,7 +156,6 @@ impl Node {
             presence,
             config: Arc::new(config),
             hub,
-            lanes: Lanes::start(),
             broker,
             plugins,
             rollout,

@@ -83,6 +83,49 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// Why the server closes a WebSocket connection; maps to a close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The node is shutting down (1001).
+    ShuttingDown,
+    /// The outbound queue overflowed (4001).
+    SlowConsumer,
+    /// No frame from the client within the idle timeout (4002).
+    IdleTimeout,
+    /// A frame exceeded `limits.max_frame_bytes` (1009).
+    FrameTooBig,
+    /// A text frame was not valid UTF-8 (1007).
+    InvalidUtf8,
+    /// The client broke the WebSocket protocol (1002).
+    ProtocolError,
+}
+
+impl CloseReason {
+    /// WebSocket close code sent to the client.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::ShuttingDown => 1001,
+            CloseReason::SlowConsumer => 4001,
+            CloseReason::IdleTimeout => 4002,
+            CloseReason::FrameTooBig => 1009,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::ProtocolError => 1002,
+        }
+    }
+
+    /// Close reason text sent to the client.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::ShuttingDown => "server shutting down",
+            CloseReason::SlowConsumer => "slow consumer: outbound queue overflowed",
+            CloseReason::IdleTimeout => "idle timeout",
+            CloseReason::FrameTooBig => "frame exceeds limits.max_frame_bytes",
+            CloseReason::InvalidUtf8 => "text frame is not valid UTF-8",
+            CloseReason::ProtocolError => "websocket protocol error",
+        }
+    }
+}
+
 /// A request the client may not make, with the code and text to send back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -18,12 +18,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Subscriptions};
+use crate::clock::now_ms;
 use crate::config::PluginsConfig;
 use crate::dispatch::Control;
 use crate::plugins::Code;
 use crate::plugins::cluster::ClusterStore;
 use crate::plugins::registry::{Origin, PluginRegistry, SwapError, Version};
-use crate::presence::now_ms;
 
 /// Broker channel announcing new versions; `$` is never allowed in client channel names.
 pub const CONTROL_CHANNEL: &str = "$plugins";

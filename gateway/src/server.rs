@@ -11,21 +11,21 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ServerConfig, Source};
 use crate::node::{Background, Node, StartError};
-use crate::wire::WireListener;
+use crate::ws::socket::SocketListener;
 use crate::{api, ws};
 
 /// How often histogram samples are folded into buckets (the exporter's own default).
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
-/// Builds the HTTP router for `node`.
-pub fn router(node: Arc<Node>) -> Router {
+/// Builds the HTTP router for `node`, its sessions written by `lanes`.
+pub fn router(node: Arc<Node>, lanes: Arc<ws::lanes::Lanes>) -> Router {
     Router::new()
-        .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .with_state(node.clone())
-        .merge(api::router(node))
+        .merge(api::router(node.clone()))
+        .merge(ws::router(ws::Endpoint { node, lanes }))
 }
 
 /// A bound, not yet serving gateway node.
@@ -113,7 +113,12 @@ impl Gateway {
         // Without a plugins directory there is nothing to watch (a node with no plugins).
         if node.config.admin.watch
             && node.config.plugins.dir.is_dir()
-            && let Err(e) = crate::plugins::watch::spawn(node.clone(), reload.clone())
+            && let Err(e) = crate::watch::spawn(
+                node.rollout.clone(),
+                &node.config.plugins.dir,
+                reload.clone(),
+                node.shutdown.clone(),
+            )
         {
             tracing::warn!(error = %e, dir = %node.config.plugins.dir.display(), "cannot watch plugins directory; hot swap from files is off");
         }
@@ -122,7 +127,8 @@ impl Gateway {
             tokio::spawn(reload_on_sighup(node.clone(), source));
         }
         let limits = crate::serve::HttpLimits::from_config(&node.config.limits);
-        let mut app = router(node.clone());
+        let lanes = Arc::new(ws::lanes::Lanes::start(node.config.limits.outbound_queue));
+        let mut app = router(node.clone(), lanes);
         match admin {
             Some(listener) => {
                 let admin_app = crate::admin::router(node.clone());
@@ -135,7 +141,7 @@ impl Gateway {
         }
         tokio::spawn(drain_then_stop(node.clone(), shutdown));
         crate::serve::serve(
-            WireListener(listener),
+            SocketListener(listener),
             app,
             limits,
             node.shutdown.clone(),
@@ -207,7 +213,7 @@ async fn reload_on_sighup(node: Arc<Node>, source: Source) {
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading configuration");
-        crate::plugins::watch::reload_bindings(&node, &source).await;
+        crate::watch::reload_bindings(&node.rollout, &source).await;
     }
 }
 

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod architecture;
+
 mod cli;
 mod cluster;
 mod deploy;

@@ -274,7 +274,7 @@ struct Breaker {
 
 impl Breaker {
     fn is_open(&self) -> bool {
-        crate::presence::now_ms()
+        crate::clock::now_ms()
             < self
                 .open_until_ms
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -295,7 +295,7 @@ impl Breaker {
         // Half-open afterwards: a single further failure re-opens it.
         self.consecutive.store(BREAKER_FAILURES - 1, Relaxed);
         self.open_until_ms.store(
-            crate::presence::now_ms() + BREAKER_OPEN.as_millis() as u64,
+            crate::clock::now_ms() + BREAKER_OPEN.as_millis() as u64,
             Relaxed,
         );
         true

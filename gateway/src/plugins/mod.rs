@@ -19,7 +19,6 @@ mod host;
 pub mod loaded;
 pub mod registry;
 pub mod runtime;
-pub mod watch;
 
 use crate::identity::Identity;
 use crate::namespace::{self, Pattern};

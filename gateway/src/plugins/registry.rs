@@ -15,9 +15,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::{Code, LoadError, Plugins, read_code};
+use crate::clock::now_ms;
 use crate::config::PluginsConfig;
 use crate::hub::{DeliverHook, DeliverHooks};
-use crate::presence::now_ms;
 
 /// Where a version came from (`source` in the admin API's list).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -79,10 +79,3 @@ pub trait Presence: Send + Sync + 'static {
     /// Removes every entry of this node (graceful shutdown).
     fn shutdown(&self) -> BoxFuture<'static, ()>;
 }
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}

@@ -19,7 +19,8 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ConnectionEntry, Presence, PresenceError, SubscriberEntry, now_ms};
+use super::{ConnectionEntry, Presence, PresenceError, SubscriberEntry};
+use crate::clock::now_ms;
 use crate::hub::ConnId;
 use crate::redis_link::{RedisConn, RedisTarget};
 

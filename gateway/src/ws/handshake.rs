@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use super::read_ahead::ReadAhead;
 use crate::error::NotUpgrade;
 
-/// The byte stream a session's WebSocket runs over.
-pub type Socket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
+/// A session's WebSocket, over the upgraded connection's byte stream.
+pub type WebSocket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
 
 /// A valid upgrade request: the answer to its key, and the connection to take over once the
 /// `101 Switching Protocols` response has gone out.
@@ -67,7 +67,7 @@ impl Handshake {
     pub fn accept(
         self,
         config: WebSocketConfig,
-        session: impl FnOnce(Socket) + Send + 'static,
+        session: impl FnOnce(WebSocket) + Send + 'static,
     ) -> Response {
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {

@@ -3,7 +3,7 @@
 //! all from the session's one task.
 //!
 //! Deliveries do not pass through here: the outbox's lane writes them to the socket
-//! ([`crate::outbox`]), and the task is woken only when the socket is full, the session is to
+//! ([`super::lanes`]), and the task is woken only when the socket is full, the session is to
 //! be closed, or one of its other waits fires. Those waits (socket reads, replies from the
 //! broker, the timer) are polled with a waker of their own that records that one of them
 //! fired ([`Fired`]), and only then.
@@ -20,10 +20,10 @@ use futures_util::{SinkExt, StreamExt};
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
-use super::handshake::Socket as WebSocket;
-use crate::error::CloseReason;
-use crate::outbox::OutboxRx;
-pub use crate::outbox::Stop;
+use super::handshake::WebSocket;
+use super::outbox::OutboxRx;
+pub use super::outbox::Stop;
+use crate::protocol::CloseReason;
 
 /// Records that one of the waits other than the outbox woke the task.
 struct Fired {

@@ -1,4 +1,7 @@
-//! The `/ws` endpoint: upgrade, then one session per connection.
+//! The WebSocket transport: the `/ws` endpoint (upgrade, then one session per connection),
+//! and the write end of a connection: its shared socket ([`socket`]), its bounded outbound
+//! queue ([`outbox`], the hub's [`crate::hub::Sink`]) and the fan-out lanes that write queues
+//! to sockets ([`lanes`]).
 
 use std::sync::Arc;
 
@@ -11,13 +14,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::error::UpgradeRefused;
 use crate::node::Node;
 use crate::plugins;
-use crate::wire::Peer;
+use socket::Peer;
 
 mod handshake;
+pub mod lanes;
 mod link;
+pub mod outbox;
 mod ratelimit;
 mod read_ahead;
 mod session;
+pub mod socket;
 
 use handshake::Handshake;
 
@@ -28,13 +34,30 @@ use handshake::Handshake;
 /// saved 512 and 384 B more.
 const READ_BUFFER: usize = 128;
 /// Bytes tungstenite collects before writing. Only control frames (pings, the close) go
-/// through it: deliveries and replies are written by the outbox's lane (`crate::outbox`).
+/// through it: deliveries and replies are written by the outbox's lane ([`lanes`]).
 const WRITE_BUFFER: usize = 16 * 1024;
+
+/// What the `/ws` endpoint serves with: the node, and the lanes that write its sessions'
+/// sockets.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The node.
+    pub node: Arc<Node>,
+    /// The fan-out lanes.
+    pub lanes: Arc<lanes::Lanes>,
+}
+
+/// The `/ws` route.
+pub fn router(endpoint: Endpoint) -> axum::Router {
+    axum::Router::new()
+        .route("/ws", axum::routing::get(upgrade))
+        .with_state(endpoint)
+}
 
 /// Upgrades an HTTP request to a WebSocket session, or refuses it with a status and reason
 /// ([`UpgradeRefused`]).
 pub async fn upgrade(
-    State(node): State<Arc<Node>>,
+    State(Endpoint { node, lanes }): State<Endpoint>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     uri: Uri,
@@ -85,8 +108,9 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER.max(limits.max_frame_bytes) * 4);
     let identity = identity.shared();
+    let lane = lanes.pick(slot.id);
     Ok(handshake.accept(config, move |socket| {
-        tracker.spawn(session::run(socket, slot, peer, identity));
+        tracker.spawn(session::run(socket, slot, peer, identity, lane));
     }))
 }
 
@@ -144,7 +168,7 @@ pub(crate) fn check_handshake(head: &[u8]) {
 /// under the read-ahead, frames of at most `max_frame` bytes) until the end; returns the close
 /// a read error calls for, if any (for the fuzz targets and property tests).
 #[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn read_all(bytes: &[u8], max_frame: usize) -> Option<crate::error::CloseReason> {
+pub(crate) fn read_all(bytes: &[u8], max_frame: usize) -> Option<crate::protocol::CloseReason> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::protocol::Role;

@@ -12,17 +12,18 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::Span;
 use tungstenite::Message;
 
-use super::handshake::Socket as WebSocket;
+use super::handshake::WebSocket;
+use super::lanes::Lane;
 use super::link::{Link, Stop};
+use super::outbox::Outbox;
 use super::ratelimit::TokenBucket;
-use crate::error::CloseReason;
+use super::socket::Peer;
 use crate::hub::{ConnId, Group, GroupKey};
 use crate::identity::Identity;
 use crate::node::ConnectionSlot;
-use crate::outbox::{Outbox, wired};
+use crate::protocol::CloseReason;
 use crate::protocol::{self, Action, ErrorCode, Rejection};
 use crate::publish::PublishAck;
-use crate::wire::Peer;
 
 /// Publishes one connection may have waiting for the broker; beyond it the session stops
 /// reading until the oldest is accepted, which pushes back on the client through TCP.
@@ -50,14 +51,14 @@ pub fn run(
     slot: ConnectionSlot,
     peer: Peer,
     identity: Arc<Identity>,
+    lane: Arc<Lane>,
 ) -> impl Future<Output = ()> {
     let remote = peer.remote;
     let span = tracing::info_span!("conn", id = slot.id, %remote, user = identity.user.as_deref());
     let limits = &slot.node.config.limits;
-    let lane = slot.node.lanes.pick(slot.id);
-    let (outbox, rx) = wired(limits.outbound_queue, peer.wire, lane);
+    let (outbox, rx) = Outbox::new(peer.socket, lane);
     let bucket = TokenBucket::new(limits.publish_burst);
-    slot.node.connections.register(slot.id, &outbox);
+    slot.node.connections.register(slot.id, outbox.sink());
     let mut link = Link::new(socket, rx);
     let mut session = Session {
         bucket,
@@ -70,7 +71,7 @@ pub fn run(
     };
     async move {
         session.span.in_scope(|| tracing::debug!("connected"));
-        let since = crate::presence::now_ms();
+        let since = crate::clock::now_ms();
         if let Some(user) = &session.identity.user {
             session
                 .slot
@@ -482,7 +483,7 @@ impl Session {
             .slot
             .node
             .hub
-            .subscribe(channel, self.conn(), group, &self.outbox);
+            .subscribe(channel, self.conn(), group, &self.outbox.sink());
         if let Err(e) = ready.await {
             self.slot.node.hub.unsubscribe(channel, self.conn());
             return Err(Rejection::new(ErrorCode::Unavailable, e.to_string()));

@@ -1,5 +1,6 @@
 //! Hot swap from the filesystem: watches `plugins.dir` (new, replaced in place or by atomic
-//! rename, removed) and the config file, debounced, and applies changes through the registry.
+//! rename, removed) and the config file, debounced, and applies changes through the rollout
+//! (`crate::rollout`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -9,19 +10,27 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::Code;
-use super::registry::Origin;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Source;
-use crate::node::Node;
+use crate::plugins::Code;
+use crate::plugins::registry::Origin;
+use crate::rollout::Rollout;
 
 /// Quiet time after the last event before changes are applied, so a file being written is
 /// read once, complete.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Starts watching; the watcher lives until the node shuts down. Returns an error when the
-/// directory cannot be watched (the node runs on without hot swap from files).
-pub fn spawn(node: Arc<Node>, reload: Option<Source>) -> notify::Result<()> {
-    let dir = node.config.plugins.dir.clone();
+/// Starts watching `dir` (and `reload`'s config file); the watcher lives until `shutdown`.
+/// Returns an error when the directory cannot be watched (the node runs on without hot swap
+/// from files).
+pub fn spawn(
+    rollout: Arc<Rollout>,
+    dir: &Path,
+    reload: Option<Source>,
+    shutdown: CancellationToken,
+) -> notify::Result<()> {
+    let dir = dir.to_owned();
     let config_file = reload
         .as_ref()
         .and_then(|c| c.file.clone())
@@ -52,7 +61,15 @@ pub fn spawn(node: Arc<Node>, reload: Option<Source>) -> notify::Result<()> {
         watcher.watch(parent, RecursiveMode::NonRecursive)?;
     }
     tracing::info!(dir = %dir.display(), "watching plugins directory");
-    tokio::spawn(run(node, rx, watcher, absolute(&dir), config_file, reload));
+    tokio::spawn(run(
+        rollout,
+        shutdown,
+        rx,
+        watcher,
+        absolute(&dir),
+        config_file,
+        reload,
+    ));
     Ok(())
 }
 
@@ -61,14 +78,14 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 async fn run(
-    node: Arc<Node>,
+    rollout: Arc<Rollout>,
+    shutdown: CancellationToken,
     mut rx: mpsc::UnboundedReceiver<PathBuf>,
     _watcher: notify::RecommendedWatcher,
     dir: PathBuf,
     config_file: Option<PathBuf>,
     reload: Option<Source>,
 ) {
-    let shutdown = node.shutdown.clone();
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -86,32 +103,26 @@ async fn run(
             } else if path.parent() == Some(dir.as_path())
                 && path.extension().is_some_and(|e| e == "wasm")
             {
-                plugin_file_changed(&node, &path).await;
+                plugin_file_changed(&rollout, &path).await;
             }
         }
         if reload_config && let Some(source) = &reload {
-            reload_bindings(&node, source).await;
+            reload_bindings(&rollout, source).await;
         }
     }
 }
 
-async fn plugin_file_changed(node: &Node, path: &Path) {
+async fn plugin_file_changed(rollout: &Rollout, path: &Path) {
     let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
         return;
     };
     match tokio::fs::read(path).await {
-        Ok(bytes) => {
-            match node
-                .rollout
-                .deploy(name, Code::new(bytes), Origin::File)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(plugin = name, file = %path.display(), error = %e, "plugin file refused")
-                }
+        Ok(bytes) => match rollout.deploy(name, Code::new(bytes), Origin::File).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(plugin = name, file = %path.display(), error = %e, "plugin file refused")
             }
-        }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::warn!(plugin = name, file = %path.display(), "plugin file removed; the loaded version keeps serving (unbind it through the admin API)");
         }
@@ -121,9 +132,9 @@ async fn plugin_file_changed(node: &Node, path: &Path) {
 
 /// Re-reads the configuration and applies its `[plugins]` section (bindings, limits); other
 /// sections need a restart. An invalid file is refused and the old bindings keep serving.
-pub async fn reload_bindings(node: &Node, source: &Source) {
+pub async fn reload_bindings(rollout: &Rollout, source: &Source) {
     match crate::config::Config::load(source) {
-        Ok(config) => match node.rollout.reconfigure(config.plugins).await {
+        Ok(config) => match rollout.reconfigure(config.plugins).await {
             Ok(()) => tracing::info!("configuration reloaded: plugin bindings applied"),
             Err(e) => {
                 tracing::warn!(error = %e, "reloaded bindings refused; the previous ones keep serving")

@@ -1,8 +1,9 @@
-//! A connection's TCP socket, written from two places in one byte order.
+//! A connection's TCP socket, written from two places in one byte order (the transport; the
+//! wire format is `crate::protocol`'s).
 //!
 //! hyper (before the upgrade) and tungstenite (control frames after it) write through
-//! [`WireIo`]; the fan-out writes a session's queued message frames itself
-//! ([`Wire::write_frames`], called by [`crate::outbox`]) instead of waking the session's task
+//! [`SocketIo`]; the fan-out writes a session's queued message frames itself
+//! ([`Socket::write_frames`], called for the outbox by its lane) instead of waking the session's task
 //! for every delivery: that wake-up, the task's poll and tungstenite's copy of the frame cost
 //! more user time per delivery than the rest of the fan-out. Whole frames go to the socket as
 //! they are: a write the socket takes only in part leaves the rest here, in order, and every
@@ -43,8 +44,8 @@ pub enum Flushed {
 }
 
 /// The socket and what it has not taken yet.
-pub struct Wire {
-    socket: TcpStream,
+pub struct Socket {
+    tcp: TcpStream,
     /// Bytes accepted for the socket and not yet written, in order.
     left: Mutex<Left>,
 }
@@ -67,11 +68,11 @@ impl Left {
     }
 }
 
-impl Wire {
+impl Socket {
     /// Takes over `socket`.
     pub fn new(socket: TcpStream) -> Arc<Self> {
         Arc::new(Self {
-            socket,
+            tcp: socket,
             left: Mutex::default(),
         })
     }
@@ -140,14 +141,14 @@ impl Wire {
         // A write that finds the socket full clears its readiness, so the poll below either
         // registers `cx` or reports that the socket took room since.
         while !self.write_left(left)? {
-            ready!(self.socket.poll_write_ready(cx))?;
+            ready!(self.tcp.poll_write_ready(cx))?;
         }
         Poll::Ready(Ok(()))
     }
 
     /// Ready once the socket may take more (frames queued behind a full socket wait for it).
     pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.socket.poll_write_ready(cx)
+        self.tcp.poll_write_ready(cx)
     }
 
     /// Writes left-over bytes; `Ok(true)` once none are left, `Ok(false)` when the socket is full.
@@ -193,7 +194,7 @@ impl Wire {
             return Err(kind.into());
         }
         loop {
-            let error = match self.socket.try_write_vectored(slices) {
+            let error = match self.tcp.try_write_vectored(slices) {
                 Ok(0) if slices.iter().any(|s| !s.is_empty()) => io::ErrorKind::WriteZero.into(),
                 Ok(n) => return Ok(Some(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -242,16 +243,16 @@ fn text_header(len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
 }
 
 /// The byte stream hyper and tungstenite use: reads from the socket, writes through the
-/// [`Wire`] (taking every byte offered, so a frame is never split between two writers).
-pub struct WireIo(Arc<Wire>);
+/// [`Socket`] (taking every byte offered, so a frame is never split between two writers).
+pub struct SocketIo(Arc<Socket>);
 
-impl AsyncRead for WireIo {
+impl AsyncRead for SocketIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let socket = &self.0.socket;
+        let socket = &self.0.tcp;
         loop {
             ready!(socket.poll_read_ready(cx))?;
             // A read that finds nothing clears the readiness: the next poll registers `cx`.
@@ -267,7 +268,7 @@ impl AsyncRead for WireIo {
     }
 }
 
-impl AsyncWrite for WireIo {
+impl AsyncWrite for SocketIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -294,25 +295,25 @@ impl AsyncWrite for WireIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.0.poll_drain(cx))?;
-        Poll::Ready(socket2::SockRef::from(&self.0.socket).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(socket2::SockRef::from(&self.0.tcp).shutdown(std::net::Shutdown::Write))
     }
 }
 
-/// The client listener: every accepted connection's socket becomes a [`Wire`].
-pub struct WireListener(pub TcpListener);
+/// The client listener: every accepted connection's socket becomes a [`Socket`].
+pub struct SocketListener(pub TcpListener);
 
-impl Listener for WireListener {
-    type Io = WireIo;
+impl Listener for SocketListener {
+    type Io = SocketIo;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (WireIo, SocketAddr) {
+    async fn accept(&mut self) -> (SocketIo, SocketAddr) {
         // axum's accept retries on errors (with a pause when out of file descriptors).
         let (socket, remote) = Listener::accept(&mut self.0).await;
         // Deliveries are small frames that must leave at once: no Nagle delay.
         if let Err(e) = socket.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        (WireIo(Wire::new(socket)), remote)
+        (SocketIo(Socket::new(socket)), remote)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -327,15 +328,15 @@ pub struct Peer {
     /// The client's address.
     pub remote: SocketAddr,
     /// The connection's socket.
-    pub wire: Arc<Wire>,
+    pub socket: Arc<Socket>,
 }
 
-impl WireIo {
+impl SocketIo {
     /// What a request on this connection from `remote` knows about it.
     pub fn peer(&self, remote: SocketAddr) -> Peer {
         Peer {
             remote,
-            wire: self.0.clone(),
+            socket: self.0.clone(),
         }
     }
 }
@@ -346,11 +347,11 @@ pub(crate) mod tests {
     use tokio::io::AsyncReadExt;
 
     /// A connected pair: the wire's socket and the peer that reads it.
-    pub(crate) async fn pair() -> (Arc<Wire>, TcpStream) {
+    pub(crate) async fn pair() -> (Arc<Socket>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (Wire::new(accepted.unwrap().0), client.unwrap())
+        (Socket::new(accepted.unwrap().0), client.unwrap())
     }
 
     pub(crate) fn frames(n: usize, size: usize) -> VecDeque<Frame> {
@@ -386,7 +387,7 @@ pub(crate) mod tests {
         let mut queue = frames(400, 64 * 1024);
         let expected: Vec<String> = queue.iter().map(|f| f.as_str().to_owned()).collect();
         let reader = tokio::spawn(read_frames(peer, expected.len() + 1));
-        let mut io = WireIo(wire.clone());
+        let mut io = SocketIo(wire.clone());
         let mut ping_sent = false;
         loop {
             match wire.write_frames(&mut queue) {
@@ -430,7 +431,7 @@ pub(crate) mod tests {
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_wire_fits_in_80_bytes() {
-        assert!(std::mem::size_of::<Wire>() + 16 <= 80);
+        assert!(std::mem::size_of::<Socket>() + 16 <= 80);
     }
 
     #[tokio::test]
@@ -439,7 +440,7 @@ pub(crate) mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut peer, b"hello")
             .await
             .unwrap();
-        let mut io = WireIo(wire);
+        let mut io = SocketIo(wire);
         let mut buf = [0u8; 5];
         io.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"hello");
