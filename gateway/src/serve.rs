@@ -145,3 +145,125 @@ async fn request_timeout(
         .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// Hands out in-memory connections the test pushes.
+    struct Pipes(tokio::sync::mpsc::UnboundedReceiver<DuplexStream>);
+
+    impl Listener for Pipes {
+        type Io = DuplexStream;
+        type Addr = std::net::SocketAddr;
+
+        async fn accept(&mut self) -> (DuplexStream, std::net::SocketAddr) {
+            match self.0.recv().await {
+                Some(io) => (io, ([127, 0, 0, 1], 1).into()),
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+            Ok(([127, 0, 0, 1], 0).into())
+        }
+    }
+
+    fn limits() -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 2,
+        }
+    }
+
+    /// Reads what the server sends until it closes the connection.
+    async fn until_closed(mut client: DuplexStream) -> String {
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// A connection that never sends a request, one that stops in the middle of its head and
+    /// an idle keep-alive one are closed once the header timeout passes (paused clock: the
+    /// test does not wait ten seconds). A request body that never completes gets 408.
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_close_idle_and_unfinished_connections() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let app = Router::new().route(
+            "/",
+            axum::routing::get(|| async { "ok" })
+                .post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        );
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(Pipes(rx), app, limits(), stop.clone(), |_, a| a));
+        let pipe = || {
+            let (client, server) = tokio::io::duplex(4096);
+            tx.send(server).unwrap();
+            client
+        };
+        let silent = pipe();
+        let mut half = pipe();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        assert_eq!(until_closed(silent).await, "", "closed without an answer");
+        assert_eq!(until_closed(half).await, "");
+        let mut keep_alive = pipe();
+        keep_alive
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(keep_alive).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"),
+            "{answer}"
+        );
+        let mut trickle = pipe();
+        trickle
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        let answer = until_closed(trickle).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    /// At the limit the server accepts no more connections until one ends.
+    #[tokio::test(start_paused = true)]
+    async fn connections_beyond_the_limit_wait_for_a_place() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(Pipes(rx), app, limits(), stop.clone(), |_, a| a));
+        let mut pipes = Vec::new();
+        for _ in 0..3 {
+            let (client, server) = tokio::io::duplex(4096);
+            tx.send(server).unwrap();
+            pipes.push(client);
+        }
+        let mut third = pipes.pop().unwrap();
+        third
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        // The two first hold the places until their header timeout (10 s): nothing before.
+        let early = tokio::time::timeout(Duration::from_secs(9), third.read(&mut buf)).await;
+        assert!(
+            early.is_err(),
+            "the third was served while two held the places"
+        );
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("served once a place is free")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        stop.cancel();
+        drop(pipes);
+        drop(third);
+        server.await.unwrap();
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use crate::redis_support::RedisCluster;
-use crate::support::{Client, PATIENCE, TestGateway};
+use crate::support::{Client, TestGateway, eventually};
 
 const PREFIX: &str = "sy:";
 
@@ -97,19 +97,12 @@ async fn subscribers(gws: &[TestGateway], channels: &[&String]) -> Vec<Client> {
 
 /// Waits until each channel has `n` shard subscribers on the master that owns it.
 async fn wait_shardnumsub(cluster: &RedisCluster, channels: &[&String], n: i64) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
     for ch in channels {
-        loop {
-            let have = cluster.shardnumsub(&format!("{PREFIX}{ch}")).await;
-            if have == n {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{ch}: {have} shard subscribers, want {n}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let name = format!("{PREFIX}{ch}");
+        eventually(&format!("{n} shard subscribers of {ch}"), async || {
+            cluster.shardnumsub(&name).await == n
+        })
+        .await;
     }
 }
 
@@ -238,24 +231,19 @@ async fn ready_after_a_master_restart_means_subscribed() {
         nodes.push((child, addr.parse::<std::net::SocketAddr>().unwrap()));
     }
     let addrs: Vec<std::net::SocketAddr> = nodes.iter().map(|(_, a)| *a).collect();
-    let all_ready = |want: bool| {
-        let addrs = addrs.clone();
-        async move {
-            tokio::time::timeout(PATIENCE, async {
-                loop {
-                    let mut states = Vec::new();
-                    for a in &addrs {
-                        states.push(crate::support::http_get(*a, "/readyz").await.0 == 200);
+    let all_ready = async |want: bool| {
+        eventually(
+            &format!("every node's readiness to be {want}"),
+            async || {
+                for a in &addrs {
+                    if (crate::support::http_get(*a, "/readyz").await.0 == 200) != want {
+                        return false;
                     }
-                    if states.iter().all(|s| *s == want) {
-                        return;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("every node's readiness to become {want}"));
-        }
+                true
+            },
+        )
+        .await;
     };
     all_ready(true).await;
     for attempt in 0..4 {
@@ -328,16 +316,12 @@ async fn presence_and_http_publish_on_a_cluster() {
         }
     };
     // Presence is written behind the session (never blocking it): wait for it to land.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
     for room in ["lobby", "room-1", "room-2"] {
-        loop {
-            let v = get(&a, &format!("/api/presence/channels/{room}")).await;
-            if v["count"] == 3 {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{room}: {v}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let path = format!("/api/presence/channels/{room}");
+        eventually(&format!("3 subscribers of {room}"), async || {
+            get(&a, &path).await["count"] == 3
+        })
+        .await;
     }
     let bob = get(&a, "/api/presence/users/bob").await;
     assert_eq!(bob["online"], true);

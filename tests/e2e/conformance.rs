@@ -67,7 +67,7 @@ impl Bed {
             backend,
         };
         let broker = bed.broker.clone();
-        eventually("the broker to be ready", || broker.is_ready()).await;
+        eventually("the broker to be ready", async || broker.is_ready()).await;
         bed
     }
 
@@ -109,7 +109,11 @@ async fn keeps_the_contract(mut bed: Bed) {
         }
     }
     for i in 0..200 {
-        assert_eq!(bed.next().await, ("c".to_owned(), i.to_string()), "in order");
+        assert_eq!(
+            bed.next().await,
+            ("c".to_owned(), i.to_string()),
+            "in order"
+        );
     }
     // Idempotent subscribe: one delivery per message.
     bed.subscribe("c").await;
@@ -117,9 +121,10 @@ async fn keeps_the_contract(mut bed: Bed) {
     bed.publish("c", "marker").await;
     assert_eq!(bed.next().await.1, "once");
     assert_eq!(bed.next().await.1, "marker", "no second copy of `once`");
-    // Only subscribed channels are delivered; unsubscribe releases.
-    bed.subscribe("d").await;
+    // Only subscribed channels are delivered; unsubscribe releases. Requests keep their
+    // order, so once the subscribe after it is answered, the unsubscribe holds.
     bed.subscriptions.unsubscribe("c");
+    bed.subscribe("d").await;
     bed.publish("nobody", "x").await;
     bed.publish("c", "after unsubscribe").await;
     bed.publish("d", "to d").await;
@@ -141,7 +146,7 @@ async fn survives_an_outage(mut bed: Bed) {
         }
     }
     let broker = bed.broker.clone();
-    eventually("readiness to turn false", || !broker.is_ready()).await;
+    eventually("readiness to turn false", async || !broker.is_ready()).await;
     let published = tokio::time::timeout(PATIENCE, bed.broker.publish("kept", Bytes::from("lost")))
         .await
         .expect("a publish answers while the server is down");
@@ -166,7 +171,7 @@ async fn survives_an_outage(mut bed: Bed) {
             c.wait_ok().await;
         }
     }
-    eventually("readiness to come back", || broker.is_ready()).await;
+    eventually("readiness to come back", async || broker.is_ready()).await;
     bed.publish("kept", "back").await;
     assert_eq!(bed.next().await, ("kept".to_owned(), "back".to_owned()));
 }
@@ -213,42 +218,37 @@ async fn presence_keeps_the_contract(a: Arc<dyn Presence>, b: Option<Arc<dyn Pre
         (users, subs)
     };
     // Updates are written behind the sessions (never blocking them): wait for them to land.
-    wait_for(|| count(a.clone()), (want_conns, want_subs)).await;
+    eventually("the entries to land", async || {
+        count(a.clone()).await == (want_conns, want_subs)
+    })
+    .await;
     let ann = a.user("ann").await.unwrap();
-    let mine = ann.iter().find(|e| e.node == "a").expect("this node's entry");
+    let mine = ann
+        .iter()
+        .find(|e| e.node == "a")
+        .expect("this node's entry");
     assert_eq!((mine.conn, mine.connected_at), (1, 1_000));
     let room = a.channel("room").await.unwrap();
-    assert!(room.iter().any(|s| s.conn == 2 && s.user.is_none()), "{room:?}");
+    assert!(
+        room.iter().any(|s| s.conn == 2 && s.user.is_none()),
+        "{room:?}"
+    );
     // Leaving and disconnecting remove the entries; a shutdown removes a node's all.
     a.left(2, "room", None);
     a.disconnected(1, "ann", 1_000);
     a.left(1, "room", Some("ann"));
-    wait_for(|| count(a.clone()), (want_conns - 1, want_subs - 2)).await;
+    eventually("the entries to go", async || {
+        count(a.clone()).await == (want_conns - 1, want_subs - 2)
+    })
+    .await;
     if let Some(b) = &b {
         b.shutdown().await;
-        wait_for(|| count(a.clone()), (0, 0)).await;
+        eventually("the stopped node's entries to go", async || {
+            count(a.clone()).await == (0, 0)
+        })
+        .await;
     }
     assert!(a.user("nobody").await.unwrap().is_empty());
-}
-
-/// Polls `f` until it answers `want` (bounded by the harness's patience).
-async fn wait_for<F, Fut>(mut f: F, want: (usize, usize))
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = (usize, usize)>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let got = f().await;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence answers {got:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

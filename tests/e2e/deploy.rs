@@ -3,13 +3,13 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::redis_support::RedisServer;
-use crate::support::{Client, Ended, PATIENCE, TestGateway};
+use crate::support::{Client, Ended, TestGateway, eventually};
 
 struct Nginx {
     port: u16,
@@ -68,18 +68,16 @@ impl Nginx {
 
 /// nginx says nothing when it is ready: wait until its port accepts.
 async fn wait_for_port(port: u16, dir: &Path) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nginx never listened: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let log = dir.join("error.log");
+    eventually(
+        &format!("nginx to listen on {port} (see {})", log.display()),
+        async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

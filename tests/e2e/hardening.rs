@@ -10,8 +10,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{
-    Client, PATIENCE, SECRET, TestGateway, http, http_get, raw_request, scrape, upgrade_status,
-    with_plugins,
+    Client, PATIENCE, SECRET, TestGateway, eventually, http, http_get, raw_request, scrape,
+    upgrade_status, with_plugins,
 };
 
 fn now() -> u64 {
@@ -398,18 +398,11 @@ config = { mode = "slow", ms = 5, hooks = ["deliver"] }
     assert_eq!(seen, (0..N).collect::<Vec<_>>(), "every message, in order");
     // The slow tenant gets what its lane could prepare, in order; the rest was dropped. Once
     // the lane has caught up, a last message reaches it.
-    let addr = gw.addr;
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let (_, text) = http_get(addr, "/metrics").await;
-            if scrape(&text).get("switchyard_isolation_queued") == Some(&0.0) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually("the isolation lane to catch up", async || {
+        let (_, text) = http_get(gw.addr, "/metrics").await;
+        scrape(&text).get("switchyard_isolation_queued") == Some(&0.0)
     })
-    .await
-    .expect("the isolation lane catches up");
+    .await;
     publisher
         .publish_acked("t:1", json!({"i": N, "t": 0}), 1)
         .await;

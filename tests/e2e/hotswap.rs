@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::redis_support::{RedisCluster, RedisServer};
-use crate::support::{Client, PATIENCE, TestGateway, http, plugins_dir};
+use crate::support::{Client, TestGateway, eventually, http, plugins_dir};
 
 const TOKEN: &str = "admin-token-0123456789";
 
@@ -51,14 +51,10 @@ fn swap_config(dir: &Path, extra: &str) -> String {
 
 async fn serving(gw: &TestGateway, name: &str, bytes: &[u8]) {
     let want = hash(bytes);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while gw.node.plugins.current_hash(name).await.as_deref() != Some(want.as_str()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never served {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(&format!("{name} to serve {want}"), async || {
+        gw.node.plugins.current_hash(name).await.as_deref() == Some(want.as_str())
+    })
+    .await;
 }
 
 fn now_us(base: Instant) -> u64 {
@@ -362,26 +358,18 @@ async fn an_upload_reaches_every_node_on_a_redis_cluster() {
 /// Waits until the admin list on `gw` shows every one of `nodes` serving `bytes` as `stamp`.
 async fn nodes_report(gw: &TestGateway, nodes: &[&str], bytes: &[u8]) {
     let want = &hash(bytes)[..12];
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("the drift view to converge", async || {
         let (_, list) = http(gw.addr, "GET", "/admin/plugins", Some(TOKEN), "").await;
         let list: Value = serde_json::from_str(&list).unwrap();
-        let stamp = list["plugins"]
+        let stamp = &list["plugins"]
             .as_array()
             .unwrap()
             .iter()
             .find(|p| p["name"] == "stamp")
-            .unwrap()
-            .clone();
-        if nodes.iter().all(|n| stamp["nodes"][n] == want) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "drift view never converged: {stamp}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .unwrap()["nodes"];
+        nodes.iter().all(|n| stamp[n] == want)
+    })
+    .await;
 }
 
 /// Uploads v2 on node a of a two-node cluster on `broker` (TOML): b serves it, and so does a

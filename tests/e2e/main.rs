@@ -6,6 +6,7 @@ mod architecture;
 
 mod cli;
 mod cluster;
+mod conformance;
 mod deploy;
 mod hardening;
 mod hotswap;

@@ -72,14 +72,10 @@ async fn redis_subscription_released_with_last_local_subscriber() {
     assert_eq!(a.recv().await["type"], "unsubscribed");
     assert_eq!(redis.numsub("sy:rc").await, 1, "b still needs it");
     drop(b);
-    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
-    while redis.numsub("sy:rc").await != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "NUMSUB never fell to 0"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("NUMSUB to fall to 0", async || {
+        redis.numsub("sy:rc").await == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -130,7 +126,7 @@ async fn survives_a_redis_crash_and_restart() {
     redis.kill().await;
     for gw in &gws {
         let node = gw.node.clone();
-        eventually("readiness to turn false", || !node.is_ready()).await;
+        eventually("readiness to turn false", async || !node.is_ready()).await;
         assert_eq!(http_get(gw.addr, "/readyz").await.0, 503);
     }
     a.send(json!({"type": "publish", "channel": "life", "data": "during", "id": 2}))
@@ -147,7 +143,7 @@ async fn survives_a_redis_crash_and_restart() {
     let back = std::time::Instant::now();
     for gw in &gws {
         let node = gw.node.clone();
-        eventually("the node to reconnect", || node.is_ready()).await;
+        eventually("the node to reconnect", async || node.is_ready()).await;
     }
     // A figure for the notes, not an assertion: machines here are shared and noisy.
     eprintln!(
@@ -194,14 +190,10 @@ async fn a_killed_subscriber_connection_is_replaced_and_nothing_is_delivered_twi
         .cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
         .await;
     assert_eq!(killed, 2, "one subscriber connection per node");
-    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
-    while redis.numsub("sy:k").await != 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the nodes never subscribed again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the nodes to subscribe again", async || {
+        redis.numsub("sy:k").await == 2
+    })
+    .await;
 
     assert_eq!(a.publish_own("k", json!("after"), 2).await["data"], "after");
     assert_eq!(b.recv().await["data"], "after");
@@ -225,7 +217,7 @@ async fn node_starts_while_redis_is_down_and_connects_later() {
     assert_eq!(c.expect_error().await["code"], "unavailable");
     redis.restart().await;
     let node = gw.node.clone();
-    eventually("the node to connect", || node.is_ready()).await;
+    eventually("the node to connect", async || node.is_ready()).await;
     c.subscribe("s").await;
     assert_eq!(c.publish_own("s", json!(1), 2).await["data"], 1);
     let _ = Client::connect(&gw.url()).await;
@@ -334,19 +326,12 @@ async fn presence_across_nodes_and_after_a_crash() {
         .await;
     anon.recv().await;
     drop(alice_b);
-    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
-    loop {
+    eventually("presence to catch up", async || {
         let users = presence_of(&a, "/api/presence/users/alice").await;
         let room = presence_of(&a, "/api/presence/channels/room").await;
-        if users["connections"].as_array().unwrap().len() == 1 && room["count"] == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence never caught up: {users} {room}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        users["connections"].as_array().unwrap().len() == 1 && room["count"] == 1
+    })
+    .await;
 
     // Graceful shutdown removes the node's entries at once.
     a.shutdown().await;
@@ -365,24 +350,16 @@ async fn presence_across_nodes_and_after_a_crash() {
     ))
     .await;
     bob.subscribe("room").await;
-    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
-    while presence_of(&b, "/api/presence/users/bob").await["online"] != true {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bob never showed up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("bob to show up", async || {
+        presence_of(&b, "/api/presence/users/bob").await["online"] == true
+    })
+    .await;
     child.kill().await.unwrap();
     let killed = std::time::Instant::now();
-    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
-    while presence_of(&b, "/api/presence/users/bob").await["online"] != false {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a dead node's entries never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("a dead node's entries to expire", async || {
+        presence_of(&b, "/api/presence/users/bob").await["online"] == false
+    })
+    .await;
     eprintln!(
         "dead node's presence expired after {:?} (ttl 3 s)",
         killed.elapsed()

@@ -233,7 +233,7 @@ async fn slow_consumer_is_closed_and_others_get_everything() {
     for r in readers {
         fast.push(r.await.expect("fast readers got every message"));
     }
-    eventually("the slow consumer to be dropped from the hub", || {
+    eventually("the slow consumer to be dropped from the hub", async || {
         gw.node.hub.subscriber_count("firehose") == 2
     })
     .await;
@@ -522,7 +522,7 @@ async fn requests_that_are_not_websocket_upgrades_get_a_reason() {
 #[tokio::test]
 async fn a_frame_sent_with_the_handshake_is_served() {
     use futures_util::StreamExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -541,29 +541,14 @@ async fn a_frame_sent_with_the_handshake_is_served() {
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(&wire).await.unwrap();
     // The response head, then whatever came with it.
-    let mut got = Vec::new();
-    let head_end = loop {
-        let mut chunk = [0u8; 1024];
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed during the handshake: {got:?}");
-        got.extend_from_slice(&chunk[..n]);
-        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    let (head, rest) = crate::support::read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         "RFC 6455's accept key: {head}"
     );
-    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
-        s,
-        got[head_end..].to_vec(),
-        Role::Client,
-        None,
-    )
-    .await;
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_partially_read(s, rest, Role::Client, None).await;
     let reply = ws.next().await.unwrap().unwrap();
     let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
     assert_eq!(

@@ -61,7 +61,7 @@ impl TestGateway {
     pub async fn start_ready(toml: &str) -> Self {
         let gw = Self::start(toml).await;
         let node = gw.node.clone();
-        eventually("the node to be ready", || node.is_ready()).await;
+        eventually("the node to be ready", async || node.is_ready()).await;
         gw
     }
 
@@ -326,16 +326,8 @@ pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> (u16, Str
     (status, body)
 }
 
-/// Sends a WebSocket upgrade request for `path` (with its query) with a valid key and the
-/// extra header lines `headers` (each ending in `\r\n`); returns the status and, when the
-/// upgrade is refused, the body.
-pub async fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
-    );
-    s.write_all(request.as_bytes()).await.unwrap();
+/// Reads an HTTP response head from `s`: the head, and whatever bytes came after it.
+pub async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
     let mut got = Vec::new();
     let head_end = tokio::time::timeout(PATIENCE, async {
         loop {
@@ -351,6 +343,20 @@ pub async fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> (u16
     .await
     .expect("a response in time");
     let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    (head, got[head_end..].to_vec())
+}
+
+/// Sends a WebSocket upgrade request for `path` (with its query) with a valid key and the
+/// extra header lines `headers` (each ending in `\r\n`); returns the status and, when the
+/// upgrade is refused, the body.
+pub async fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let (head, rest) = read_head(&mut s).await;
     let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     if status == 101 {
         return (status, String::new());
@@ -363,7 +369,7 @@ pub async fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> (u16
                 .then(|| value.trim().parse().ok())?
         })
         .unwrap_or(0);
-    let mut body = got[head_end..].to_vec();
+    let mut body = rest;
     while body.len() < length {
         let mut chunk = [0u8; 4096];
         let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk))
@@ -411,11 +417,12 @@ pub fn scrape(text: &str) -> std::collections::HashMap<String, f64> {
     out
 }
 
-/// Waits until `cond` holds, polling state the test cannot be notified of (e.g. server
-/// counters); bounded by [`PATIENCE`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+/// Waits until `cond` holds, polling state the test cannot be notified of (server counters,
+/// readiness, a Redis command's answer) every 10 ms; bounded by [`PATIENCE`], after which the
+/// test fails naming `what`. The one polling helper of the suite: `cond` may await.
+pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
+    while !cond().await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for {what}"

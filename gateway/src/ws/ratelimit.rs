@@ -1,6 +1,7 @@
 //! Per-connection publish rate limit (token bucket).
 
-use std::time::Instant;
+// tokio's clock (the real one outside tests) so a test can pause it.
+use tokio::time::Instant;
 
 /// Allows `rate` operations per second on average and bursts of up to `burst`. The rate and
 /// the burst are the caller's (the same for every connection), not stored in each bucket.
@@ -46,5 +47,21 @@ mod tests {
         assert!((0..3).all(|_| b.try_take(1, 3)));
         assert!(!b.try_take(1, 3));
         assert!(TokenBucket::new(0).try_take(0, 0));
+    }
+
+    /// The bucket refills at the rate, never beyond the burst (paused clock: no waiting).
+    #[tokio::test(start_paused = true)]
+    async fn refills_at_the_rate_up_to_the_burst() {
+        let mut b = TokenBucket::new(2);
+        assert!(b.try_take(10, 2) && b.try_take(10, 2) && !b.try_take(10, 2));
+        tokio::time::advance(std::time::Duration::from_millis(100)).await;
+        assert!(b.try_take(10, 2), "one token after 100 ms at 10/s");
+        assert!(!b.try_take(10, 2));
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert!(b.try_take(10, 2) && b.try_take(10, 2));
+        assert!(
+            !b.try_take(10, 2),
+            "no more than the burst, however long the wait"
+        );
     }
 }
