@@ -5,9 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use switchyard::{Cli, Config, Gateway, server, telemetry};
 
-/// jemalloc instead of glibc's malloc: 10k idle connections took 2.87 KiB each instead of
-/// 3.08-3.15 (three runs each), at the same CPU per delivery within noise; mimalloc saved a
-/// little CPU but no memory (docs/benchmarks.md).
+/// jemalloc: its size classes pack the many small per-connection objects more densely than
+/// glibc's malloc or mimalloc, at the same CPU per delivery (docs/benchmarks.md, "allocator").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

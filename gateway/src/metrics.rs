@@ -76,8 +76,8 @@ fn latencies() -> &'static Mutex<Latencies> {
 /// atomic additions, and the buckets are rendered at scrape time.
 ///
 /// Why not the recorder's histograms: the Prometheus exporter keeps every sample (value and
-/// a clock reading) in a lock-free queue until its upkeep folds it into buckets, which cost
-/// ~3 % of a busy node's CPU with a histogram per publish, per fan-out and per plugin call.
+/// a clock reading) in a lock-free queue until its upkeep folds it into buckets: too costly with
+/// a histogram per publish, per fan-out and per plugin call (docs/benchmarks.md, "histograms").
 pub struct Latency {
     /// Samples per bucket; the last one is `+Inf`.
     counts: [AtomicU64; BUCKETS.len() + 1],

@@ -18,6 +18,8 @@ use crate::config::BrokerConfig;
 
 /// Connect timeout for every Redis connection the node opens.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a broker command may take: a Redis that does not answer within it counts as down.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where Redis is, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,5 +133,16 @@ impl ConnectionLike for RedisConn {
             Self::Single(c) => c.get_db(),
             Self::Cluster(_) => 0,
         }
+    }
+}
+
+/// Runs a Redis command future with [`COMMAND_TIMEOUT`], flattening both failures into a message.
+pub async fn bounded<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
     }
 }

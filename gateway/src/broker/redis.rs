@@ -27,12 +27,13 @@ use tokio::sync::Notify;
 
 use super::batcher::Batcher;
 use super::{Ack, Broker, BrokerError, Inbox, Request, Requests, deliver_push};
+use crate::redis_link::{COMMAND_TIMEOUT, bounded};
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Connect and command timeout: a Redis that does not answer within it counts as down.
-pub(super) const TIMEOUT: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = COMMAND_TIMEOUT;
 /// How often the idle subscriber connection is pinged to detect a silent failure.
 const PING_EVERY: Duration = Duration::from_secs(3);
 
@@ -333,16 +334,5 @@ impl Subscriber {
                 },
             }
         }
-    }
-}
-
-/// Runs a Redis command future with [`TIMEOUT`], flattening both failures into a message.
-pub(super) async fn bounded<T>(
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
     }
 }

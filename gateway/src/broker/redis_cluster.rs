@@ -3,7 +3,7 @@
 //! A channel `C` is the shard channel `<prefix>C`: SPUBLISH sends it to the shard owning its
 //! slot only, and each node SSUBSCRIBEs on that shard, so cluster traffic grows with the
 //! messages, not with messages x shards as plain PUBLISH does. Same payload format as
-//! [`super::redis`], so `redis-cli -c SPUBLISH <prefix>C '<json>'` reaches `C`'s subscribers.
+//! the single-Redis broker, so `redis-cli -c SPUBLISH <prefix>C '<json>'` reaches `C`'s subscribers.
 //!
 //! redis-rs's cluster connection (RESP3) routes by slot, follows MOVED/ASK and resubscribes
 //! after reconnects on its own, but not reliably: after masters of a test cluster restarted,
@@ -37,16 +37,15 @@ use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::batcher::Batcher;
-use super::redis::bounded;
 use super::{Ack, Broker, BrokerError, Inbox, Request, Requests, deliver_push};
-use crate::redis_link::{LazyCluster, RedisTarget};
+use crate::redis_link::{COMMAND_TIMEOUT, LazyCluster, RedisTarget, bounded};
 
 /// First delay before re-subscribing after a failure; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between re-subscribe attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Command timeout: a shard that does not answer within it counts as down for that command.
-const TIMEOUT: Duration = super::redis::TIMEOUT;
+const TIMEOUT: Duration = COMMAND_TIMEOUT;
 /// Every channel is re-subscribed this often even without a sign of trouble, bounding how
 /// long a subscription lost without any notice can stay lost.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);

@@ -38,11 +38,9 @@ pub struct Runtime {
 /// Each store checks its own wall-clock deadline when the epoch advances (see
 /// [`Runtime::check_deadline`]), so the epoch need not advance at all while no call can be overdue.
 /// Idle, the ticker sleeps for the shortest deadline of any plugin loaded: a call that starts
-/// just after it looked cannot be overdue before it looks again. A ticker that woke every
-/// millisecond for the life of the process cost more CPU than the plugin calls themselves at
-/// moderate rates (allow-all on every hook: 1.62 vs 1.28 times floor's CPU per delivery at 20k
-/// deliveries/s); woken by each call instead, it cost two context switches per call (+0.37 µs
-/// per delivery); polling every 5 ms, ~6 % of a node's CPU at 20k deliveries/s.
+/// just after it looked cannot be overdue before it looks again. Ticking every millisecond, being
+/// woken by each call, or polling at a fixed short interval each cost more CPU than the plugin
+/// calls themselves at moderate rates (docs/benchmarks.md, "epoch ticker").
 struct Ticker {
     /// Plugin calls (and inits) in progress.
     running: AtomicUsize,

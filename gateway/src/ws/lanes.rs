@@ -59,9 +59,9 @@ impl Lane {
             }
             // Write at the end of the worker's turn, not at the first push: `yield_now` resumes
             // only once the worker has run its other ready tasks and polled its sockets again,
-            // so messages that reached the broker connection meanwhile join the same writes.
-            // Throughput through Redis: ~20 % fewer `writev` calls per delivery and ~15 % less
-            // CPU per delivery (paired runs); the wait is one turn, not a timer.
+            // so messages that reached the broker connection meanwhile join the same writes:
+            // fewer, fuller `writev`s (docs/benchmarks.md, "end-of-turn writes"); the wait is
+            // one turn, not a timer.
             tokio::task::yield_now().await;
             std::mem::swap(&mut batch, &mut *self.listed());
             for (i, outbox) in batch.drain(..).enumerate() {

@@ -29,9 +29,8 @@ use handshake::Handshake;
 
 /// tungstenite's read buffer per connection: tiny, because idle connections dominate memory;
 /// it grows to the largest frame the connection received. tungstenite takes at most this
-/// much per read, so [`read_ahead::ReadAhead`] reads the socket in larger gulps beneath it.
-/// 4 KiB -> 1 KiB took 10k idle connections from 12.4 to 9.5 KiB each, 512 B and 128 B
-/// saved 512 and 384 B more.
+/// much per read, so [`read_ahead::ReadAhead`] reads the socket in larger gulps beneath it
+/// (docs/benchmarks.md, "read buffer").
 const READ_BUFFER: usize = 128;
 /// Bytes tungstenite collects before writing. Only control frames (pings, the close) go
 /// through it: deliveries and replies are written by the outbox's lane ([`lanes`]).
