@@ -37,7 +37,13 @@ const BATCH: u64 = 64;
 struct Nowhere;
 
 impl Inbox for Nowhere {
-    fn deliver(&self, _channel: &str, _payload: &[u8]) {}
+    fn deliver(
+        &self,
+        _channel: &str,
+        _payload: &[u8],
+        _position: Option<&switchyard::history::Position>,
+    ) {
+    }
 }
 
 /// A hub, its subscribers' outboxes on loopback sockets written by lanes, and the bytes the
@@ -96,7 +102,7 @@ impl Bed {
                 let target = self.received.load(Ordering::Acquire) + batch * bytes_each;
                 let start = Instant::now();
                 for _ in 0..batch {
-                    black_box(self.hub.dispatch(CHANNEL, black_box(msg)));
+                    black_box(self.hub.dispatch(CHANNEL, black_box(msg), None));
                 }
                 while self.received.load(Ordering::Acquire) < target {
                     // The lanes and readers run when this task yields.
@@ -129,7 +135,7 @@ async fn read(mut client: TcpStream, received: Arc<AtomicU64>) {
 
 /// Bytes of one delivery frame of `payload` on the wire (header and body).
 fn frame_bytes(payload: &str) -> u64 {
-    let body = switchyard::protocol::message(CHANNEL, payload.as_bytes()).len() as u64;
+    let body = switchyard::protocol::message(CHANNEL, payload.as_bytes(), None).len() as u64;
     let header = match body {
         0..126 => 2,
         126..65_536 => 4,

@@ -38,7 +38,7 @@ fn frames(c: &mut Criterion) {
     let mut g = c.benchmark_group("frames");
     g.throughput(Throughput::Bytes(PAYLOAD_BYTES as u64));
     g.bench_function("message_encode", |b| {
-        b.iter(|| protocol::message(black_box(CHANNEL), black_box(payload.as_bytes())))
+        b.iter(|| protocol::message(black_box(CHANNEL), black_box(payload.as_bytes()), None))
     });
     g.bench_function("parse_request_publish", |b| {
         b.iter(|| protocol::parse_request(black_box(&request)).is_ok())

@@ -23,6 +23,7 @@ use crate::protocol::{ErrorCode, Rejection};
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/publish", post(publish))
+        .route("/api/history/{channel}", get(history))
         .route("/api/presence/users/{user}", get(presence_user))
         .route("/api/presence/channels/{channel}", get(presence_channel))
         .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
@@ -123,7 +124,8 @@ struct PublishBody<'a> {
 }
 
 /// `POST /api/publish {"channel":C,"data":ANY}`: publishes as a client would (plugins
-/// included, with the server identity). 200 `{"published":true}` once the broker accepted it.
+/// included, with the server identity). 200 `{"published":true}` once the broker accepted it,
+/// with `offset` and `epoch` on a channel with history.
 pub async fn publish(
     State(node): State<Arc<Node>>,
     body: Body,
@@ -142,10 +144,56 @@ pub async fn publish(
             format!("body must be {{\"channel\":..,\"data\":..}}: {e}"),
         )
     })?;
-    node.publisher
+    let position = node
+        .publisher
         .publish(&Identity::server(), &req.channel, req.data.get())
         .await?;
-    Ok(Json(json!({"published": true})))
+    Ok(Json(match position {
+        Some(at) => json!({"published": true, "offset": at.offset, "epoch": &*at.epoch}),
+        None => json!({"published": true}),
+    }))
+}
+
+/// The query of `GET /api/history/{channel}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Most messages wanted.
+    pub limit: Option<u64>,
+    /// With `since_epoch`: read after this position.
+    pub since_offset: Option<u64>,
+    /// With `since_offset`.
+    pub since_epoch: Option<String>,
+}
+
+/// `GET /api/history/{channel}?limit=L&since_offset=N&since_epoch=E`: the channel's stored
+/// messages, as the server identity would receive them (the subscribe and deliver hooks
+/// decide, as for a client). The body is the WebSocket `history` reply without `type`.
+pub async fn history(
+    State(node): State<Arc<Node>>,
+    Path(channel): Path<String>,
+    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let invalid = |m: String| ApiError::from(Rejection::new(ErrorCode::InvalidField, m));
+    let axum::extract::Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    let since = match (query.since_offset, query.since_epoch) {
+        (Some(offset), Some(epoch)) => Some(crate::history::Position {
+            offset,
+            epoch: epoch.into(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "since_offset and since_epoch go together".to_owned(),
+            ));
+        }
+    };
+    node.publisher.check_channel(&channel)?;
+    let answer = node
+        .replay
+        .request(&Identity::server(), &channel, query.limit, since.as_ref())
+        .await?;
+    Ok(Json(answer.json(&channel)))
 }
 
 fn presence_failed(e: crate::presence::PresenceError) -> ApiError {

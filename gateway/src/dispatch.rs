@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::broker::Inbox;
+use crate::history::Position;
 use crate::hub::Hub;
 use crate::metrics::Latency;
 
@@ -41,7 +42,7 @@ impl Dispatcher {
 }
 
 impl Inbox for Dispatcher {
-    fn deliver(&self, channel: &str, payload: &[u8]) {
+    fn deliver(&self, channel: &str, payload: &[u8], position: Option<&Position>) {
         // Client channels never start with '$' (protocol::validate_channel).
         if channel.starts_with('$') {
             let _ = self
@@ -50,7 +51,7 @@ impl Inbox for Dispatcher {
             return;
         }
         let started = std::time::Instant::now();
-        let stats = self.hub.dispatch(channel, payload);
+        let stats = self.hub.dispatch(channel, payload, position);
         self.fanout.record(started.elapsed());
         self.delivered.increment(stats.delivered as u64);
         if stats.dropped > 0 {

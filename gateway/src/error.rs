@@ -21,6 +21,8 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
         ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        // The channel exists; what was asked of it does not.
+        ErrorCode::NoHistory => StatusCode::NOT_FOUND,
         ErrorCode::RateLimited | ErrorCode::TooManySubscriptions => StatusCode::TOO_MANY_REQUESTS,
         // A plugin is the gateway's upstream: it failed, not the request.
         ErrorCode::PluginError => StatusCode::BAD_GATEWAY,

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 
 use crate::broker::{BrokerError, Subscriptions};
+use crate::history::Position;
 use crate::protocol::CloseReason;
 use crate::protocol::{self, Frame};
 
@@ -49,6 +50,12 @@ pub trait Sink: Send + Sync {
     /// Queues a frame without waiting; false when it was not queued (the queue was full: the
     /// session is being closed as a slow consumer; or the session is gone).
     fn push(&self, frame: Frame) -> bool;
+
+    /// Queues a delivery of a message at `position` (on a channel with history); a sink
+    /// that merges live deliveries with history (a recovering subscription) needs it.
+    fn deliver(&self, frame: Frame, _position: Option<&Position>) -> bool {
+        self.push(frame)
+    }
 
     /// Asks the session to close; the first reason wins.
     fn close(&self, reason: CloseReason);
@@ -133,6 +140,7 @@ impl Table {
         &self,
         channel: &str,
         data: &[u8],
+        position: Option<&Position>,
         prepared: impl IntoIterator<Item = (GroupKey, Prepared)>,
         shared: &mut Option<Frame>,
     ) -> Fanout {
@@ -141,25 +149,29 @@ impl Table {
         for (group, prepared) in prepared {
             let frame = match prepared {
                 Prepared::Skip => continue,
-                Prepared::Rewritten(data) => protocol::message(channel, &data),
+                Prepared::Rewritten(data) => protocol::message(channel, &data, position),
                 Prepared::Unchanged => shared
-                    .get_or_insert_with(|| protocol::message(channel, data))
+                    .get_or_insert_with(|| protocol::message(channel, data, position))
                     .clone(),
             };
             let shard =
                 shard.get_or_insert_with(|| self.shard(channel).read().expect("hub lock poisoned"));
             if let Some(members) = shard.get(channel).and_then(|c| c.groups.get(&group)) {
-                stats.add(push_all(members, &frame));
+                stats.add(push_all(members, &frame, position));
             }
         }
         stats
     }
 }
 
-fn push_all(members: &HashMap<ConnId, Arc<dyn Sink>>, frame: &Frame) -> Fanout {
+fn push_all(
+    members: &HashMap<ConnId, Arc<dyn Sink>>,
+    frame: &Frame,
+    position: Option<&Position>,
+) -> Fanout {
     let mut stats = Fanout::default();
     for sink in members.values() {
-        if sink.push(frame.clone()) {
+        if sink.deliver(frame.clone(), position) {
             stats.delivered += 1;
         } else {
             stats.dropped += 1;
@@ -251,11 +263,12 @@ impl Hub {
         found
     }
 
-    /// Delivers a broker message, `payload` on `channel`, to every local subscriber of it.
+    /// Delivers a broker message, `payload` on `channel` (at `position` if the channel keeps
+    /// history), to every local subscriber of it.
     /// Groups without a hook get the message at once, under the shard's read lock; the hooks
     /// of the others run after it is released (or on their isolation lanes), and what they
     /// produced is queued under the lock again. Counts what was queued here, not on lanes.
-    pub fn dispatch(&self, channel: &str, payload: &[u8]) -> Fanout {
+    pub fn dispatch(&self, channel: &str, payload: &[u8], position: Option<&Position>) -> Fanout {
         let data = protocol::normalize_payload(payload);
         let hooks = self.deliver.as_ref().map(|h| h.current());
         let mut shared: Option<Frame> = None;
@@ -271,8 +284,9 @@ impl Hub {
                     hooked.push((group.clone(), hook));
                     continue;
                 }
-                let frame = shared.get_or_insert_with(|| protocol::message(channel, &data));
-                stats.add(push_all(members, frame));
+                let frame =
+                    shared.get_or_insert_with(|| protocol::message(channel, &data, position));
+                stats.add(push_all(members, frame, position));
             }
         }
         let mut prepared = Vec::with_capacity(hooked.len());
@@ -280,7 +294,7 @@ impl Hub {
             if hook.placement().is_isolated()
                 && self
                     .lanes()
-                    .queue(hook.clone(), channel, group.clone(), &data)
+                    .queue(hook.clone(), channel, group.clone(), &data, position)
             {
                 continue;
             }
@@ -291,9 +305,23 @@ impl Hub {
         }
         stats.add(
             self.table
-                .deliver_prepared(channel, &data, prepared, &mut shared),
+                .deliver_prepared(channel, &data, position, prepared, &mut shared),
         );
         stats
+    }
+
+    /// What `group` receives of `data` (JSON text) on `channel`, prepared now by the deliver
+    /// hook a live delivery would use: how stored messages reach a subscriber, so history
+    /// passes the same filters and rewrites as live traffic.
+    pub fn prepare(&self, channel: &str, group: &Group, data: &[u8]) -> Prepared {
+        let hook = self
+            .deliver
+            .as_ref()
+            .and_then(|h| h.current().for_group(channel, group));
+        match hook {
+            Some(hook) => hook.prepare(channel, group, data),
+            None => Prepared::Unchanged,
+        }
     }
 
     fn lanes(&self) -> &isolation::Lanes {
@@ -352,7 +380,7 @@ mod tests {
     struct Nowhere;
 
     impl crate::broker::Inbox for Nowhere {
-        fn deliver(&self, _channel: &str, _payload: &[u8]) {}
+        fn deliver(&self, _channel: &str, _payload: &[u8], _position: Option<&Position>) {}
     }
 
     fn hub() -> Hub {
@@ -414,7 +442,7 @@ mod tests {
         hub.subscribe("c", 2, GroupKey::default(), &sink(&b))
             .await
             .unwrap();
-        let stats = hub.dispatch("c", b"1");
+        let stats = hub.dispatch("c", b"1", None);
         assert_eq!(
             stats,
             Fanout {
@@ -469,8 +497,8 @@ mod tests {
         hub.subscribe("c", 2, GroupKey::default(), &sink(&fast))
             .await
             .unwrap();
-        hub.dispatch("c", b"1");
-        let stats = hub.dispatch("c", b"2");
+        hub.dispatch("c", b"1", None);
+        let stats = hub.dispatch("c", b"2", None);
         assert_eq!(
             stats,
             Fanout {

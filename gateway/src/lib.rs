@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod history;
 pub mod hub;
 pub mod identity;
 pub mod metrics;
@@ -28,6 +29,7 @@ pub mod presence;
 pub mod protocol;
 pub mod publish;
 pub mod redis_link;
+pub mod replay;
 pub mod rollout;
 pub mod serve;
 pub mod server;

@@ -16,12 +16,14 @@ use crate::broker::{self, Broker, Subscriptions};
 use crate::config::Config;
 use crate::connections::Connections;
 use crate::dispatch::{Control, Dispatcher};
+use crate::history::Namespaces;
 use crate::hub::{ConnId, Hub};
 use crate::plugins::cluster::ClusterStore;
 use crate::plugins::registry::PluginRegistry;
 use crate::presence::Presence;
 use crate::publish::Publisher;
 use crate::redis_link::RedisTarget;
+use crate::replay::Replay;
 use crate::rollout::Rollout;
 
 /// Why a node could not start.
@@ -61,6 +63,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// The publish path of clients and backends.
     pub publisher: Publisher,
+    /// History reads of clients and backends.
+    pub replay: Replay,
     /// Plugins bound to channel namespaces, hot-swappable.
     pub plugins: Arc<PluginRegistry>,
     /// Plugin versions: deploy, rollback, unbind, cluster-wide.
@@ -148,8 +152,15 @@ impl Node {
             store,
             broker.clone(),
         ));
+        let namespaces = Arc::new(Namespaces::new(&config.namespaces));
         let node = Arc::new(Self {
-            publisher: Publisher::new(broker.clone(), plugins.clone(), &config.limits),
+            publisher: Publisher::new(
+                broker.clone(),
+                plugins.clone(),
+                namespaces.clone(),
+                &config.limits,
+            ),
+            replay: Replay::new(broker.clone(), hub.clone(), plugins.clone(), namespaces),
             connections: Connections::new(config.limits.max_connections),
             metrics,
             id: node_id,

@@ -10,6 +10,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::history::Position;
+
 /// An encoded, UTF-8-validated text frame, cheap to clone and share between sessions.
 pub type Frame = tungstenite::Utf8Bytes;
 
@@ -41,11 +43,13 @@ pub enum ErrorCode {
     Unavailable,
     /// An unexpected server-side failure; details are logged, not sent.
     Internal,
+    /// History was asked of a channel whose namespace keeps none.
+    NoHistory,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownType,
         ErrorCode::InvalidField,
@@ -57,6 +61,7 @@ impl ErrorCode {
         ErrorCode::PluginError,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::NoHistory,
     ];
 
     /// The code as it appears on the wire.
@@ -73,6 +78,7 @@ impl ErrorCode {
             ErrorCode::PluginError => "plugin_error",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::NoHistory => "no_history",
         }
     }
 }
@@ -152,6 +158,8 @@ pub enum Action<'a> {
     Subscribe {
         /// The channel.
         channel: Cow<'a, str>,
+        /// The last position the client saw: recover what it missed since.
+        since: Option<Position>,
     },
     /// Stop receiving a channel's messages.
     Unsubscribe {
@@ -164,6 +172,15 @@ pub enum Action<'a> {
         channel: Cow<'a, str>,
         /// The payload as raw JSON, exactly as the client sent it.
         data: &'a RawValue,
+    },
+    /// Read a channel's stored messages.
+    History {
+        /// The channel.
+        channel: Cow<'a, str>,
+        /// Most messages wanted (clamped to [`crate::history::MAX_READ`]).
+        limit: Option<u64>,
+        /// Messages after this position; without it, the newest.
+        since: Option<Position>,
     },
 }
 
@@ -187,6 +204,40 @@ struct RawRequest<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    limit: Option<&'a RawValue>,
+}
+
+/// The shape of `since`.
+#[derive(Deserialize)]
+struct RawSince<'a> {
+    offset: u64,
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+}
+
+/// Reads `since`: `{"offset":N,"epoch":E}` (N a non-negative integer, E a string).
+fn since_field(v: Option<&RawValue>) -> Result<Option<Position>, String> {
+    let Some(v) = v else { return Ok(None) };
+    let since: RawSince<'_> = serde_json::from_str(v.get()).map_err(|_| {
+        "field `since` must be {\"offset\":N,\"epoch\":E} with N a non-negative integer and E a string"
+            .to_owned()
+    })?;
+    Ok(Some(Position {
+        offset: since.offset,
+        epoch: since.epoch.as_ref().into(),
+    }))
+}
+
+/// Reads `limit`: a non-negative integer.
+fn limit_field(v: Option<&RawValue>) -> Result<Option<u64>, String> {
+    v.map(|v| {
+        serde_json::from_str::<u64>(v.get())
+            .map_err(|_| "field `limit` must be a non-negative integer".to_owned())
+    })
+    .transpose()
 }
 
 /// The JSON literal `null`, used when a publish carries no `data` (as the seed server does).
@@ -237,9 +288,16 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, ParseError<'_>> {
     let kind = string_field("type", raw.kind).map_err(|m| fail(ErrorCode::InvalidField, m))?;
     let channel =
         || string_field("channel", raw.channel).map_err(|m| fail(ErrorCode::InvalidField, m));
+    let invalid = |m| fail(ErrorCode::InvalidField, m);
     let action = match kind.as_ref() {
         "subscribe" => Action::Subscribe {
             channel: channel()?,
+            since: since_field(raw.since).map_err(invalid)?,
+        },
+        "history" => Action::History {
+            channel: channel()?,
+            limit: limit_field(raw.limit).map_err(invalid)?,
+            since: since_field(raw.since).map_err(invalid)?,
         },
         "unsubscribe" => Action::Unsubscribe {
             channel: channel()?,
@@ -255,7 +313,7 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, ParseError<'_>> {
             return Err(fail(
                 ErrorCode::UnknownType,
                 format!(
-                    "unknown request type {other:?}; expected subscribe, unsubscribe or publish"
+                    "unknown request type {other:?}; expected subscribe, unsubscribe, publish or history"
                 ),
             ));
         }
@@ -281,6 +339,12 @@ enum Reply<'a> {
         channel: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     Unsubscribed {
         channel: &'a str,
@@ -289,6 +353,24 @@ enum Reply<'a> {
     },
     Published {
         id: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
+    History {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        offset: u64,
+        epoch: &'a str,
+        first: u64,
+        messages: Vec<HistoryEntry<'a>>,
+        limit: usize,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        clamped: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,7 +389,85 @@ fn encode(reply: &Reply<'_>) -> Frame {
 
 /// `{"type":"subscribed","channel":C}` (with `id` when the request had one).
 pub fn subscribed(channel: &str, id: Option<&RawValue>) -> Frame {
-    encode(&Reply::Subscribed { channel, id })
+    encode(&Reply::Subscribed {
+        channel,
+        id,
+        offset: None,
+        epoch: None,
+        recovered: None,
+    })
+}
+
+/// The `subscribed` reply to a subscribe with `since` on a channel without history:
+/// `"recovered":false`, as nothing could be recovered.
+pub fn subscribed_without_history(channel: &str, id: Option<&RawValue>) -> Frame {
+    encode(&Reply::Subscribed {
+        channel,
+        id,
+        offset: None,
+        epoch: None,
+        recovered: Some(false),
+    })
+}
+
+/// The `subscribed` reply on a channel with history: the position the subscription starts
+/// after, and, when the client asked to recover, whether it lost nothing.
+pub fn subscribed_at(
+    channel: &str,
+    id: Option<&RawValue>,
+    position: &Position,
+    recovered: Option<bool>,
+) -> Frame {
+    encode(&Reply::Subscribed {
+        channel,
+        id,
+        offset: Some(position.offset),
+        epoch: Some(&position.epoch),
+        recovered,
+    })
+}
+
+/// One stored message in a `history` reply: its offset and `data` (raw JSON).
+#[derive(Serialize)]
+pub struct HistoryEntry<'a> {
+    /// The message's offset.
+    pub offset: u64,
+    /// The message as the reader's deliver hook prepared it.
+    pub data: &'a RawValue,
+}
+
+/// What a `history` reply reports besides the messages.
+pub struct HistoryPage<'a> {
+    /// The channel's position when it was read.
+    pub position: &'a Position,
+    /// The oldest offset history held.
+    pub first: u64,
+    /// The limit applied.
+    pub limit: usize,
+    /// Whether the asked limit was above [`crate::history::MAX_READ`] and was lowered to it.
+    pub clamped: bool,
+    /// With `since`: whether the messages follow it with nothing lost.
+    pub recovered: Option<bool>,
+}
+
+/// `{"type":"history","channel":C,"offset":N,"epoch":E,"first":F,"messages":[..],"limit":L}`.
+pub fn history(
+    channel: &str,
+    id: Option<&RawValue>,
+    page: &HistoryPage<'_>,
+    messages: Vec<HistoryEntry<'_>>,
+) -> Frame {
+    encode(&Reply::History {
+        channel,
+        id,
+        offset: page.position.offset,
+        epoch: &page.position.epoch,
+        first: page.first,
+        messages,
+        limit: page.limit,
+        clamped: page.clamped,
+        recovered: page.recovered,
+    })
 }
 
 /// `{"type":"unsubscribed","channel":C}` (with `id` when the request had one).
@@ -315,9 +475,14 @@ pub fn unsubscribed(channel: &str, id: Option<&RawValue>) -> Frame {
     encode(&Reply::Unsubscribed { channel, id })
 }
 
-/// `{"type":"published","id":ID}`: the broker accepted the publish.
-pub fn published(id: &RawValue) -> Frame {
-    encode(&Reply::Published { id })
+/// `{"type":"published","id":ID}`: the broker accepted the publish; on a channel with
+/// history, with the message's `offset` and `epoch`.
+pub fn published(id: &RawValue, position: Option<&Position>) -> Frame {
+    encode(&Reply::Published {
+        id,
+        offset: position.map(|p| p.offset),
+        epoch: position.map(|p| &*p.epoch),
+    })
 }
 
 /// `{"type":"error","code":..,"message":..}` (with `id` when known).
@@ -329,15 +494,21 @@ pub fn error(rejection: &Rejection, id: Option<&RawValue>) -> Frame {
     })
 }
 
-/// Encodes a delivery: `{"type":"message","channel":C,"data":DATA}`.
+/// Encodes a delivery: `{"type":"message","channel":C,"data":DATA}`, and on a channel with
+/// history `"offset":N,"epoch":E` after `data`.
 ///
 /// `data` must already be valid JSON; it is copied in verbatim.
-pub fn message(channel: &str, data: &[u8]) -> Frame {
+pub fn message(channel: &str, data: &[u8], position: Option<&Position>) -> Frame {
     let mut out = Vec::with_capacity(40 + channel.len() + data.len());
     out.extend_from_slice(b"{\"type\":\"message\",\"channel\":");
     serde_json::to_writer(&mut out, channel).expect("writing to a Vec cannot fail");
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
+    if let Some(at) = position {
+        use std::io::Write;
+        write!(out, ",\"offset\":{},\"epoch\":", at.offset).expect("writing to a Vec");
+        serde_json::to_writer(&mut out, &*at.epoch).expect("writing to a Vec cannot fail");
+    }
     out.push(b'}');
     // The channel went through serde_json and `data` is JSON: the frame is UTF-8.
     String::from_utf8(out).expect("frame is UTF-8").into()
@@ -485,7 +656,7 @@ mod tests {
 
     #[test]
     fn message_frame_is_json_with_escaped_channel() {
-        let f = message("a\"b", br#"{"k":1}"#);
+        let f = message("a\"b", br#"{"k":1}"#, None);
         let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["channel"], "a\"b");
@@ -605,7 +776,7 @@ mod tests {
             #[test]
             fn any_payload_is_delivered_as_json(payload in proptest::collection::vec(any::<u8>(), 0..64)) {
                 let data = normalize_payload(&payload);
-                let frame = message("c", &data);
+                let frame = message("c", &data, None);
                 prop_assert!(serde_json::from_str::<serde_json::Value>(frame.as_str()).is_ok());
             }
         }

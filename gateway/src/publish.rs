@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 
 use crate::broker::{self, Broker};
 use crate::config::Limits;
+use crate::history::{Namespaces, Position};
 use crate::identity::Identity;
 use crate::metrics::Latency;
 use crate::plugins::Routed;
@@ -22,6 +23,8 @@ use crate::protocol::{self, ErrorCode, Rejection};
 pub struct Publisher {
     broker: Arc<dyn Broker>,
     plugins: Arc<PluginRegistry>,
+    /// Which channels keep history.
+    namespaces: Arc<Namespaces>,
     max_channel_len: usize,
     channel_chars: String,
     max_json_depth: usize,
@@ -37,12 +40,19 @@ struct PublishMetrics {
 }
 
 impl Publisher {
-    /// Publishes through `broker` after `plugins`' publish hooks, under `limits`. Build it
-    /// after the metrics recorder is installed: the handles it takes are the recorder's.
-    pub fn new(broker: Arc<dyn Broker>, plugins: Arc<PluginRegistry>, limits: &Limits) -> Self {
+    /// Publishes through `broker` after `plugins`' publish hooks, under `limits`, storing
+    /// messages on the channels `namespaces` give history. Build it after the metrics
+    /// recorder is installed: the handles it takes are the recorder's.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        plugins: Arc<PluginRegistry>,
+        namespaces: Arc<Namespaces>,
+        limits: &Limits,
+    ) -> Self {
         Self {
             broker,
             plugins,
+            namespaces,
             max_channel_len: limits.max_channel_len,
             channel_chars: limits.channel_chars.clone(),
             max_json_depth: limits.max_json_depth,
@@ -63,13 +73,14 @@ impl Publisher {
     }
 
     /// Publishes `data` (JSON text) on `channel` as `who`; resolves once the broker accepted
-    /// every message the publish made.
+    /// every message the publish made, with the message's position when it was one message
+    /// on a channel with history.
     pub async fn publish(
         &self,
         who: &Identity,
         channel: &str,
         data: &str,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Option<Position>, Rejection> {
         self.start(who, channel, data)?.await
     }
 
@@ -102,7 +113,11 @@ impl Publisher {
                     list.iter().map(|(to, data)| self.send(to, data)).collect();
                 Ok(PublishAck(Sending::Many(
                     futures_util::future::join_all(acks)
-                        .map(|results| results.into_iter().collect())
+                        .map(|results| {
+                            // Several messages: no one position to report.
+                            results.into_iter().try_for_each(|r| r.map(drop))?;
+                            Ok(None)
+                        })
                         .boxed(),
                 )))
             }
@@ -111,9 +126,11 @@ impl Publisher {
 
     fn send(&self, channel: &str, data: &str) -> PublishAck {
         let started = Instant::now();
-        let ack = self
-            .broker
-            .publish(channel, Bytes::copy_from_slice(data.as_bytes()));
+        let ack = self.broker.publish(
+            channel,
+            Bytes::copy_from_slice(data.as_bytes()),
+            self.namespaces.history(channel),
+        );
         PublishAck(Sending::One {
             ack,
             started,
@@ -123,7 +140,8 @@ impl Publisher {
 }
 
 /// A publish handed to [`Publisher::start`]: resolves once the broker accepted every message
-/// it made. Not boxed in the common case (one message), for the reason [`broker::Ack`] is not.
+/// it made (with the position of a single message on a channel with history). Not boxed in
+/// the common case (one message), for the reason [`broker::Ack`] is not.
 pub struct PublishAck(Sending);
 
 enum Sending {
@@ -136,24 +154,24 @@ enum Sending {
         metrics: Arc<PublishMetrics>,
     },
     /// A hook forwarded it to several channels.
-    Many(BoxFuture<'static, Result<(), Rejection>>),
+    Many(BoxFuture<'static, Result<Option<Position>, Rejection>>),
 }
 
 impl Future for PublishAck {
-    type Output = Result<(), Rejection>;
+    type Output = Result<Option<Position>, Rejection>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
-            Sending::Done => Poll::Ready(Ok(())),
+            Sending::Done => Poll::Ready(Ok(None)),
             Sending::One {
                 ack,
                 started,
                 metrics,
             } => Pin::new(ack).poll(cx).map(|result| match result {
-                Ok(()) => {
+                Ok(position) => {
                     metrics.published.increment(1);
                     metrics.seconds.record(started.elapsed());
-                    Ok(())
+                    Ok(position)
                 }
                 Err(e) => {
                     metrics.failed.increment(1);

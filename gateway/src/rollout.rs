@@ -167,10 +167,10 @@ impl Rollout {
         let note = json!({"plugin": name, "hash": code.hash}).to_string();
         match self
             .broker
-            .publish(CONTROL_CHANNEL, Bytes::from(note))
+            .publish(CONTROL_CHANNEL, Bytes::from(note), None)
             .await
         {
-            Ok(()) => true,
+            Ok(_) => true,
             Err(e) => {
                 tracing::warn!(plugin = name, error = %e, "version stored but not announced; nodes get it at their next start");
                 false

@@ -11,21 +11,28 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Ack, BrokerError};
+use super::{Accepted, Ack, BrokerError};
+use crate::history::HistoryOptions;
 
 /// Publishes sent in one batch at most.
 const MAX_BATCH: usize = 1024;
 
-/// One message to publish: the Redis channel name and the payload.
-pub(super) type Message = (String, Bytes);
+/// One message to publish.
+pub(super) struct Message {
+    /// The Redis channel name.
+    pub name: String,
+    pub payload: Bytes,
+    /// Set when the channel keeps history: the message is published by the history script.
+    pub history: Option<HistoryOptions>,
+}
 
 /// Sends one batch, in order; returns one result per message.
 pub(super) type SendBatch =
-    Box<dyn FnMut(Vec<Message>) -> BoxFuture<'static, Vec<Result<(), BrokerError>>> + Send>;
+    Box<dyn FnMut(Vec<Message>) -> BoxFuture<'static, Vec<Accepted>> + Send>;
 
 struct Queued {
     message: Message,
-    ack: oneshot::Sender<Result<(), BrokerError>>,
+    ack: oneshot::Sender<Accepted>,
 }
 
 /// The queue in front of the publishing task.
@@ -42,12 +49,9 @@ impl Batcher {
     }
 
     /// Queues a publish now; the future resolves once Redis accepted it.
-    pub(super) fn publish(&self, channel: String, payload: Bytes) -> Ack {
+    pub(super) fn publish(&self, message: Message) -> Ack {
         let (ack, acked) = Ack::later();
-        let queued = Queued {
-            message: (channel, payload),
-            ack,
-        };
+        let queued = Queued { message, ack };
         match self.tx.send(queued) {
             Ok(()) => acked,
             Err(_) => Ack::now(Err(BrokerError::Closed)),

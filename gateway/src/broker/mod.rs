@@ -9,6 +9,11 @@
 //! the node receives the channel) and releases it when the last local subscriber leaves,
 //! always in the order the changes happened. Every backend keeps the same contract, checked
 //! by one conformance suite (`tests/e2e/conformance.rs`).
+//!
+//! Channels with history ([`crate::history`]) are published differently: the backend stores
+//! the message, numbers it and publishes it with its position in one atomic step, so that
+//! positions follow the order of delivery, and a reader of the history that subscribed first
+//! finds every message either in what it read or in what it receives.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,9 +27,11 @@ mod batcher;
 pub mod memory;
 pub mod redis;
 pub mod redis_cluster;
+mod scripts;
 
 use std::sync::Arc;
 
+use crate::history::{self, HistoryOptions, Position, Query, Read};
 use crate::redis_link::RedisTarget;
 
 /// Where a broker hands the messages it receives for this node: the node's fan-out.
@@ -35,12 +42,14 @@ use crate::redis_link::RedisTarget;
 /// Redis connection or drop messages.
 pub trait Inbox: Send + Sync + 'static {
     /// A message on `channel` (client-facing name, any prefix removed); `payload` as
-    /// published: JSON text for gateway publishers, anything for external ones.
-    fn deliver(&self, channel: &str, payload: &[u8]);
+    /// published: JSON text for gateway publishers, anything for external ones; `position`
+    /// when the channel keeps history and the message was stored.
+    fn deliver(&self, channel: &str, payload: &[u8], position: Option<&Position>);
 }
 
 /// Hands a Redis message push frame (`[channel, payload]`, from `message` or `smessage`) to
 /// `inbox`, if its channel is one of ours: it starts with `prefix` and the rest is UTF-8.
+/// A payload in the history envelope is delivered with its position.
 pub(crate) fn deliver_push(prefix: &str, inbox: &dyn Inbox, data: &[::redis::Value]) {
     if let [
         ::redis::Value::BulkString(name),
@@ -49,7 +58,10 @@ pub(crate) fn deliver_push(prefix: &str, inbox: &dyn Inbox, data: &[::redis::Val
         && let Some(rest) = name.strip_prefix(prefix.as_bytes())
         && let Ok(channel) = std::str::from_utf8(rest)
     {
-        inbox.deliver(channel, payload);
+        match history::open_envelope(payload) {
+            Some((position, data)) => inbox.deliver(channel, data, Some(&position)),
+            None => inbox.deliver(channel, payload, None),
+        }
     }
 }
 
@@ -117,6 +129,10 @@ pub fn start(
     })
 }
 
+/// What a broker answers for one publish: the message's position on a channel with
+/// history, nothing on one without.
+pub type Accepted = Result<Option<Position>, BrokerError>;
+
 /// A publish's acknowledgement: resolves once the broker accepted the message.
 ///
 /// A concrete future rather than a boxed one: a busy connection keeps hundreds of publishes in
@@ -125,27 +141,27 @@ pub struct Ack(Acked);
 
 enum Acked {
     /// Known when the publish was made (taken on the first poll that returns it).
-    Now(Option<Result<(), BrokerError>>),
+    Now(Option<Accepted>),
     /// Sent by the broker's task once the message is accepted.
-    Later(oneshot::Receiver<Result<(), BrokerError>>),
+    Later(oneshot::Receiver<Accepted>),
 }
 
 impl Ack {
     /// An acknowledgement known at once.
-    pub fn now(result: Result<(), BrokerError>) -> Self {
+    pub fn now(result: Accepted) -> Self {
         Self(Acked::Now(Some(result)))
     }
 
     /// An acknowledgement a broker task will send through the returned slot; a dropped slot
     /// reads as [`BrokerError::Closed`].
-    pub(crate) fn later() -> (oneshot::Sender<Result<(), BrokerError>>, Self) {
+    pub(crate) fn later() -> (oneshot::Sender<Accepted>, Self) {
         let (tx, rx) = oneshot::channel();
         (tx, Self(Acked::Later(rx)))
     }
 }
 
 impl Future for Ack {
-    type Output = Result<(), BrokerError>;
+    type Output = Accepted;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
@@ -175,7 +191,21 @@ pub trait Broker: Send + Sync + 'static {
     /// acknowledged) when it cannot. Publishes reach the broker in the order of these calls
     /// (the message is handed over before this returns), which is what keeps one connection's
     /// pipelined publishes in order.
-    fn publish(&self, channel: &str, payload: Bytes) -> Ack;
+    ///
+    /// With `history`, the message is stored and numbered in the same atomic step that
+    /// publishes it, and the [`Ack`] carries its position.
+    fn publish(&self, channel: &str, payload: Bytes, history: Option<HistoryOptions>) -> Ack;
+
+    /// Reads `channel`'s stored messages (at most `limit`, which callers keep to
+    /// [`history::MAX_READ`]) with the channel's current position. A channel without stored
+    /// history gets its epoch now, so a reader can tell later whether what it saw was lost.
+    fn history(
+        &self,
+        channel: &str,
+        query: Query,
+        limit: usize,
+        history: HistoryOptions,
+    ) -> BoxFuture<'static, Result<Read, BrokerError>>;
 
     /// Whether the broker is connected and every channel the node needs is subscribed.
     fn is_ready(&self) -> bool;

@@ -25,8 +25,12 @@ use redis::{
 };
 use tokio::sync::Notify;
 
-use super::batcher::Batcher;
-use super::{Ack, Broker, BrokerError, Inbox, Request, Requests, deliver_push};
+use futures_util::future::BoxFuture;
+
+use super::batcher::{Batcher, Message};
+use super::scripts::{self, Publish};
+use super::{Accepted, Ack, Broker, BrokerError, Inbox, Request, Requests, deliver_push};
+use crate::history::{self, HistoryOptions, Query, Read};
 use crate::redis_link::{COMMAND_TIMEOUT, bounded};
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -40,6 +44,8 @@ const PING_EVERY: Duration = Duration::from_secs(3);
 /// Pub/sub through one Redis server.
 pub struct RedisBroker {
     batcher: Batcher,
+    /// The publishing connection, also used for history reads.
+    reader: ConnectionManager,
     prefix: Arc<str>,
     connected: Arc<AtomicBool>,
 }
@@ -75,31 +81,9 @@ impl RedisBroker {
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
         let con = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        let reader = con.clone();
         let batcher = Batcher::start(Box::new(move |messages| {
-            let mut con = con.clone();
-            async move {
-                let mut pipe = redis::pipe();
-                for (channel, payload) in &messages {
-                    pipe.cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(payload.as_ref())
-                        .ignore();
-                }
-                // The first command after an outage may hit the dead socket ("broken pipe")
-                // before the manager notices; one retry goes through the fresh connection.
-                let mut retried = false;
-                let result = loop {
-                    match pipe.query_async::<()>(&mut con).await {
-                        Ok(()) => break Ok(()),
-                        Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
-                            retried = true
-                        }
-                        Err(e) => break Err(unavailable(e)),
-                    }
-                };
-                vec![result; messages.len()]
-            }
-            .boxed()
+            publish_batch(con.clone(), messages).boxed()
         }));
         let connected = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber {
@@ -114,21 +98,80 @@ impl RedisBroker {
         tokio::spawn(subscriber.run());
         Ok(Self {
             batcher,
+            reader,
             prefix: prefix.into(),
             connected,
         })
     }
 }
 
+/// Sends one batch as one pipeline, in order; scripts for the messages with history.
+async fn publish_batch(mut con: ConnectionManager, messages: Vec<Message>) -> Vec<Accepted> {
+    let any_history = messages.iter().any(|m| m.history.is_some());
+    let mut pipe = scripts::pipeline(any_history);
+    let epoch = if any_history {
+        history::new_epoch()
+    } else {
+        Arc::from("")
+    };
+    for m in &messages {
+        scripts::add_publish(
+            &mut pipe,
+            Publish::Plain,
+            &m.name,
+            &m.payload,
+            m.history,
+            &epoch,
+        );
+    }
+    // The first command after an outage may hit the dead socket ("broken pipe") before the
+    // manager notices; one retry goes through the fresh connection.
+    let mut retried = false;
+    loop {
+        match pipe.query_async::<Vec<Value>>(&mut con).await {
+            Ok(values) if values.len() == messages.len() => {
+                return values
+                    .into_iter()
+                    .map(|v| scripts::accepted(v, unavailable))
+                    .collect();
+            }
+            Ok(_) => return vec![Err(unavailable("short pipeline reply")); messages.len()],
+            Err(e) if !retried && (e.is_connection_dropped() || e.is_io_error()) => retried = true,
+            Err(e) => return vec![Err(unavailable(e)); messages.len()],
+        }
+    }
+}
+
 impl Broker for RedisBroker {
-    fn publish(&self, channel: &str, payload: Bytes) -> Ack {
+    fn publish(&self, channel: &str, payload: Bytes, history: Option<HistoryOptions>) -> Ack {
         if !self.connected.load(Ordering::Acquire) {
             return Ack::now(Err(BrokerError::Unavailable(
                 "redis is disconnected".into(),
             )));
         }
-        self.batcher
-            .publish(format!("{}{channel}", self.prefix), payload)
+        self.batcher.publish(Message {
+            name: format!("{}{channel}", self.prefix),
+            payload,
+            history,
+        })
+    }
+
+    fn history(
+        &self,
+        channel: &str,
+        query: Query,
+        limit: usize,
+        history: HistoryOptions,
+    ) -> BoxFuture<'static, Result<Read, BrokerError>> {
+        let mut con = self.reader.clone();
+        let name = format!("{}{channel}", self.prefix);
+        async move {
+            match bounded(scripts::read(&mut con, &name, query, limit, history)).await {
+                Ok(Ok(read)) => Ok(read),
+                Ok(Err(e)) | Err(e) => Err(unavailable(e)),
+            }
+        }
+        .boxed()
     }
 
     fn is_ready(&self) -> bool {

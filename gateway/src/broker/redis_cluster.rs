@@ -36,8 +36,12 @@ use futures_util::{FutureExt, StreamExt};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::batcher::Batcher;
-use super::{Ack, Broker, BrokerError, Inbox, Request, Requests, deliver_push};
+use futures_util::future::BoxFuture;
+
+use super::batcher::{Batcher, Message};
+use super::scripts::{self, Publish};
+use super::{Accepted, Ack, Broker, BrokerError, Inbox, Request, Requests, deliver_push};
+use crate::history::{self, HistoryOptions, Query, Read};
 use crate::redis_link::{COMMAND_TIMEOUT, LazyCluster, RedisTarget, bounded};
 
 /// First delay before re-subscribing after a failure; doubles up to [`MAX_BACKOFF`].
@@ -100,6 +104,8 @@ fn parse_probe(payload: &[u8], node: &str) -> Option<Option<u64>> {
 /// Sharded pub/sub through a Redis Cluster.
 pub struct RedisClusterBroker {
     batcher: Batcher,
+    /// The cluster connection, for history reads.
+    reader: LazyCluster,
     prefix: Arc<str>,
     ready: Arc<AtomicBool>,
 }
@@ -190,10 +196,12 @@ impl RedisClusterBroker {
             ready: ready.clone(),
         };
         tokio::spawn(subscriber.run());
+        let reader = con.clone();
         Ok(Self {
             batcher: Batcher::start(Box::new(move |messages| {
                 spublish(con.clone(), messages).boxed()
             })),
+            reader,
             prefix: prefix.into(),
             ready,
         })
@@ -201,9 +209,35 @@ impl RedisClusterBroker {
 }
 
 impl Broker for RedisClusterBroker {
-    fn publish(&self, channel: &str, payload: Bytes) -> Ack {
-        self.batcher
-            .publish(format!("{}{channel}", self.prefix), payload)
+    fn publish(&self, channel: &str, payload: Bytes, history: Option<HistoryOptions>) -> Ack {
+        self.batcher.publish(Message {
+            name: format!("{}{channel}", self.prefix),
+            payload,
+            history,
+        })
+    }
+
+    fn history(
+        &self,
+        channel: &str,
+        query: Query,
+        limit: usize,
+        history: HistoryOptions,
+    ) -> BoxFuture<'static, Result<Read, BrokerError>> {
+        let lazy = self.reader.clone();
+        let name = format!("{}{channel}", self.prefix);
+        async move {
+            let read = bounded(async {
+                let mut con = lazy.get().await?;
+                scripts::read(&mut con, &name, query, limit, history).await
+            })
+            .await;
+            match read {
+                Ok(Ok(read)) => Ok(read),
+                Ok(Err(e)) | Err(e) => Err(unavailable(e)),
+            }
+        }
+        .boxed()
     }
 
     fn is_ready(&self) -> bool {
@@ -509,42 +543,58 @@ async fn spublish_one(con: &LazyCluster, name: String, payload: Vec<u8>) -> Resu
     .await
 }
 
-/// Sends one batch: a pipeline of SPUBLISH per channel (one slot each, so redis-rs can route
-/// it; in batch order within it), all channels at once.
-async fn spublish(
-    lazy: LazyCluster,
-    messages: Vec<super::batcher::Message>,
-) -> Vec<Result<(), BrokerError>> {
+/// Sends one batch: a pipeline per channel (one slot each, so redis-rs can route it; in batch
+/// order within it; the history script for a channel with history), all channels at once.
+async fn spublish(lazy: LazyCluster, messages: Vec<Message>) -> Vec<Accepted> {
     let con = match lazy.get().await {
         Ok(con) => con,
         Err(e) => return vec![Err(unavailable(e)); messages.len()],
     };
+    let epoch = if messages.iter().any(|m| m.history.is_some()) {
+        history::new_epoch()
+    } else {
+        Arc::from("")
+    };
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut groups: Vec<(redis::Pipeline, Vec<usize>)> = Vec::new();
-    for (i, (channel, payload)) in messages.iter().enumerate() {
-        let g = *index.entry(channel.as_str()).or_insert_with(|| {
-            groups.push((redis::pipe(), Vec::new()));
+    for (i, m) in messages.iter().enumerate() {
+        let g = *index.entry(m.name.as_str()).or_insert_with(|| {
+            groups.push((scripts::pipeline(m.history.is_some()), Vec::new()));
             groups.len() - 1
         });
-        groups[g]
-            .0
-            .cmd("SPUBLISH")
-            .arg(channel)
-            .arg(payload.as_ref())
-            .ignore();
+        scripts::add_publish(
+            &mut groups[g].0,
+            Publish::Sharded,
+            &m.name,
+            &m.payload,
+            m.history,
+            &epoch,
+        );
         groups[g].1.push(i);
     }
     let sent = futures_util::future::join_all(groups.iter().map(|(pipe, _)| {
         let mut con = con.clone();
-        async move { pipe.query_async::<()>(&mut con).await }
+        async move { pipe.query_async::<Vec<Value>>(&mut con).await }
     }))
     .await;
-    let mut results = vec![Ok(()); messages.len()];
+    let mut results: Vec<Accepted> = vec![Ok(None); messages.len()];
     for ((_, members), result) in groups.iter().zip(sent) {
-        if let Err(e) = result {
-            let e = unavailable(e);
-            for &i in members {
-                results[i] = Err(e.clone());
+        match result {
+            Ok(values) if values.len() == members.len() => {
+                for (&i, value) in members.iter().zip(values) {
+                    results[i] = scripts::accepted(value, unavailable);
+                }
+            }
+            Ok(_) => {
+                for &i in members {
+                    results[i] = Err(unavailable("short pipeline reply"));
+                }
+            }
+            Err(e) => {
+                let e = unavailable(e);
+                for &i in members {
+                    results[i] = Err(e.clone());
+                }
             }
         }
     }

@@ -77,6 +77,48 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Plugin administration and hot swap.
     pub admin: AdminConfig,
+    /// Channel namespaces with options (`[[namespaces]]`): history, for now.
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// Options of the channels a pattern matches (`[[namespaces]]`); the most specific pattern
+/// wins, as for plugin bindings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Channel pattern: `chat:*`, `tenant:*:orders`, or an exact name.
+    pub pattern: Pattern,
+    /// Messages kept per channel for recovery and history requests; 0 keeps none.
+    #[serde(default)]
+    pub history_size: usize,
+    /// Seconds a channel's history lives after its last publish.
+    #[serde(default = "default_history_ttl")]
+    pub history_ttl_secs: u64,
+}
+
+fn default_history_ttl() -> u64 {
+    3600
+}
+
+/// Most messages a channel's history may keep.
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+
+impl NamespaceConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.history_size > MAX_HISTORY_SIZE {
+            return invalid(
+                format!("{key}.history_size"),
+                format!("must be at most {MAX_HISTORY_SIZE}"),
+            );
+        }
+        if self.history_size > 0 && self.history_ttl_secs == 0 {
+            return invalid(
+                format!("{key}.history_ttl_secs"),
+                "must be at least 1 when history_size is set",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Plugin administration and hot swap (`[admin]`).
@@ -508,6 +550,29 @@ impl Config {
         if let Some(i) = self.api.keys.iter().position(|k| k.len() < 16) {
             return invalid(format!("api.keys[{i}]"), "must be at least 16 characters");
         }
+        let mut seen = std::collections::HashSet::new();
+        for (i, n) in self.namespaces.iter().enumerate() {
+            let key = format!("namespaces[{i}]");
+            n.validate(&key)?;
+            if !seen.insert(n.pattern.as_str()) {
+                return invalid(
+                    format!("{key}.pattern"),
+                    format!("{:?} is configured twice", n.pattern.as_str()),
+                );
+            }
+        }
+        let braces = |s: &str| s.contains(['{', '}']);
+        if !self.broker.redis_cluster.is_empty()
+            && self.namespaces.iter().any(|n| n.history_size > 0)
+            && (braces(&self.limits.channel_chars) || braces(&self.broker.prefix))
+        {
+            // A channel's history keys share its hash slot through the tag `{<prefix>C}`,
+            // which a brace inside the name would cut short.
+            return invalid(
+                "limits.channel_chars",
+                "history on a Redis Cluster needs channel names and broker.prefix without `{` or `}`",
+            );
+        }
         if self.plugins.max_output_bytes < self.limits.max_message_bytes {
             return invalid(
                 "plugins.max_output_bytes",
@@ -788,6 +853,33 @@ mod tests {
         let ok =
             Config::from_toml("[[plugins.bindings]]\npattern = \"a:*\"\nplugin = \"x\"\n").unwrap();
         assert!(ok.plugins.bindings[0].pattern.matches("a:b"));
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        let ok = Config::from_toml(
+            "[[namespaces]]\npattern = \"chat:*\"\nhistory_size = 100\nhistory_ttl_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(ok.namespaces[0].history_size, 100);
+        for (text, key) in [
+            (
+                "[[namespaces]]\npattern = \"a:*\"\nhistory_size = 5\nhistory_ttl_secs = 0\n",
+                "namespaces[0].history_ttl_secs",
+            ),
+            (
+                "[[namespaces]]\npattern = \"a:*\"\nhistory_size = 10000000\n",
+                "namespaces[0].history_size",
+            ),
+            (
+                "[[namespaces]]\npattern = \"a\"\n[[namespaces]]\npattern = \"a\"\n",
+                "namespaces[1].pattern",
+            ),
+            ("[[namespaces]]\npattern = \"a::b\"\n", "empty segment"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{GroupHook, GroupKey, Table};
+use crate::history::Position;
 
 /// Threads that run isolated hooks.
 pub const THREADS: usize = 2;
@@ -59,6 +60,7 @@ struct Job {
     channel: Arc<str>,
     group: GroupKey,
     data: Bytes,
+    position: Option<Position>,
 }
 
 impl Placement {
@@ -165,6 +167,7 @@ impl Lanes {
         channel: &str,
         group: GroupKey,
         data: &[u8],
+        position: Option<&Position>,
     ) -> bool {
         let placement = hook.placement();
         let mut state = placement.state();
@@ -181,6 +184,7 @@ impl Lanes {
             channel: channel.into(),
             group,
             data: Bytes::copy_from_slice(data),
+            position: position.cloned(),
         });
         self.queued.increment(1.0);
         if !std::mem::replace(&mut state.scheduled, true) {
@@ -232,6 +236,7 @@ impl Lanes {
             let stats = self.table.deliver_prepared(
                 &job.channel,
                 &job.data,
+                job.position.as_ref(),
                 [(job.group, prepared)],
                 &mut None,
             );

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DefaultPolicy, PluginsConfig};
-use crate::hub::{DeliverHook, Group, GroupHook, Prepared};
+use crate::hub::{DeliverHook, Group, GroupHook, GroupKey, Prepared};
 use crate::protocol::{ErrorCode, Rejection};
 
 pub mod bindings;
@@ -354,22 +354,27 @@ impl Plugins {
         }
     }
 
-    /// Runs the subscribe hook: `Ok(Some(group))` when the plugin chose a delivery group.
-    pub fn subscribe(&self, who: &Identity, channel: &str) -> Result<Option<String>, Rejection> {
-        match self.route(channel, who.tenant.as_deref()) {
-            Route::Allow => Ok(None),
-            Route::Deny => Err(no_binding(channel)),
+    /// Runs the subscribe hook: the delivery group `who` receives `channel` in (its tenant's,
+    /// narrowed by the key the plugin chose, if any), or why it may not.
+    pub fn subscribe(&self, who: &Identity, channel: &str) -> Result<GroupKey, Rejection> {
+        let key = match self.route(channel, who.tenant.as_deref()) {
+            Route::Allow => None,
+            Route::Deny => return Err(no_binding(channel)),
             Route::Plugin(p) => match p
                 .on_subscribe(wit(who), channel)
                 .map_err(plugin_rejection)?
             {
-                SubscribeDecision::Allow => Ok(None),
-                SubscribeDecision::AllowInGroup(g) => Ok(Some(g)),
+                SubscribeDecision::Allow => None,
+                SubscribeDecision::AllowInGroup(g) => Some(g),
                 SubscribeDecision::Deny(reason) => {
-                    Err(Rejection::new(ErrorCode::Forbidden, reason))
+                    return Err(Rejection::new(ErrorCode::Forbidden, reason));
                 }
             },
-        }
+        };
+        Ok(Arc::new(Group {
+            tenant: who.tenant.as_deref().map(Arc::from),
+            key: key.map_or_else(|| Arc::from(""), Arc::from),
+        }))
     }
 
     /// Runs the publish hook on `data` (JSON text).

@@ -22,6 +22,7 @@ mod link;
 pub mod outbox;
 mod ratelimit;
 mod read_ahead;
+mod recovery;
 mod session;
 pub mod socket;
 

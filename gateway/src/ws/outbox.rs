@@ -127,6 +127,22 @@ impl Shared {
         (self.lane.capacity() / 2).max(1)
     }
 
+    /// Whether the queue holds fewer frames than [`Shared::request_room`]; when not, the
+    /// writer wakes the session once it does.
+    fn has_room(&self) -> bool {
+        let room = self.request_room();
+        if self.queued.load(Ordering::Acquire) < room {
+            return true;
+        }
+        self.wants_room.store(true, Ordering::SeqCst);
+        // The writer may have emptied the queue between the look and the flag.
+        if self.queued.load(Ordering::SeqCst) < room {
+            self.wants_room.store(false, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     /// Records the queue's length after frames left it.
     fn written(&self, queue: &mut Queue) {
         if queue.frames.is_empty() && queue.frames.capacity() > 0 {
@@ -249,6 +265,29 @@ impl Outbox {
         self.0.push_frame(frame, false)
     }
 
+    /// Resolves with true once the queue is below half its capacity: how the session paces frames it
+    /// sends in bulk (recovered history) to what the client reads. The session's task must be
+    /// the queue's writer (it is woken through it).
+    /// Returns false instead when nothing more will be sent: the session is closing or its
+    /// socket failed.
+    pub async fn room(&self) -> bool {
+        std::future::poll_fn(|_| {
+            if self.0.reason.get().is_some() || self.0.writer_gone.load(Ordering::Acquire) {
+                Poll::Ready(false)
+            } else if self.0.has_room() {
+                Poll::Ready(true)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The most frames the queue holds for deliveries.
+    pub fn capacity(&self) -> usize {
+        self.0.lane.capacity() as usize
+    }
+
     /// Asks the writer to close the connection; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         Sink::close(&*self.0, reason);
@@ -306,23 +345,17 @@ impl OutboxRx {
             }
         };
         self.0.written(&mut queue);
+        if found == Poll::Ready(Stop::Failed) {
+            // Nothing pushed from now on would ever be sent.
+            self.0.writer_gone.store(true, Ordering::Release);
+        }
         found
     }
 
     /// Whether the session may read its client's next request: the queue holds fewer frames
     /// than half its capacity. When not, the session is woken once it does.
     pub fn has_request_room(&self) -> bool {
-        let room = self.0.request_room();
-        if self.0.queued.load(Ordering::Acquire) < room {
-            return true;
-        }
-        self.0.wants_room.store(true, Ordering::SeqCst);
-        // The writer may have emptied the queue between the look and the flag.
-        if self.0.queued.load(Ordering::SeqCst) < room {
-            self.0.wants_room.store(false, Ordering::Relaxed);
-            return true;
-        }
-        false
+        self.0.has_room()
     }
 
     /// The session handled a request: the queue's buffer is freed once what it holds is

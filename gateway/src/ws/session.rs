@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::Span;
@@ -17,8 +18,11 @@ use super::lanes::Lane;
 use super::link::{Link, Stop};
 use super::outbox::Outbox;
 use super::ratelimit::TokenBucket;
+use super::recovery::{self, CatchUp};
 use super::socket::Peer;
-use crate::hub::{ConnId, Group, GroupKey};
+use crate::broker::BrokerError;
+use crate::history::Position;
+use crate::hub::{ConnId, Sink};
 use crate::identity::Identity;
 use crate::node::ConnectionSlot;
 use crate::protocol::CloseReason;
@@ -149,7 +153,9 @@ impl Reply {
         match self {
             Reply::Ready(frame) => Poll::Ready(frame.take()),
             Reply::Publish(ack, id) => Pin::new(ack).poll(cx).map(|result| match result {
-                Ok(()) => id.as_deref().map(protocol::published),
+                Ok(position) => id
+                    .as_deref()
+                    .map(|id| protocol::published(id, position.as_ref())),
                 Err(rejection) => {
                     tracing::debug!(code = %rejection.code, message = %rejection.message, "publish failed");
                     Some(protocol::error(&rejection, id.as_deref()))
@@ -438,13 +444,21 @@ impl Session {
         };
         let id = request.id;
         let result = match request.action {
-            Action::Subscribe { channel } => {
+            Action::Subscribe { channel, since } => {
                 // Its reply waits for the broker too: keep it behind earlier publishes' replies.
                 self.settle_pending().await;
-                self.subscribe(&channel, id).await
+                self.subscribe(&channel, since.as_ref(), id).await
             }
             Action::Unsubscribe { channel } => self.unsubscribe(&channel, id),
             Action::Publish { channel, data } => self.publish(&channel, data, id),
+            Action::History {
+                channel,
+                limit,
+                since,
+            } => {
+                self.settle_pending().await;
+                self.history(&channel, limit, since.as_ref(), id).await
+            }
         };
         if let Err(rejection) = result {
             self.reject(&rejection, id);
@@ -455,50 +469,99 @@ impl Session {
         self.slot.node.publisher.check_channel(channel)
     }
 
-    async fn subscribe(&mut self, channel: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<&Position>,
+        id: Option<&RawValue>,
+    ) -> Result<(), Rejection> {
         self.check_channel(channel)?;
-        if self.subscriptions.contains(channel) {
+        let node = self.slot.node.clone();
+        let history = node.replay.options(channel);
+        if self.subscriptions.contains(channel) && since.is_none() && history.is_none() {
             self.send(protocol::subscribed(channel, id));
             return Ok(());
         }
-        let max = self.slot.node.config.limits.max_subscriptions;
-        if self.subscriptions.len() >= max {
+        let max = node.config.limits.max_subscriptions;
+        if !self.subscriptions.contains(channel) && self.subscriptions.len() >= max {
             return Err(Rejection::new(
                 ErrorCode::TooManySubscriptions,
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
-        let key = self
-            .slot
-            .node
-            .plugins
-            .current()
-            .subscribe(&self.identity, channel)?
-            .unwrap_or_default();
-        let group: GroupKey = Arc::new(Group {
-            tenant: self.identity.tenant.as_deref().map(Arc::from),
-            key: Arc::from(key),
-        });
-        let ready = self
-            .slot
-            .node
+        let group = node.plugins.current().subscribe(&self.identity, channel)?;
+        let Some(options) = history else {
+            let ready = node
+                .hub
+                .subscribe(channel, self.conn(), group, &self.outbox.sink());
+            self.went_live(channel, ready).await?;
+            let reply = match since {
+                // Nothing to recover from: the channel keeps no history.
+                Some(_) => protocol::subscribed_without_history(channel, id),
+                None => protocol::subscribed(channel, id),
+            };
+            self.send(reply);
+            return Ok(());
+        };
+        // Live deliveries go to a sink that holds them while history is read and sent, then
+        // releases them without the ones history already covered (ws::recovery).
+        let held = Arc::new(CatchUp::new(self.outbox.sink(), self.outbox.capacity()));
+        let sink: Arc<dyn Sink> = held.clone();
+        let ready = node
             .hub
-            .subscribe(channel, self.conn(), group, &self.outbox.sink());
+            .subscribe(channel, self.conn(), group.clone(), &sink);
+        self.went_live(channel, ready).await?;
+        let start = recovery::catch_up(
+            &node.replay,
+            &self.outbox,
+            &held,
+            channel,
+            &group,
+            since,
+            options,
+            // Queued by the catch-up before it releases live deliveries; no reply is owed
+            // before it (they were settled before the subscribe).
+            |start| protocol::subscribed_at(channel, id, &start.position, start.recovered),
+        )
+        .await;
+        match start {
+            Ok(_) => Ok(()),
+            Err(rejection) => {
+                self.leave(channel);
+                Err(rejection)
+            }
+        }
+    }
+
+    /// Waits for the broker to deliver `channel` after a hub subscribe, and records the
+    /// subscription; on failure the subscription is gone, whether it was held before or not.
+    async fn went_live(
+        &mut self,
+        channel: &str,
+        ready: BoxFuture<'static, Result<(), BrokerError>>,
+    ) -> Result<(), Rejection> {
         if let Err(e) = ready.await {
-            self.slot.node.hub.unsubscribe(channel, self.conn());
+            // A subscription held before is ended too: the hub already moved it to the new
+            // sink, which would never be released.
+            if self.subscriptions.contains(channel) {
+                self.leave(channel);
+            } else {
+                self.slot.node.hub.unsubscribe(channel, self.conn());
+            }
             return Err(Rejection::new(ErrorCode::Unavailable, e.to_string()));
         }
-        self.subscriptions.insert(channel);
-        self.slot
-            .node
-            .presence
-            .joined(self.conn(), channel, self.identity.user.as_deref());
-        self.send(protocol::subscribed(channel, id));
+        if !self.subscriptions.contains(channel) {
+            self.subscriptions.insert(channel);
+            self.slot
+                .node
+                .presence
+                .joined(self.conn(), channel, self.identity.user.as_deref());
+        }
         Ok(())
     }
 
-    fn unsubscribe(&mut self, channel: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
-        self.check_channel(channel)?;
+    /// Ends the subscription to `channel` if there is one.
+    fn leave(&mut self, channel: &str) {
         if self.subscriptions.remove(channel) {
             self.slot.node.hub.unsubscribe(channel, self.conn());
             self.slot
@@ -506,6 +569,29 @@ impl Session {
                 .presence
                 .left(self.conn(), channel, self.identity.user.as_deref());
         }
+    }
+
+    /// Answers a `history` request.
+    async fn history(
+        &mut self,
+        channel: &str,
+        limit: Option<u64>,
+        since: Option<&Position>,
+        id: Option<&RawValue>,
+    ) -> Result<(), Rejection> {
+        self.check_channel(channel)?;
+        let node = self.slot.node.clone();
+        let answer = node
+            .replay
+            .request(&self.identity, channel, limit, since)
+            .await?;
+        self.send(answer.frame(channel, id));
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, channel: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
+        self.check_channel(channel)?;
+        self.leave(channel);
         self.send(protocol::unsubscribed(channel, id));
         Ok(())
     }

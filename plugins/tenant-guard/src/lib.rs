@@ -5,6 +5,9 @@
 //! - On every other channel, a message whose data is an object with a string `"tenant"` field is
 //!   delivered only to that tenant's subscribers (the deliver hook runs once per tenant group),
 //!   so a shared channel can carry per-tenant messages.
+//! - There, a message with an object `"views"` field (`{"views": {"acme": A, "beta": B}}`) is
+//!   one message with a view per tenant: each tenant's subscribers receive only their view
+//!   (`A`, rewritten as the whole message), and tenants without a view receive nothing.
 //!
 //! Config (optional): `{"prefix": "tenant:"}`.
 
@@ -74,12 +77,21 @@ impl Plugin for TenantGuard {
     }
 
     fn on_deliver(&mut self, group: &GroupContext, channel: &str, data: &str) -> DeliverDecision {
-        if self.owner(channel).is_some() || !data.contains("\"tenant\"") {
+        if self.owner(channel).is_some()
+            || !(data.contains("\"tenant\"") || data.contains("\"views\""))
+        {
             return DeliverDecision::Deliver;
         }
         let Ok(msg) = json::parse_object(data) else {
             return DeliverDecision::Deliver;
         };
+        if let Some(views) = msg.get("views").and_then(|v| v.as_object()) {
+            let view = group.tenant.as_deref().and_then(|t| views.get(t));
+            return match view {
+                Some(view) => DeliverDecision::Rewrite(json::to_string(view)),
+                None => DeliverDecision::Skip,
+            };
+        }
         match msg.get("tenant").and_then(|t| t.as_str()) {
             Some(t) if group.tenant.as_deref() != Some(t) => DeliverDecision::Skip,
             _ => DeliverDecision::Deliver,
@@ -126,6 +138,19 @@ mod tests {
         assert_eq!(
             p.deliver(&group("beta"), "news", r#"{"all":1}"#),
             DeliverDecision::Deliver
+        );
+        let views = r#"{"views":{"acme":{"n":1},"beta":2}}"#;
+        assert_eq!(
+            p.deliver(&group("acme"), "news", views),
+            DeliverDecision::Rewrite(r#"{"n":1}"#.to_owned())
+        );
+        assert_eq!(
+            p.deliver(&group("beta"), "news", views),
+            DeliverDecision::Rewrite("2".to_owned())
+        );
+        assert_eq!(
+            p.deliver(&group("cora"), "news", views),
+            DeliverDecision::Skip
         );
     }
 }
