@@ -7,12 +7,19 @@
 //! the broker says when it is ready; while its server is down a publish or subscribe answers
 //! `unavailable` (never an acknowledgement, never a hang) and readiness is false, and once the
 //! server is back every channel is delivered again.
+//!
+//! The history contract (history.rs, broker/mod.rs): a publish with history is acknowledged
+//! with its position, offsets go up by one from 1 in one epoch, deliveries carry the same
+//! positions in the same order, reads return what is kept after an offset or the newest, a
+//! channel never published has an epoch already, and a plain publish is delivered without a
+//! position and not stored.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use switchyard::broker::{self, Broker, BrokerError, Inbox, Subscriptions};
+use switchyard::history::{HistoryOptions, Position, Query};
 use switchyard::presence::{self, Presence};
 use switchyard::redis_link::RedisTarget;
 use tokio::sync::mpsc;
@@ -20,12 +27,17 @@ use tokio::sync::mpsc;
 use crate::redis_support::{RedisCluster, RedisServer};
 use crate::support::{PATIENCE, eventually};
 
+/// What the inbox received: channel, payload, position.
+type Received = (String, Vec<u8>, Option<Position>);
+
 /// An inbox that hands every message to the test.
-struct Collect(mpsc::UnboundedSender<(String, Vec<u8>)>);
+struct Collect(mpsc::UnboundedSender<Received>);
 
 impl Inbox for Collect {
-    fn deliver(&self, channel: &str, payload: &[u8]) {
-        let _ = self.0.send((channel.to_owned(), payload.to_vec()));
+    fn deliver(&self, channel: &str, payload: &[u8], position: Option<&Position>) {
+        let _ = self
+            .0
+            .send((channel.to_owned(), payload.to_vec(), position.cloned()));
     }
 }
 
@@ -33,7 +45,7 @@ impl Inbox for Collect {
 struct Bed {
     broker: Arc<dyn Broker>,
     subscriptions: Subscriptions,
-    inbox: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    inbox: mpsc::UnboundedReceiver<Received>,
     backend: Backend,
 }
 
@@ -82,7 +94,7 @@ impl Bed {
         tokio::time::timeout(
             PATIENCE,
             self.broker
-                .publish(channel, Bytes::copy_from_slice(payload.as_bytes())),
+                .publish(channel, Bytes::copy_from_slice(payload.as_bytes()), None),
         )
         .await
         .expect("publish answers")
@@ -90,12 +102,109 @@ impl Bed {
     }
 
     async fn next(&mut self) -> (String, String) {
-        let (channel, payload) = tokio::time::timeout(PATIENCE, self.inbox.recv())
+        let (channel, payload, _) = self.next_at().await;
+        (channel, payload)
+    }
+
+    async fn next_at(&mut self) -> (String, String, Option<Position>) {
+        let (channel, payload, position) = tokio::time::timeout(PATIENCE, self.inbox.recv())
             .await
             .expect("a message in time")
             .expect("inbox open");
-        (channel, String::from_utf8(payload).unwrap())
+        (channel, String::from_utf8(payload).unwrap(), position)
     }
+
+    async fn read(&self, channel: &str, query: Query, limit: usize) -> switchyard::history::Read {
+        tokio::time::timeout(
+            PATIENCE,
+            self.broker.history(channel, query, limit, HISTORY),
+        )
+        .await
+        .expect("a read answers")
+        .expect("read")
+    }
+}
+
+const HISTORY: HistoryOptions = HistoryOptions {
+    size: 100,
+    ttl: Duration::from_secs(60),
+};
+
+/// The history contract (see the top of this file).
+async fn keeps_the_history_contract(mut bed: Bed) {
+    let empty = bed.read("h", Query::After(0), 10).await;
+    assert_eq!((empty.position.offset, empty.first), (0, 1));
+    assert!(empty.messages.is_empty());
+    let epoch = empty.position.epoch.clone();
+    assert_eq!(
+        bed.read("h", Query::Latest, 10).await.position.epoch,
+        epoch,
+        "a read keeps the epoch it gave"
+    );
+    bed.subscribe("h").await;
+    let mut acks = Vec::new();
+    for i in 1..=150u64 {
+        acks.push(
+            bed.broker
+                .publish("h", Bytes::from(i.to_string()), Some(HISTORY)),
+        );
+    }
+    for (i, ack) in (1..).zip(acks) {
+        let at = tokio::time::timeout(PATIENCE, ack)
+            .await
+            .expect("publish answers")
+            .expect("published")
+            .expect("a position");
+        assert_eq!((at.offset, &at.epoch), (i, &epoch));
+    }
+    for i in 1..=150u64 {
+        let (channel, payload, at) = bed.next_at().await;
+        assert_eq!((channel.as_str(), payload), ("h", i.to_string()));
+        assert_eq!(
+            at,
+            Some(Position {
+                offset: i,
+                epoch: epoch.clone()
+            }),
+            "delivered with its position"
+        );
+    }
+    let offsets = |read: &switchyard::history::Read| -> Vec<u64> {
+        read.messages.iter().map(|m| m.offset).collect()
+    };
+    let after = bed.read("h", Query::After(120), 10).await;
+    assert_eq!(offsets(&after), (121..=130).collect::<Vec<_>>());
+    assert_eq!(after.messages[0].data.as_ref(), b"121");
+    assert_eq!(
+        (after.position.offset, &after.position.epoch),
+        (150, &epoch)
+    );
+    assert_eq!(
+        offsets(&bed.read("h", Query::Latest, 5).await),
+        (146..=150).collect::<Vec<_>>()
+    );
+    // Trimmed to at least `size` (Redis trims approximately, in whole stream nodes).
+    let all = bed.read("h", Query::After(0), 1000).await;
+    assert!((1..=51).contains(&all.first), "first {}", all.first);
+    assert_eq!(offsets(&all), (all.first..=150).collect::<Vec<_>>());
+    assert!(all.recovers(&Position {
+        offset: 60,
+        epoch: epoch.clone()
+    }));
+    assert!(
+        !all.recovers(&Position {
+            offset: 151,
+            epoch: epoch.clone()
+        }),
+        "ahead"
+    );
+    // A plain publish: delivered without a position, not stored.
+    bed.publish("h", "plain").await;
+    assert_eq!(
+        bed.next_at().await,
+        ("h".to_owned(), "plain".to_owned(), None)
+    );
+    assert_eq!(bed.read("h", Query::Latest, 1).await.position.offset, 150);
 }
 
 /// The contract every backend keeps while its server is up.
@@ -103,7 +212,7 @@ async fn keeps_the_contract(mut bed: Bed) {
     // Order per publisher.
     bed.subscribe("c").await;
     for i in 0..200 {
-        let ack = bed.broker.publish("c", Bytes::from(i.to_string()));
+        let ack = bed.broker.publish("c", Bytes::from(i.to_string()), None);
         if i == 199 {
             ack.await.expect("published");
         }
@@ -147,13 +256,23 @@ async fn survives_an_outage(mut bed: Bed) {
     }
     let broker = bed.broker.clone();
     eventually("readiness to turn false", async || !broker.is_ready()).await;
-    let published = tokio::time::timeout(PATIENCE, bed.broker.publish("kept", Bytes::from("lost")))
-        .await
-        .expect("a publish answers while the server is down");
+    let published = tokio::time::timeout(
+        PATIENCE,
+        bed.broker.publish("kept", Bytes::from("lost"), None),
+    )
+    .await
+    .expect("a publish answers while the server is down");
     assert!(
         matches!(published, Err(BrokerError::Unavailable(_))),
         "{published:?}"
     );
+    let read = tokio::time::timeout(
+        PATIENCE,
+        bed.broker.history("kept", Query::Latest, 1, HISTORY),
+    )
+    .await
+    .expect("a history read answers while the server is down");
+    assert!(matches!(read, Err(BrokerError::Unavailable(_))), "{read:?}");
     let subscribed = tokio::time::timeout(PATIENCE, bed.subscriptions.subscribe("new"))
         .await
         .expect("a subscribe answers while the server is down");
@@ -189,6 +308,22 @@ async fn redis_broker_keeps_the_contract() {
 #[tokio::test]
 async fn redis_cluster_broker_keeps_the_contract() {
     keeps_the_contract(Bed::start(Backend::Cluster(RedisCluster::start(3).await)).await).await;
+}
+
+#[tokio::test]
+async fn embedded_broker_keeps_the_history_contract() {
+    keeps_the_history_contract(Bed::start(Backend::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn redis_broker_keeps_the_history_contract() {
+    keeps_the_history_contract(Bed::start(Backend::Redis(RedisServer::start().await)).await).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_broker_keeps_the_history_contract() {
+    keeps_the_history_contract(Bed::start(Backend::Cluster(RedisCluster::start(3).await)).await)
+        .await;
 }
 
 #[tokio::test]

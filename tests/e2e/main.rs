@@ -9,6 +9,7 @@ mod cluster;
 mod conformance;
 mod deploy;
 mod hardening;
+mod history;
 mod hotswap;
 mod plugins;
 mod redis;

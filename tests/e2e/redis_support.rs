@@ -128,13 +128,32 @@ impl RedisCluster {
     /// Starts `n` masters with `--cluster-enabled yes` and joins them with
     /// `redis-cli --cluster create`; returns once every node reports `cluster_state:ok`.
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, false).await
+    }
+
+    /// As [`RedisCluster::start`], with every write in an append-only file synced at once, so
+    /// a restarted master comes back with its data.
+    pub async fn start_persistent(n: usize) -> Self {
+        Self::start_with(n, true).await
+    }
+
+    async fn start_with(n: usize, persistent: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut masters = Vec::new();
         for _ in 0..n {
             let path = dir.path().to_str().unwrap().to_owned();
             masters.push(
                 RedisServer::start_with(|port| {
+                    let aof = if persistent { "yes" } else { "no" };
                     [
+                        "--appendonly",
+                        aof,
+                        "--appendfsync",
+                        "always",
+                        "--appendfilename",
+                        &format!("appendonly-{port}.aof"),
+                        "--appenddirname",
+                        &format!("aof-{port}"),
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
