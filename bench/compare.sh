@@ -12,6 +12,10 @@
 #   embedded    switchyard, 1 node, embedded broker (no Redis)   bench/configs/plain.toml
 #   redis       switchyard, 2 nodes + Redis, no plugin           bench/configs/plain.toml
 #   allow-all   switchyard, 2 nodes + Redis, allow-all on "*"    bench/configs/allow-all.toml
+#   history     switchyard, 2 nodes + Redis, history on every channel  bench/configs/history.toml
+#   embedded-history
+#               switchyard, 1 node, embedded broker, history on every channel
+#               (the pairs history/redis and embedded-history/embedded are what history costs)
 #   cluster     switchyard, 2 nodes + a 3-master Redis Cluster (sharded pub/sub), no plugin;
 #               not in the default list. The cluster is started by this script; run.sh's CPU
 #               and memory figures do not include its three redis-server processes, so compare
@@ -76,11 +80,11 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 for s in $SERVERS; do
   case $s in
-    embedded | redis | allow-all | cluster | floor | seed-ws) ;;
+    embedded | redis | allow-all | history | embedded-history | cluster | floor | seed-ws) ;;
     base-embedded | base-redis | base-allow-all)
       [ -x "${BASE_BIN:-}" ] || die "server '$s' needs BASE_BIN, an executable switchyard binary"
       ;;
-    *) die "unknown server '$s' (embedded redis allow-all cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
+    *) die "unknown server '$s' (embedded redis allow-all history embedded-history cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
   esac
 done
 for s in $SCENARIOS; do
@@ -181,12 +185,15 @@ SY=$(printf '%q' "$ROOT/target/release/switchyard")
 BASE=$(printf '%q' "${BASE_BIN:-}")
 PLAIN=$(printf '%q' "$ROOT/bench/configs/plain.toml")
 ALLOW=$(printf '%q' "$ROOT/bench/configs/allow-all.toml")
+HISTORY=$(printf '%q' "$ROOT/bench/configs/history.toml")
 # server name -> "nodes|peer"; run.sh replaces {PORT} and {REDIS_URL} per node.
 server_spec() {
   case $1 in
     embedded) echo "1|cmd:exec $SY --listen 127.0.0.1:{PORT} --config $PLAIN" ;;
     redis) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $PLAIN" ;;
     allow-all) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
+    history) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $HISTORY" ;;
+    embedded-history) echo "1|cmd:exec $SY --listen 127.0.0.1:{PORT} --config $HISTORY" ;;
     cluster) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-cluster $CLUSTER_SEEDS --config $PLAIN" ;;
     floor) echo "2|floor" ;;
     seed-ws) echo "2|seed-ws" ;;
@@ -195,7 +202,7 @@ server_spec() {
     base-allow-all) echo "2|cmd:exec $BASE --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
   esac
 }
-for cfg in "$ROOT/bench/configs/plain.toml" "$ROOT/bench/configs/allow-all.toml"; do
+for cfg in "$ROOT/bench/configs/plain.toml" "$ROOT/bench/configs/allow-all.toml" "$ROOT/bench/configs/history.toml"; do
   if [ "$cfg" = "$ROOT/bench/configs/allow-all.toml" ] && ! wants allow-all && ! wants base-allow-all; then continue; fi
   "$ROOT/target/release/switchyard" --check --config "$cfg" >/dev/null 2>&1 ||
     die "switchyard --check --config $cfg failed"

@@ -16,12 +16,14 @@ import json
 import statistics
 import sys
 
-ORDER = ["embedded", "base-embedded", "redis", "base-redis", "cluster", "allow-all",
-         "base-allow-all", "floor", "seed-ws"]
+ORDER = ["embedded", "base-embedded", "embedded-history", "redis", "base-redis", "history",
+         "cluster", "allow-all", "base-allow-all", "floor", "seed-ws"]
 NAMES = {
     "embedded": "switchyard embedded (1 node)",
     "redis": "switchyard + Redis (2 nodes)",
     "allow-all": "switchyard + Redis + allow-all",
+    "history": "switchyard + Redis, history on",
+    "embedded-history": "switchyard embedded, history on",
     "base-embedded": "base: embedded (1 node)",
     "base-redis": "base: + Redis (2 nodes)",
     "base-allow-all": "base: + Redis + allow-all",
@@ -103,6 +105,9 @@ def metrics(r):
         "errors": get(lg, "errors", "total"),
         "dups": lg.get("duplicates"),
         "reordered": lg.get("reordered"),
+        "redis_us_per_pub": (get(r, "redis", "cpu_s") * 1e6 / lg["published_measured"]
+                             if get(r, "redis", "cpu_s") is not None and lg.get("published_measured")
+                             else None),
     }
 
 
@@ -232,6 +237,17 @@ def main():
             r = ratio(x["rss_per_conn"], fl.get("rss_per_conn"))
             check("idle RSS per connection (10k) vs floor", s, "idle", rtxt(r) + "×", "≤ 1.5×",
                   None if r is None else r <= 1.5)
+    for scen in ("fanout-light", "throughput"):
+        for on, off in PAIRS[:2]:
+            x, y = m.get((scen, on)), m.get((scen, off))
+            if x is None or y is None:
+                continue
+            r = ratio(x["cpu_us"], y["cpu_us"])
+            check(f"server CPU per delivery, history on vs off ({NAMES.get(off, off)})", on, scen,
+                  rtxt(r) + "×", "≤ 1.3×", None if r is None else r <= 1.3)
+            r = ratio(x["p99"], y["p99"])
+            check(f"p99 latency, history on vs off ({NAMES.get(off, off)})", on, scen,
+                  rtxt(r) + "×", "≤ 1.5×", None if r is None else r <= 1.5)
     if rows:
         print("## Targets\n")
         print("| target | server | scenario | measured | limit | |")
@@ -242,6 +258,39 @@ def main():
         print("The embedded row compares 1 node (no Redis hop) with 2 floor nodes behind Redis.")
     if rounds > 1:
         print_rounds(runs, m, servers, scenarios)
+    print_pairs(runs, m, scenarios)
+
+
+# (measured, baseline): what history costs, and what a change costs against the base binary.
+PAIRS = [("history", "redis"), ("embedded-history", "embedded"), ("embedded", "base-embedded"),
+         ("redis", "base-redis"), ("allow-all", "base-allow-all")]
+
+
+def print_pairs(runs, m, scenarios):
+    """Each pair's ratios: medians, and round by round (the pair ran back to back)."""
+    present = [(a, b) for a, b in PAIRS
+               if any((sc, a) in runs and (sc, b) in runs for sc in scenarios)]
+    if not present:
+        return
+    print()
+    print("## Pairs (measured / baseline, same invocation)\n")
+    print("| scenario | pair | CPU/delivery (median; per round) | p99 (median; per round) "
+          "| Redis µs/publish (measured / baseline) |")
+    print("|---|---|---|---|---|")
+    for scen in [s for s in scenarios if s != "idle"]:
+        for a, b in present:
+            if (scen, a) not in runs or (scen, b) not in runs:
+                continue
+            by_round = {get(r, "compare", "round"): metrics(r) for r in runs[(scen, b)]}
+            cpu = [ratio(metrics(r)["cpu_us"], (by_round.get(get(r, "compare", "round")) or {}).get("cpu_us"))
+                   for r in runs[(scen, a)]]
+            p99 = [ratio(metrics(r)["p99"], (by_round.get(get(r, "compare", "round")) or {}).get("p99"))
+                   for r in runs[(scen, a)]]
+            x, y = m[(scen, a)], m[(scen, b)]
+            print(f"| {scen} | {a} / {b} "
+                  f"| {rtxt(ratio(x['cpu_us'], y['cpu_us']))}; {', '.join(rtxt(v) for v in cpu)} "
+                  f"| {rtxt(ratio(x['p99'], y['p99']))}; {', '.join(rtxt(v) for v in p99)} "
+                  f"| {num(x['redis_us_per_pub'])} / {num(y['redis_us_per_pub'])} |")
 
 
 def print_rounds(runs, m, servers, scenarios):
