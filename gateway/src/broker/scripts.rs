@@ -1,19 +1,24 @@
 //! History on Redis: the server-side scripts that store, number and publish a message in one
 //! atomic step, and read a channel's history with its position.
 //!
-//! Keys of the Redis channel `N` (`<prefix>C`), all in `N`'s hash slot through the tag `{N}`
+//! Keys of the Redis channel `N` (`<prefix>C`), both in `N`'s hash slot through the tag `{N}`
 //! (so a Redis Cluster keeps them on the shard that carries the channel):
-//! - `{N}:o`: the last offset given out (a counter);
-//! - `{N}:h`: the messages, a stream with IDs `<offset>-1` and one field `d`;
+//! - `{N}:h`: the messages, a stream with IDs `0-<offset>` and one field `d`. The stream is
+//!   also the counter: `XADD ... 0-*` gives the next sequence number, exactly +1 per entry, and a
+//!   stream remembers its last ID however far it is trimmed;
 //! - `{N}:e`: the epoch.
 //!
-//! Each publish renews the TTL of all three. A new epoch starts when the epoch or the counter
-//! is missing (Redis flushed, restarted without persistence, the keys expired or were
-//! evicted): offsets restart from 1, and a position of the old epoch no longer recovers. A
-//! stream trimmed or evicted on its own only shortens what history reaches back to. Backends
-//! outside the gateway publish to a channel with history by calling [`PUBLISH`]'s script (see
-//! docs/protocol.md); a plain `PUBLISH` there is delivered live, without a position, and is
-//! not stored.
+//! Each publish renews the TTL of both. A new epoch starts when the stream starts again (its
+//! first entry: Redis flushed, restarted without persistence, the keys expired or were evicted)
+//! or the epoch is gone, so a position of the old epoch no longer recovers. A stream trimmed on
+//! its own only shortens what history reaches back to. One exception keeps reads and publishes
+//! in agreement: a read of a channel that has no stream yet announces the epoch its first
+//! message will carry (stored as `~<epoch>` until then). Backends outside the gateway publish
+//! to a channel with history by calling [`PUBLISH`]'s script (see docs/protocol.md); a plain
+//! `PUBLISH` there is delivered live, without a position, and is not stored.
+//!
+//! Redis runs each script call at a fixed cost plus its `redis.call`s, so the publish script
+//! makes four in the common case (docs/benchmarks.md has the figures).
 
 use std::sync::{Arc, LazyLock};
 
@@ -24,49 +29,56 @@ use crate::history::{self, HistoryOptions, Position, Query, Read, Stored};
 
 /// Stores, numbers and publishes one message.
 ///
-/// KEYS: counter, stream, epoch. ARGV: Redis channel, data, history size, TTL seconds, the
-/// epoch to start if a new one is needed, and `PUBLISH` or `SPUBLISH`. Returns
-/// `{offset, epoch}`.
+/// KEYS: stream, epoch. ARGV: Redis channel, data, history size, TTL seconds, the epoch to
+/// start if a new one is needed, and `PUBLISH` or `SPUBLISH`. Returns `{offset, epoch}`.
 pub const PUBLISH_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[3])
-if not epoch or redis.call('EXISTS', KEYS[1]) == 0 then
-  epoch = ARGV[5]
-  redis.call('SET', KEYS[3], epoch)
-  redis.call('SET', KEYS[1], 0)
-  redis.call('DEL', KEYS[2])
+local epoch = redis.call('GETEX', KEYS[2], 'EX', ARGV[4])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-*', 'd', ARGV[2])
+local offset = string.sub(id, 3)
+if not epoch or offset == '1' or string.byte(epoch) == 126 then
+  if offset == '1' and epoch and string.byte(epoch) == 126 then
+    epoch = string.sub(epoch, 2)
+  else
+    epoch = ARGV[5]
+  end
+  redis.call('SET', KEYS[2], epoch, 'EX', ARGV[4])
 end
-local offset = redis.call('INCR', KEYS[1])
-local id = string.format('%d', offset)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id .. '-1', 'd', ARGV[2])
-for i = 1, 3 do
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
-end
-redis.call(ARGV[6], ARGV[1], '\1sy-h ' .. id .. ' ' .. epoch .. ' ' .. ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call(ARGV[6], ARGV[1], '\1sy-h ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2])
 return {offset, epoch}
 "#;
 
 /// Reads a channel's history.
 ///
-/// KEYS: counter, stream, epoch. ARGV: `after` or `latest`, the first stream ID to read
-/// (for `after`), the most entries to read, TTL seconds, the epoch to start if the channel
-/// has none. Returns `{offset, epoch, oldest entry, entries}`; `latest` entries come newest
-/// first.
+/// KEYS: stream, epoch. ARGV: `after` or `latest`, the first stream ID to read (for
+/// `after`), the most entries to read, TTL seconds, the epoch to start if the channel has
+/// none. Returns `{offset, epoch, oldest entry, entries}`; `latest` entries come newest first.
 const READ_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[3])
-local offset = redis.call('GET', KEYS[1])
-if not epoch or not offset then
-  epoch = ARGV[5]
-  offset = '0'
-  redis.call('SET', KEYS[3], epoch, 'EX', ARGV[4])
-  redis.call('SET', KEYS[1], 0, 'EX', ARGV[4])
-  redis.call('DEL', KEYS[2])
-end
-local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-local entries
-if ARGV[1] == 'after' then
-  entries = redis.call('XRANGE', KEYS[2], ARGV[2], '+', 'COUNT', ARGV[3])
+local epoch = redis.call('GET', KEYS[2])
+local offset = '0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then offset = string.sub(info[i + 1], 3) end
+  end
+  if not epoch or string.byte(epoch) == 126 then
+    epoch = ARGV[5]
+    redis.call('SET', KEYS[2], epoch, 'EX', ARGV[4])
+  end
+elseif epoch and string.byte(epoch) == 126 then
+  epoch = string.sub(epoch, 2)
 else
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[2], '~' .. epoch, 'EX', ARGV[4])
+end
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local entries = {}
+if offset ~= '0' then
+  if ARGV[1] == 'after' then
+    entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', ARGV[3])
+  else
+    entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
+  end
 end
 return {offset, epoch, oldest, entries}
 "#;
@@ -75,13 +87,9 @@ return {offset, epoch, oldest, entries}
 pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_LUA));
 static READ: LazyLock<Script> = LazyLock::new(|| Script::new(READ_LUA));
 
-/// The counter, stream and epoch keys of Redis channel `name`.
-pub(super) fn keys(name: &str) -> [String; 3] {
-    [
-        format!("{{{name}}}:o"),
-        format!("{{{name}}}:h"),
-        format!("{{{name}}}:e"),
-    ]
+/// The stream and epoch keys of Redis channel `name`.
+pub(super) fn keys(name: &str) -> [String; 2] {
+    [format!("{{{name}}}:h"), format!("{{{name}}}:e")]
 }
 
 /// How a script publishes: `PUBLISH` (one Redis) or `SPUBLISH` (a cluster).
@@ -171,7 +179,7 @@ pub(super) async fn read(
     options: HistoryOptions,
 ) -> redis::RedisResult<Result<Read, String>> {
     let (kind, start) = match query {
-        Query::After(after) => ("after", format!("{}-0", after.saturating_add(1))),
+        Query::After(after) => ("after", format!("0-{}", after.saturating_add(1))),
         Query::Latest => ("latest", "-".to_owned()),
     };
     let mut call = READ.prepare_invoke();
@@ -230,7 +238,7 @@ fn entry(v: &Value) -> Result<Stored, String> {
         return Err(bad());
     };
     let offset = text(id)
-        .and_then(|id| id.split_once('-').and_then(|(o, _)| o.parse().ok()))
+        .and_then(|id| id.split_once('-').and_then(|(_, o)| o.parse().ok()))
         .ok_or_else(bad)?;
     let data = match fields {
         Value::Array(kv) => match kv.as_slice() {
@@ -276,7 +284,7 @@ mod tests {
 
     fn stream_entry(offset: u64, data: &str) -> Value {
         Value::Array(vec![
-            bulk(&format!("{offset}-1")),
+            bulk(&format!("0-{offset}")),
             Value::Array(vec![bulk("d"), bulk(data)]),
         ])
     }
@@ -290,10 +298,7 @@ mod tests {
 
     #[test]
     fn keys_share_the_channels_hash_tag() {
-        assert_eq!(
-            keys("sy:chat"),
-            ["{sy:chat}:o", "{sy:chat}:h", "{sy:chat}:e"]
-        );
+        assert_eq!(keys("sy:chat"), ["{sy:chat}:h", "{sy:chat}:e"]);
     }
 
     #[test]
