@@ -39,9 +39,14 @@ async fn start(broker: &str) -> Bed {
     config.server.listen = "127.0.0.1:0".parse().expect("address");
     let gateway = Gateway::bind(config).await.expect("bind");
     let url = format!("ws://{}/ws", gateway.local_addr());
+    let node = gateway.node();
     tokio::spawn(async move {
         let _ = gateway.run(std::future::pending()).await;
     });
+    // The Redis broker connects in the background: publishes before it has are refused.
+    while !node.is_ready() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut ws = connect(&url).await;
     for i in 0..MISSED {
         let mut publish = json!({"type": "publish", "channel": CHANNEL, "data": {"i": i, "pad": "x".repeat(100)}});
