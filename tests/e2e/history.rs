@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::redis_support::{RedisCluster, RedisServer};
-use crate::support::{self, Client, Ended, PATIENCE, TestGateway, eventually};
+use crate::support::{self, Client, Ended, Lcg, PATIENCE, TestGateway, eventually};
 
 /// History on `h:*` channels: room for every message a test publishes.
 const HISTORY: &str =
@@ -565,19 +565,6 @@ async fn redis_down_during_a_recovering_subscribe_is_unavailable() {
     assert_eq!(answer.reply["code"], "unavailable", "{}", answer.reply);
 }
 
-/// A deterministic generator: the test is random but reproducible.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) as usize) % n
-    }
-}
-
 /// A tenant's subscriber that comes and goes, recovering each time.
 struct Roamer {
     client: Option<Client>,
@@ -602,6 +589,21 @@ impl Roamer {
 
     fn last(&self) -> u64 {
         self.got.last().map_or(0, |(offset, _)| *offset)
+    }
+
+    /// Reconnects and subscribes from the last message received, which must recover; returns
+    /// the subscribe's answer (the recovered messages are recorded).
+    async fn come_back(&mut self, gw: &TestGateway, channel: &str, tenant: &str) -> Subscribed {
+        let mut client = gw.client_as(&self.user, Some(tenant)).await;
+        let since = json!({"offset": self.last(), "epoch": self.epoch});
+        let back = subscribe(&mut client, channel, Some(since)).await;
+        assert_eq!(back.reply["recovered"], true, "{}", back.reply);
+        for m in &back.recovered {
+            self.got
+                .push((m["offset"].as_u64().unwrap(), m["data"].clone()));
+        }
+        self.client = Some(client);
+        back
     }
 }
 
@@ -676,37 +678,15 @@ async fn recovery_never_crosses_a_tenant_filter() {
             roamer.read(rng.below(due + 1)).await;
             roamer.client = None;
         } else {
-            let mut client = gw
-                .client_as(&roamer.user, Some(tenants[roamer.tenant]))
-                .await;
-            let since = json!({"offset": roamer.last(), "epoch": roamer.epoch});
-            let back = subscribe(&mut client, channel, Some(since)).await;
-            assert_eq!(back.reply["recovered"], true, "{}", back.reply);
-            for m in &back.recovered {
-                roamer
-                    .got
-                    .push((m["offset"].as_u64().unwrap(), m["data"].clone()));
-            }
+            let back = roamer.come_back(&gw, channel, tenants[roamer.tenant]).await;
             recovered += back.recovered.len();
             assert_eq!(back.reply["offset"], offset, "{}", back.reply);
-            roamer.client = Some(client);
         }
     }
     assert!(recovered > 0, "the run recovered messages");
     for roamer in &mut roamers {
         if roamer.client.is_none() {
-            let mut client = gw
-                .client_as(&roamer.user, Some(tenants[roamer.tenant]))
-                .await;
-            let since = json!({"offset": roamer.last(), "epoch": roamer.epoch});
-            let back = subscribe(&mut client, channel, Some(since)).await;
-            assert_eq!(back.reply["recovered"], true, "{}", back.reply);
-            for m in &back.recovered {
-                roamer
-                    .got
-                    .push((m["offset"].as_u64().unwrap(), m["data"].clone()));
-            }
-            roamer.client = Some(client);
+            roamer.come_back(&gw, channel, tenants[roamer.tenant]).await;
         }
         let due = expected[roamer.tenant].len() - roamer.got.len();
         roamer.read(due).await;

@@ -547,3 +547,17 @@ pub async fn spawn_gateway(config: Option<&std::path::Path>) -> (tokio::process:
     let addr = listening_addr(child.stderr.take().unwrap()).await;
     (child, addr)
 }
+
+/// A tiny deterministic generator: randomized tests stay reproducible.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next number below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n
+    }
+}

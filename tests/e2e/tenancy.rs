@@ -5,26 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Client, SECRET, TestGateway};
+use crate::support::{Client, Lcg, SECRET, TestGateway};
 
 fn tenancy_config(extra: &str) -> String {
     format!(
         "[auth]\nhs256_secret = {SECRET:?}\naudience = \"switchyard\"\n{}",
         crate::support::with_plugins(extra)
     )
-}
-
-/// A tiny deterministic generator: the test is random but reproducible.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) as usize) % n
-    }
 }
 
 struct Member {

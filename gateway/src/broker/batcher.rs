@@ -48,6 +48,22 @@ impl Batcher {
         Self { tx }
     }
 
+    /// Queues a publish to `channel` (the Redis channel `<prefix><channel>`) now; the future
+    /// resolves once Redis accepted it.
+    pub(super) fn publish_to(
+        &self,
+        prefix: &str,
+        channel: &str,
+        payload: Bytes,
+        history: Option<HistoryOptions>,
+    ) -> Ack {
+        self.publish(Message {
+            name: format!("{prefix}{channel}"),
+            payload,
+            history,
+        })
+    }
+
     /// Queues a publish now; the future resolves once Redis accepted it.
     pub(super) fn publish(&self, message: Message) -> Ack {
         let (ack, acked) = Ack::later();

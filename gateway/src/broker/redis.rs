@@ -149,11 +149,8 @@ impl Broker for RedisBroker {
                 "redis is disconnected".into(),
             )));
         }
-        self.batcher.publish(Message {
-            name: format!("{}{channel}", self.prefix),
-            payload,
-            history,
-        })
+        self.batcher
+            .publish_to(&self.prefix, channel, payload, history)
     }
 
     fn history(
@@ -166,10 +163,8 @@ impl Broker for RedisBroker {
         let mut con = self.reader.clone();
         let name = format!("{}{channel}", self.prefix);
         async move {
-            match bounded(scripts::read(&mut con, &name, query, limit, history)).await {
-                Ok(Ok(read)) => Ok(read),
-                Ok(Err(e)) | Err(e) => Err(unavailable(e)),
-            }
+            let read = scripts::read(&mut con, &name, query, limit, history);
+            scripts::read_within(read, unavailable).await
         }
         .boxed()
     }

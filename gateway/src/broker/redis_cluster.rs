@@ -210,11 +210,8 @@ impl RedisClusterBroker {
 
 impl Broker for RedisClusterBroker {
     fn publish(&self, channel: &str, payload: Bytes, history: Option<HistoryOptions>) -> Ack {
-        self.batcher.publish(Message {
-            name: format!("{}{channel}", self.prefix),
-            payload,
-            history,
-        })
+        self.batcher
+            .publish_to(&self.prefix, channel, payload, history)
     }
 
     fn history(
@@ -227,15 +224,11 @@ impl Broker for RedisClusterBroker {
         let lazy = self.reader.clone();
         let name = format!("{}{channel}", self.prefix);
         async move {
-            let read = bounded(async {
+            let read = async {
                 let mut con = lazy.get().await?;
                 scripts::read(&mut con, &name, query, limit, history).await
-            })
-            .await;
-            match read {
-                Ok(Ok(read)) => Ok(read),
-                Ok(Err(e)) | Err(e) => Err(unavailable(e)),
-            }
+            };
+            scripts::read_within(read, unavailable).await
         }
         .boxed()
     }

@@ -48,6 +48,18 @@ redis.call(ARGV[6], ARGV[1], '\1sy-h ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[
 return {offset, epoch}
 "#;
 
+/// Runs a history `read` within the command timeout; any failure (Redis's, the script's
+/// answer, the timeout) is an unavailable broker, in the backend's words.
+pub(super) async fn read_within(
+    read: impl Future<Output = redis::RedisResult<Result<Read, String>>>,
+    unavailable: fn(String) -> BrokerError,
+) -> Result<Read, BrokerError> {
+    match crate::redis_link::bounded(read).await {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(e)) | Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// Reads a channel's history.
 ///
 /// KEYS: stream, epoch. ARGV: `after` or `latest`, the first stream ID to read (for
