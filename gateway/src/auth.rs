@@ -66,6 +66,12 @@ pub enum AuthError {
     /// The `Origin` header is not in `auth.allowed_origins`.
     #[error("origin {0:?} not allowed")]
     Origin(String),
+    /// The token was revoked (`POST /api/revoke`).
+    #[error("token revoked")]
+    Revoked,
+    /// A refresh token names another user or tenant than the connection's.
+    #[error("token names another {0} than the connection's")]
+    NotSame(&'static str),
 }
 
 /// Why the auth configuration is unusable.
@@ -76,6 +82,28 @@ pub struct AuthConfigError {
     pub key: &'static str,
     /// What is wrong.
     pub message: String,
+}
+
+/// What a verified token grants besides an identity: until when, and the names revocation
+/// knows it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The token's `exp` (Unix seconds): the connection is closed after it (and the leeway)
+    /// unless the client refreshes.
+    pub expires: u64,
+    /// The token's `iat` (Unix seconds), if it has one.
+    pub issued: Option<u64>,
+    /// The token's `jti`, if it has one.
+    pub jti: Option<String>,
+}
+
+/// A connection request that passed authentication.
+#[derive(Debug)]
+pub struct Verified {
+    /// Who it is (before the connect hook).
+    pub identity: Identity,
+    /// What its token grants; `None` for an anonymous connection.
+    pub grant: Option<Grant>,
 }
 
 /// Verifies tokens and origins with keys loaded once at start.
@@ -141,11 +169,14 @@ impl Authenticator {
         }
     }
 
-    /// Turns the request's token (if any) into an identity.
-    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+    /// Turns the request's token (if any) into an identity and what the token grants.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Verified, AuthError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return if self.config.anonymous {
-                Ok(Identity::anonymous())
+                Ok(Verified {
+                    identity: Identity::anonymous(),
+                    grant: None,
+                })
             } else {
                 Err(AuthError::Missing)
             };
@@ -191,11 +222,46 @@ impl Authenticator {
         })?;
         let claims = data.claims;
         let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-        Ok(Identity {
-            user: text(&self.config.user_claim),
-            tenant: text(&self.config.tenant_claim),
-            claims: serde_json::Value::Object(claims.clone()).to_string(),
+        let seconds = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
+        // `exp` is required and checked above: it is a number of seconds here.
+        let grant = Grant {
+            expires: seconds("exp").unwrap_or_default(),
+            issued: seconds("iat"),
+            jti: text("jti"),
+        };
+        Ok(Verified {
+            identity: Identity {
+                user: text(&self.config.user_claim),
+                tenant: text(&self.config.tenant_claim),
+                claims: serde_json::Value::Object(claims.clone()).to_string(),
+            },
+            grant: Some(grant),
         })
+    }
+
+    /// Verifies `token`, offered to extend the life of a connection of `identity` (as the
+    /// connect hook left it): it must pass as a new connection's token would, and name the
+    /// same user and tenant.
+    pub fn refresh(&self, token: &str, identity: &Identity) -> Result<Grant, AuthError> {
+        let verified = self.authenticate(Some(token))?;
+        let grant = verified.grant.ok_or(AuthError::Missing)?;
+        if verified.identity.user != identity.user {
+            return Err(AuthError::NotSame("user"));
+        }
+        if verified.identity.tenant != identity.tenant {
+            return Err(AuthError::NotSame("tenant"));
+        }
+        Ok(grant)
+    }
+
+    /// Seconds of clock skew tolerated on `exp`: a connection closes this long after it.
+    pub fn leeway_secs(&self) -> u64 {
+        self.config.leeway_secs
+    }
+
+    /// `auth.expiry_warning_secs`.
+    pub fn warning_secs(&self) -> u64 {
+        self.config.expiry_warning_secs
     }
 }
 
@@ -236,15 +302,46 @@ mod tests {
 
     #[test]
     fn valid_token_maps_claims() {
+        let exp = now() + 60;
         let t = token(
-            json!({"sub": "ann", "tenant": "acme", "aud": "switchyard", "exp": now() + 60, "role": "x"}),
+            json!({"sub": "ann", "tenant": "acme", "aud": "switchyard", "exp": exp, "role": "x"}),
         );
-        let id = auth(|_| {}).authenticate(Some(&t)).unwrap();
+        let verified = auth(|_| {}).authenticate(Some(&t)).unwrap();
+        let id = verified.identity;
         assert_eq!(
             (id.user.as_deref(), id.tenant.as_deref()),
             (Some("ann"), Some("acme"))
         );
         assert!(id.claims.contains("\"role\":\"x\""));
+        let grant = verified.grant.unwrap();
+        assert_eq!((grant.issued, grant.jti), (None, None));
+        assert_eq!(grant.expires as i64, exp);
+    }
+
+    #[test]
+    fn a_refresh_must_name_the_same_user_and_tenant() {
+        let a = auth(|_| {});
+        let exp = now() + 90;
+        let claims = |sub: &str, tenant: &str| json!({"sub": sub, "tenant": tenant, "aud": "switchyard", "exp": exp, "iat": 1, "jti": "j2"});
+        let ann = a
+            .authenticate(Some(&token(claims("ann", "acme"))))
+            .unwrap()
+            .identity;
+        let grant = a.refresh(&token(claims("ann", "acme")), &ann).unwrap();
+        assert_eq!(grant.jti.as_deref(), Some("j2"));
+        assert_eq!((grant.expires as i64, grant.issued), (exp, Some(1)));
+        assert_eq!(
+            a.refresh(&token(claims("bob", "acme")), &ann).err(),
+            Some(AuthError::NotSame("user"))
+        );
+        assert_eq!(
+            a.refresh(&token(claims("ann", "other")), &ann).err(),
+            Some(AuthError::NotSame("tenant"))
+        );
+        let expired =
+            token(json!({"sub": "ann", "tenant": "acme", "aud": "switchyard", "exp": now() - 600}));
+        assert_eq!(a.refresh(&expired, &ann).err(), Some(AuthError::Expired));
+        assert_eq!(a.refresh("", &ann).err(), Some(AuthError::Missing));
     }
 
     #[test]
@@ -315,7 +412,11 @@ mod tests {
             Some(AuthError::MissingClaim("exp".into()))
         );
         assert_eq!(
-            a.authenticate(Some(&both)).unwrap().user.as_deref(),
+            a.authenticate(Some(&both))
+                .unwrap()
+                .identity
+                .user
+                .as_deref(),
             Some("a")
         );
         // Without an audience or issuer configured, neither claim is needed.
@@ -349,11 +450,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            a.authenticate(Some(&rs)).unwrap().user.as_deref(),
+            a.authenticate(Some(&rs)).unwrap().identity.user.as_deref(),
             Some("rsa-user")
         );
         assert_eq!(
-            a.authenticate(Some(&es)).unwrap().tenant.as_deref(),
+            a.authenticate(Some(&es))
+                .unwrap()
+                .identity
+                .tenant
+                .as_deref(),
             Some("t")
         );
         // An HS256 token is refused: no secret is configured, whatever it is signed with.

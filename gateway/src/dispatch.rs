@@ -1,6 +1,6 @@
 //! The node's inbox: every message the broker receives goes to the hub's fan-out, and the
 //! messages of the reserved control channels (names starting with `$`) to the task that
-//! handles them (plugin rollout).
+//! handles them: connection commands ([`crate::commands`]) or plugin rollout.
 
 use std::sync::Arc;
 
@@ -19,18 +19,25 @@ pub type Control = (String, Bytes);
 pub struct Dispatcher {
     hub: Arc<Hub>,
     control: mpsc::UnboundedSender<Control>,
+    commands: mpsc::UnboundedSender<Bytes>,
     delivered: metrics::Counter,
     dropped: metrics::Counter,
     fanout: Arc<Latency>,
 }
 
 impl Dispatcher {
-    /// A dispatcher fanning out to `hub` and passing control messages to `control`. Build it
-    /// after the metrics recorder is installed: the handles it takes are the recorder's.
-    pub fn new(hub: Arc<Hub>, control: mpsc::UnboundedSender<Control>) -> Self {
+    /// A dispatcher fanning out to `hub`, passing connection commands to `commands` and
+    /// other control messages to `control`. Build it after the metrics recorder is
+    /// installed: the handles it takes are the recorder's.
+    pub fn new(
+        hub: Arc<Hub>,
+        control: mpsc::UnboundedSender<Control>,
+        commands: mpsc::UnboundedSender<Bytes>,
+    ) -> Self {
         Self {
             hub,
             control,
+            commands,
             delivered: metrics::counter!("switchyard_messages_delivered_total"),
             dropped: metrics::counter!(
                 "switchyard_messages_dropped_total",
@@ -44,6 +51,10 @@ impl Dispatcher {
 impl Inbox for Dispatcher {
     fn deliver(&self, channel: &str, payload: &[u8], position: Option<&Position>) {
         // Client channels never start with '$' (protocol::validate_channel).
+        if channel == crate::commands::CHANNEL {
+            let _ = self.commands.send(Bytes::copy_from_slice(payload));
+            return;
+        }
         if channel.starts_with('$') {
             let _ = self
                 .control

@@ -21,6 +21,7 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
         ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         // The channel exists; what was asked of it does not.
         ErrorCode::NoHistory => StatusCode::NOT_FOUND,
         ErrorCode::RateLimited | ErrorCode::TooManySubscriptions => StatusCode::TOO_MANY_REQUESTS,
@@ -126,6 +127,9 @@ pub enum UpgradeRefused {
     /// `limits.max_connections` is reached.
     #[error("too many connections")]
     TooManyConnections,
+    /// The user holds `limits.max_connections_per_user` connections already.
+    #[error("too many connections for this user (limits.max_connections_per_user = {0})")]
+    TooManyForUser(usize),
     /// The token or the origin is refused.
     #[error("{0}")]
     Auth(#[from] AuthError),
@@ -142,6 +146,7 @@ impl UpgradeRefused {
             Self::NotUpgrade(NotUpgrade::NotUpgradable) => StatusCode::UPGRADE_REQUIRED,
             Self::NotUpgrade(_) => StatusCode::BAD_REQUEST,
             Self::ShuttingDown | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyForUser(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Auth(AuthError::Origin(_)) => StatusCode::FORBIDDEN,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::Plugin(r) => http_status(r.code),

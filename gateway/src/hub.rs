@@ -59,6 +59,9 @@ pub trait Sink: Send + Sync {
 
     /// Asks the session to close; the first reason wins.
     fn close(&self, reason: CloseReason);
+
+    /// Wakes the session to read the commands waiting for it (`crate::connections`).
+    fn notify(&self) {}
 }
 
 const SHARDS: usize = 64;

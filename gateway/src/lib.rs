@@ -12,6 +12,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod connections;
 pub mod dispatch;

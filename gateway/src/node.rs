@@ -7,12 +7,15 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::broker::{self, Broker, Subscriptions};
+use crate::commands::{self, Command, Revocations};
 use crate::config::Config;
 use crate::connections::Connections;
 use crate::dispatch::{Control, Dispatcher};
@@ -77,6 +80,8 @@ pub struct Node {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Verifies tokens and origins on upgrade.
     pub auth: Authenticator,
+    /// Tokens revoked, checked at connect and refresh.
+    pub revocations: Arc<Revocations>,
     /// Cancelled when the node leaves readiness, before it stops accepting.
     pub draining: CancellationToken,
     /// Cancelled when the node starts shutting down.
@@ -91,6 +96,8 @@ pub struct Background {
     pub subscriptions: Subscriptions,
     /// Control-channel messages the dispatcher set aside.
     pub control: mpsc::UnboundedReceiver<Control>,
+    /// Connection commands the dispatcher set aside.
+    pub commands: mpsc::UnboundedReceiver<Bytes>,
 }
 
 /// Holds one of the node's connection slots; released on drop.
@@ -143,7 +150,14 @@ impl Node {
             Hub::new(subscriptions.clone()).with_deliver_hook(plugins.clone(), inline_max),
         );
         let (control_tx, control) = mpsc::unbounded_channel();
-        let inbox = Arc::new(Dispatcher::new(hub.clone(), control_tx));
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Dispatcher::new(hub.clone(), control_tx, commands_tx));
+        let revocations =
+            Arc::new(Revocations::new(target.as_ref(), prefix).map_err(|e| broker_err(&e))?);
+        // Before the node serves: a revoked token must not slip in while they load.
+        if let Err(e) = revocations.load().await {
+            tracing::warn!(error = %e, "cannot load revocations; retrying in the background");
+        }
         let broker = broker::start(target.as_ref(), prefix, &node_id, requests, inbox)
             .map_err(|e| broker_err(&e))?;
         let rollout = Arc::new(Rollout::new(
@@ -171,6 +185,7 @@ impl Node {
             plugins,
             rollout,
             auth,
+            revocations,
             draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -180,6 +195,7 @@ impl Node {
             Background {
                 subscriptions,
                 control,
+                commands,
             },
         ))
     }
@@ -193,8 +209,23 @@ impl Node {
         })
     }
 
+    /// Whether a connection of `identity` holding `grant` may be opened or refreshed.
+    pub fn allows(&self, identity: &crate::identity::Identity, grant: &crate::auth::Grant) -> bool {
+        self.revocations.allows(identity.user.as_deref(), grant)
+    }
+
     /// Ready to serve: not shutting down and the broker is connected.
     pub fn is_ready(&self) -> bool {
         !self.draining.is_cancelled() && !self.shutdown.is_cancelled() && self.broker.is_ready()
+    }
+}
+
+impl commands::Apply for Node {
+    fn apply(&self, command: &Command) {
+        let affected = match command {
+            Command::Revoke(revocation) => self.connections.revoke(revocation),
+            command => self.connections.command(&self.id, command),
+        };
+        tracing::debug!(?command, affected, "connection command applied");
     }
 }

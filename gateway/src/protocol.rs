@@ -45,11 +45,13 @@ pub enum ErrorCode {
     Internal,
     /// History was asked of a channel whose namespace keeps none.
     NoHistory,
+    /// A token offered to refresh the connection was refused; the old deadline stands.
+    Unauthorized,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownType,
         ErrorCode::InvalidField,
@@ -62,6 +64,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::NoHistory,
+        ErrorCode::Unauthorized,
     ];
 
     /// The code as it appears on the wire.
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::NoHistory => "no_history",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
@@ -104,6 +108,13 @@ pub enum CloseReason {
     InvalidUtf8,
     /// The client broke the WebSocket protocol (1002).
     ProtocolError,
+    /// The connection's token expired and was not refreshed (4003).
+    TokenExpired,
+    /// The connection's token was revoked (4004).
+    Revoked,
+    /// Closed through the backend API (`POST /api/disconnect`) with this code: 4005 or
+    /// 4100-4499 tell the client it may reconnect, 4006 or 4500-4999 that it should not.
+    Disconnected(u16),
 }
 
 impl CloseReason {
@@ -116,7 +127,15 @@ impl CloseReason {
             CloseReason::FrameTooBig => 1009,
             CloseReason::InvalidUtf8 => 1007,
             CloseReason::ProtocolError => 1002,
+            CloseReason::TokenExpired => 4003,
+            CloseReason::Revoked => 4004,
+            CloseReason::Disconnected(code) => code,
         }
+    }
+
+    /// Whether a close code of the backend API's range tells the client it may reconnect.
+    pub fn may_reconnect(code: u16) -> bool {
+        code == 4005 || (4100..4500).contains(&code)
     }
 
     /// Close reason text sent to the client.
@@ -128,6 +147,12 @@ impl CloseReason {
             CloseReason::FrameTooBig => "frame exceeds limits.max_frame_bytes",
             CloseReason::InvalidUtf8 => "text frame is not valid UTF-8",
             CloseReason::ProtocolError => "websocket protocol error",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::Revoked => "token revoked",
+            CloseReason::Disconnected(code) if Self::may_reconnect(code) => {
+                "disconnected by server"
+            }
+            CloseReason::Disconnected(_) => "disconnected by server; do not reconnect",
         }
     }
 }
@@ -182,6 +207,11 @@ pub enum Action<'a> {
         /// Messages after this position; without it, the newest.
         since: Option<Position>,
     },
+    /// Extend the connection's life with a new token.
+    Refresh {
+        /// The new token.
+        token: Cow<'a, str>,
+    },
 }
 
 /// A parsed client request: its action and optional correlation id.
@@ -208,6 +238,8 @@ struct RawRequest<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow)]
     limit: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
 }
 
 /// The shape of `since`.
@@ -309,11 +341,14 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, ParseError<'_>> {
                 None => json_null(),
             },
         },
+        "refresh" => Action::Refresh {
+            token: string_field("token", raw.token).map_err(invalid)?,
+        },
         other => {
             return Err(fail(
                 ErrorCode::UnknownType,
                 format!(
-                    "unknown request type {other:?}; expected subscribe, unsubscribe, publish or history"
+                    "unknown request type {other:?}; expected subscribe, unsubscribe, publish, history or refresh"
                 ),
             ));
         }
@@ -345,11 +380,15 @@ enum Reply<'a> {
         epoch: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        server: bool,
     },
     Unsubscribed {
         channel: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        server: bool,
     },
     Published {
         id: &'a RawValue,
@@ -378,6 +417,15 @@ enum Reply<'a> {
         code: ErrorCode,
         message: &'a str,
     },
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        expires_at: u64,
+    },
+    Expiring {
+        expires_at: u64,
+        in_secs: u64,
+    },
 }
 
 fn encode(reply: &Reply<'_>) -> Frame {
@@ -395,6 +443,30 @@ pub fn subscribed(channel: &str, id: Option<&RawValue>) -> Frame {
         offset: None,
         epoch: None,
         recovered: None,
+        server: false,
+    })
+}
+
+/// `{"type":"subscribed","channel":C,"server":true}`: the backend subscribed the connection
+/// (`POST /api/subscribe`); on a channel with history, with the position it starts after.
+pub fn subscribed_by_server(channel: &str, position: Option<&Position>) -> Frame {
+    encode(&Reply::Subscribed {
+        channel,
+        id: None,
+        offset: position.map(|p| p.offset),
+        epoch: position.map(|p| &*p.epoch),
+        recovered: None,
+        server: true,
+    })
+}
+
+/// `{"type":"unsubscribed","channel":C,"server":true}`: the backend ended the subscription
+/// (`POST /api/unsubscribe`).
+pub fn unsubscribed_by_server(channel: &str) -> Frame {
+    encode(&Reply::Unsubscribed {
+        channel,
+        id: None,
+        server: true,
     })
 }
 
@@ -407,6 +479,7 @@ pub fn subscribed_without_history(channel: &str, id: Option<&RawValue>) -> Frame
         offset: None,
         epoch: None,
         recovered: Some(false),
+        server: false,
     })
 }
 
@@ -424,6 +497,7 @@ pub fn subscribed_at(
         offset: Some(position.offset),
         epoch: Some(&position.epoch),
         recovered,
+        server: false,
     })
 }
 
@@ -472,7 +546,11 @@ pub fn history(
 
 /// `{"type":"unsubscribed","channel":C}` (with `id` when the request had one).
 pub fn unsubscribed(channel: &str, id: Option<&RawValue>) -> Frame {
-    encode(&Reply::Unsubscribed { channel, id })
+    encode(&Reply::Unsubscribed {
+        channel,
+        id,
+        server: false,
+    })
 }
 
 /// `{"type":"published","id":ID}`: the broker accepted the publish; on a channel with
@@ -482,6 +560,21 @@ pub fn published(id: &RawValue, position: Option<&Position>) -> Frame {
         id,
         offset: position.map(|p| p.offset),
         epoch: position.map(|p| &*p.epoch),
+    })
+}
+
+/// `{"type":"refreshed","expires_at":T}` (with `id` when the request had one): the new token
+/// was accepted and the connection now lasts until `T` (Unix seconds).
+pub fn refreshed(id: Option<&RawValue>, expires_at: u64) -> Frame {
+    encode(&Reply::Refreshed { id, expires_at })
+}
+
+/// `{"type":"expiring","expires_at":T,"in_secs":N}`: the connection's token expires at `T`
+/// (Unix seconds), in `N` seconds; refresh before then or be closed with 4003.
+pub fn expiring(expires_at: u64, in_secs: u64) -> Frame {
+    encode(&Reply::Expiring {
+        expires_at,
+        in_secs,
     })
 }
 

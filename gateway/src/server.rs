@@ -105,6 +105,13 @@ impl Gateway {
         );
         tokio::spawn(close_sessions_on_shutdown(node.clone()));
         tokio::spawn(metrics_upkeep(node.clone()));
+        tokio::spawn(crate::commands::run(
+            node.revocations.clone(),
+            node.clone(),
+            background.subscriptions.clone(),
+            background.commands,
+            node.shutdown.clone(),
+        ));
         tokio::spawn(node.rollout.clone().run(
             background.subscriptions,
             background.control,

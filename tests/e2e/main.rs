@@ -11,6 +11,7 @@ mod deploy;
 mod hardening;
 mod history;
 mod hotswap;
+mod lifetime;
 mod plugins;
 mod redis;
 mod redis_support;

@@ -494,9 +494,14 @@ pub fn token(user: &str, tenant: Option<&str>) -> String {
     if let Some(t) = tenant {
         claims["tenant"] = json!(t);
     }
+    sign(&claims)
+}
+
+/// `claims` signed as an HS256 token with the harness's secret.
+pub fn sign(claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &claims,
+        claims,
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()

@@ -225,6 +225,9 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Concurrent WebSocket connections per node; further upgrades get HTTP 503.
     pub max_connections: usize,
+    /// Live connections one user may hold across the cluster (as presence counts them);
+    /// further upgrades get HTTP 429. 0 means unlimited.
+    pub max_connections_per_user: usize,
     /// Publishes per second per connection; 0 means unlimited.
     pub publish_rate: u32,
     /// Publishes a connection may burst above the rate.
@@ -256,6 +259,7 @@ impl Default for Limits {
             ping_interval_secs: 30,
             outbound_queue: 1024,
             max_connections: 100_000,
+            max_connections_per_user: 0,
             publish_rate: 0,
             publish_burst: 100,
             max_json_depth: 128,
@@ -414,6 +418,12 @@ pub struct AuthConfig {
     /// Origins allowed to open WebSockets (`https://app.example.com`); empty allows any.
     /// Requests without an `Origin` header (non-browser clients) are not affected.
     pub allowed_origins: Vec<String>,
+    /// Seconds before a connection's token expires at which it is sent an `expiring` frame,
+    /// so a client can refresh without a timer of its own; 0 sends none.
+    pub expiry_warning_secs: u64,
+    /// The longest life of a token this gateway accepts: how long a revocation is kept when
+    /// `POST /api/revoke` does not say when the tokens it names expire.
+    pub max_token_lifetime_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -429,6 +439,8 @@ impl Default for AuthConfig {
             user_claim: "sub".to_owned(),
             tenant_claim: "tenant".to_owned(),
             allowed_origins: Vec::new(),
+            expiry_warning_secs: 30,
+            max_token_lifetime_secs: 86_400,
         }
     }
 }

@@ -354,6 +354,14 @@ impl Plugins {
         }
     }
 
+    /// The delivery group `who` receives a channel in when no hook decides (its tenant's).
+    pub fn group_of(&self, who: &Identity) -> GroupKey {
+        Arc::new(Group {
+            tenant: who.tenant.as_deref().map(Arc::from),
+            key: Arc::from(""),
+        })
+    }
+
     /// Runs the subscribe hook: the delivery group `who` receives `channel` in (its tenant's,
     /// narrowed by the key the plugin chose, if any), or why it may not.
     pub fn subscribe(&self, who: &Identity, channel: &str) -> Result<GroupKey, Rejection> {

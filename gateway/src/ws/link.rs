@@ -160,13 +160,13 @@ impl Link {
         found
     }
 
-    /// Sends a close frame (no data frame follows it); gives up when the socket does not
-    /// take it.
-    pub async fn close(&mut self, reason: CloseReason) {
+    /// Sends a close frame (no data frame follows it), with `text` instead of the reason's
+    /// own when given; gives up when the socket does not take it.
+    pub async fn close(&mut self, reason: CloseReason, text: Option<&str>) {
         self.rx.seal();
         let frame = CloseFrame {
             code: reason.code().into(),
-            reason: reason.text().into(),
+            reason: text.unwrap_or(reason.text()).into(),
         };
         let _ = self.ws.send(Message::Close(Some(frame))).await;
     }

@@ -80,7 +80,7 @@ pub async fn upgrade(
         .map_err(|e| refused(e.into()))?;
     let query = query_token(uri.query());
     let token = crate::auth::bearer(&headers).or(query.as_deref());
-    let identity = node
+    let verified = node
         .auth
         .authenticate(token)
         .map_err(|e| refused(e.into()))?;
@@ -96,10 +96,30 @@ pub async fn upgrade(
             remote_addr: &remote_addr,
             headers: &forwarded,
             query: uri.query().unwrap_or_default(),
-            identity: &identity,
+            identity: &verified.identity,
         })
         .map_err(|r| refused(UpgradeRefused::Plugin(r)))?;
+    if let Some(grant) = &verified.grant
+        && !node.allows(&identity, grant)
+    {
+        return Err(refused(crate::auth::AuthError::Revoked.into()));
+    }
     let limits = &node.config.limits;
+    if let Some(user) = &identity.user
+        && limits.max_connections_per_user > 0
+    {
+        // Presence is the cluster's count; while it cannot answer, connections are let in
+        // (a limit must not lock every user out during a Redis outage).
+        match node.presence.user(user).await {
+            Ok(held) if held.len() >= limits.max_connections_per_user => {
+                return Err(refused(UpgradeRefused::TooManyForUser(
+                    limits.max_connections_per_user,
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "per-user limit not checked"),
+        }
+    }
     let tracker = node.sessions.clone();
     let config = WebSocketConfig::default()
         .max_message_size(Some(limits.max_frame_bytes))
@@ -108,9 +128,10 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER.max(limits.max_frame_bytes) * 4);
     let identity = identity.shared();
+    let grant = verified.grant.map(Arc::new);
     let lane = lanes.pick(slot.id);
     Ok(handshake.accept(config, move |socket| {
-        tracker.spawn(session::run(socket, slot, peer, identity, lane));
+        tracker.spawn(session::run(socket, slot, peer, identity, grant, lane));
     }))
 }
 

@@ -46,6 +46,8 @@ struct Shared {
     /// The session stopped reading requests until the queue shrinks below
     /// [`Shared::request_room`]; set back (and the session woken) once it has.
     wants_room: AtomicBool,
+    /// Commands wait for the session in the node's registry (`crate::connections`).
+    mail: AtomicBool,
     reason: OnceLock<CloseReason>,
     /// The lane that writes this queue to its socket; it also holds the queue's capacity
     /// (`limits.outbound_queue`, the same for every queue of the node): one field less keeps
@@ -190,6 +192,7 @@ impl Outbox {
             writer: AtomicWaker::new(),
             writer_gone: AtomicBool::new(false),
             wants_room: AtomicBool::new(false),
+            mail: AtomicBool::new(false),
             reason: OnceLock::new(),
             lane,
             me: me.clone(),
@@ -212,6 +215,11 @@ impl Sink for Shared {
         if self.reason.set(reason).is_ok() {
             self.writer.wake();
         }
+    }
+
+    fn notify(&self) {
+        self.mail.store(true, Ordering::Release);
+        self.writer.wake();
     }
 }
 
@@ -291,6 +299,12 @@ impl Outbox {
     /// Asks the writer to close the connection; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         Sink::close(&*self.0, reason);
+    }
+
+    /// Whether commands wait for the session (cleared by asking): the writer's task, woken
+    /// through the queue, looks before it sleeps.
+    pub fn take_mail(&self) -> bool {
+        self.0.mail.load(Ordering::Acquire) && self.0.mail.swap(false, Ordering::AcqRel)
     }
 
     /// The reason the session is closing, if it is.

@@ -20,7 +20,9 @@ use super::outbox::Outbox;
 use super::ratelimit::TokenBucket;
 use super::recovery::{self, CatchUp};
 use super::socket::Peer;
+use crate::auth::Grant;
 use crate::broker::BrokerError;
+use crate::commands::Command;
 use crate::history::Position;
 use crate::hub::{ConnId, Sink};
 use crate::identity::Identity;
@@ -55,6 +57,7 @@ pub fn run(
     slot: ConnectionSlot,
     peer: Peer,
     identity: Arc<Identity>,
+    grant: Option<Arc<Grant>>,
     lane: Arc<Lane>,
 ) -> impl Future<Output = ()> {
     let remote = peer.remote;
@@ -62,13 +65,16 @@ pub fn run(
     let limits = &slot.node.config.limits;
     let (outbox, rx) = Outbox::new(peer.socket, lane);
     let bucket = TokenBucket::new(limits.publish_burst);
-    slot.node.connections.register(slot.id, outbox.sink());
+    slot.node
+        .connections
+        .register(slot.id, outbox.sink(), identity.clone(), grant.clone());
     let mut link = Link::new(socket, rx);
     let mut session = Session {
         bucket,
         outbox,
         subscriptions: Subscriptions::default(),
         identity,
+        grant,
         pending: Owed::default(),
         span,
         slot,
@@ -117,6 +123,9 @@ struct Session {
     bucket: TokenBucket,
     /// Shared by every anonymous connection (see [`Identity::shared`]).
     identity: Arc<Identity>,
+    /// What the connection's token grants (`None` without a token): the session closes it at
+    /// `exp` unless the client refreshes.
+    grant: Option<Arc<Grant>>,
     /// Replies owed, oldest first: publishes in flight to the broker and the replies to later
     /// requests, which wait their turn so replies keep request order.
     pending: Owed,
@@ -236,6 +245,25 @@ impl Subscriptions {
     }
 }
 
+/// Who asked for a subscription.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// The client.
+    Client,
+    /// The backend API, through the subscribe hook.
+    Server,
+    /// The backend API, without the subscribe hook.
+    ServerWithoutHook,
+}
+
+/// What a connection's token calls for next.
+#[derive(Clone, Copy)]
+struct Expiry {
+    /// The `expiring` frame (else the close).
+    warn: bool,
+    at: Instant,
+}
+
 /// What woke the session.
 enum Event {
     /// The link stopped writing.
@@ -244,6 +272,8 @@ enum Event {
     Replied,
     /// A frame from the client, or the end of the stream.
     Frame(Option<Result<Message, tungstenite::Error>>),
+    /// Commands wait in the node's registry.
+    Mail,
     Timer,
 }
 
@@ -251,8 +281,11 @@ impl Session {
     /// Serves the connection until it ends; returns why it ended.
     async fn serve(&mut self, link: &mut Link) -> &'static str {
         let mut next_ping = self.ping_every().map(|every| Instant::now() + every);
-        let wake_at = |next_ping: Option<Instant>, deadline: Instant| {
-            next_ping.map_or(deadline, |p| p.min(deadline))
+        // The `expiring` frame was sent for the token the connection holds now.
+        let mut warned = false;
+        let wake_at = |next_ping: Option<Instant>, deadline: Instant, expiry: Option<Expiry>| {
+            let at = next_ping.map_or(deadline, |p| p.min(deadline));
+            expiry.map_or(at, |e| at.min(e.at))
         };
         let mut last_read = Instant::now();
         // The timer lives across iterations: re-creating it per frame cost a timer-wheel
@@ -260,7 +293,11 @@ impl Session {
         // the close; it is not moved per frame: when it fires it looks at the time of the last
         // frame and re-arms. (Shutdown reaches the session through its outbox: see
         // `ConnectionSlot::register`.)
-        let timer = sleep_until(wake_at(next_ping, last_read + self.idle_timeout()));
+        let timer = sleep_until(wake_at(
+            next_ping,
+            last_read + self.idle_timeout(),
+            self.expiry(warned, Instant::now()),
+        ));
         tokio::pin!(timer);
         let ended = loop {
             let event = std::future::poll_fn(|cx| self.poll_event(cx, link, timer.as_mut())).await;
@@ -268,6 +305,18 @@ impl Session {
                 Event::Stop(Stop::Close(_)) => break "closed by server",
                 Event::Stop(Stop::Failed) => return "write failed",
                 Event::Replied => continue,
+                Event::Mail => {
+                    let Some((code, text)) = Box::pin(self.read_mail()).await else {
+                        continue;
+                    };
+                    // The backend's reason is sent unless another close came first.
+                    let ours = CloseReason::Disconnected(code);
+                    self.outbox.close(ours);
+                    let reason = self.outbox.closing().unwrap_or(ours);
+                    let text = (reason == ours).then_some(text);
+                    Box::pin(close(link, timer.as_mut(), reason, text.as_deref())).await;
+                    return "disconnected by server";
+                }
                 Event::Frame(msg) => msg,
                 Event::Timer => {
                     let now = Instant::now();
@@ -276,15 +325,30 @@ impl Session {
                         self.outbox.close(CloseReason::IdleTimeout);
                         break "idle";
                     }
+                    match self.expiry(warned, now) {
+                        Some(e) if e.at > now => {}
+                        Some(Expiry { warn: false, .. }) => {
+                            self.outbox.close(CloseReason::TokenExpired);
+                            break "token expired";
+                        }
+                        Some(Expiry { warn: true, .. }) => {
+                            self.warn_expiry();
+                            warned = true;
+                        }
+                        None => {}
+                    }
                     if let Some(at) = next_ping.as_mut().filter(|at| **at <= now) {
                         link.ping();
                         *at = now + self.ping_every().unwrap_or_default();
                     }
-                    timer.as_mut().reset(wake_at(next_ping, deadline));
+                    timer
+                        .as_mut()
+                        .reset(wake_at(next_ping, deadline, self.expiry(warned, now)));
                     continue;
                 }
             };
             last_read = Instant::now();
+            let expires = self.grant.as_ref().map(|g| g.expires);
             // Requests and the close paths below are boxed: inline, their state would be part
             // of every connection's task for its whole life (serve's future: 776 -> 448
             // bytes); boxed, a request costs one allocation.
@@ -321,19 +385,18 @@ impl Session {
                     }
                 }
             }
+            if self.grant.as_ref().map(|g| g.expires) != expires {
+                // Refreshed: a new deadline, and a new warning before it.
+                warned = false;
+                let deadline = last_read + self.idle_timeout();
+                timer
+                    .as_mut()
+                    .reset(wake_at(next_ping, deadline, self.expiry(warned, last_read)));
+            }
         };
         if let Some(reason) = self.outbox.closing() {
             // Boxed, as requests are (see above).
-            Box::pin(async {
-                // Then consume the client's close reply (bounded) so the socket ends cleanly.
-                if bounded(timer.as_mut(), CLOSE_TIMEOUT, link.close(reason))
-                    .await
-                    .is_some()
-                {
-                    bounded(timer.as_mut(), DRAIN_TIMEOUT, link.drain()).await;
-                }
-            })
-            .await;
+            Box::pin(close(link, timer.as_mut(), reason, None)).await;
         }
         ended
     }
@@ -349,6 +412,10 @@ impl Session {
     ) -> Poll<Event> {
         if let Poll::Ready(stop) = link.poll_write(cx) {
             return Poll::Ready(Event::Stop(stop));
+        }
+        // Woken through the outbox, as for a close.
+        if self.outbox.take_mail() {
+            return Poll::Ready(Event::Mail);
         }
         let (pending, outbox) = (&mut self.pending, &self.outbox);
         link.poll_others(cx, |ws, room, cx| {
@@ -390,6 +457,103 @@ impl Session {
     /// `limits.idle_timeout_secs`; read when needed rather than kept in every task.
     fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.slot.node.config.limits.idle_timeout_secs)
+    }
+
+    /// What the connection's token calls for next, and when (`now` at the earliest): the
+    /// `expiring` frame (unless `warned`, or warnings are off), then the close at `exp` plus
+    /// the leeway.
+    fn expiry(&self, warned: bool, now: Instant) -> Option<Expiry> {
+        let grant = self.grant.as_ref()?;
+        let auth = &self.slot.node.auth;
+        let warn_before = auth.warning_secs();
+        let (warn, at_secs) = if !warned && warn_before > 0 {
+            (true, grant.expires.saturating_sub(warn_before))
+        } else {
+            (false, grant.expires.saturating_add(auth.leeway_secs()))
+        };
+        let wait = at_secs
+            .saturating_mul(1000)
+            .saturating_sub(crate::clock::now_ms());
+        Some(Expiry {
+            warn,
+            at: now + Duration::from_millis(wait),
+        })
+    }
+
+    /// Sends the `expiring` frame for the connection's token.
+    fn warn_expiry(&mut self) {
+        if let Some(grant) = &self.grant {
+            let left = (grant.expires.saturating_mul(1000))
+                .saturating_sub(crate::clock::now_ms())
+                .div_ceil(1000);
+            let frame = protocol::expiring(grant.expires, left);
+            self.send(frame);
+        }
+    }
+
+    /// Applies the commands waiting for this connection, in order; a disconnect ends it (its
+    /// code and reason are returned) and what follows it is dropped.
+    async fn read_mail(&mut self) -> Option<(u16, String)> {
+        let node = self.slot.node.clone();
+        for command in node.connections.take_mail(self.conn()) {
+            match command {
+                Command::Disconnect { code, reason, .. } => return Some((code, reason)),
+                Command::Unsubscribe { channel, .. } => {
+                    if self.subscriptions.contains(&channel) {
+                        self.leave(&channel);
+                        self.send(protocol::unsubscribed_by_server(&channel));
+                    }
+                }
+                Command::Subscribe { channel, hook, .. } => {
+                    let asked = match hook {
+                        true => Asked::Server,
+                        false => Asked::ServerWithoutHook,
+                    };
+                    self.settle_pending().await;
+                    if let Err(r) = self.subscribe(&channel, None, None, asked).await {
+                        self.span.in_scope(|| {
+                            tracing::debug!(%channel, code = %r.code, message = %r.message, "server-side subscribe refused")
+                        });
+                    }
+                }
+                Command::Revoke(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Answers a `refresh` request: a token that passes moves the connection's deadline; a
+    /// refused one leaves it where it was.
+    fn refresh(&mut self, token: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
+        if self.grant.is_none() {
+            return Err(Rejection::new(
+                ErrorCode::Unauthorized,
+                "the connection was not opened with a token; there is nothing to refresh",
+            ));
+        }
+        let grant = self
+            .slot
+            .node
+            .auth
+            .refresh(token, &self.identity)
+            .and_then(
+                |grant| match self.slot.node.allows(&self.identity, &grant) {
+                    true => Ok(grant),
+                    false => Err(crate::auth::AuthError::Revoked),
+                },
+            )
+            .map_err(|e| Rejection::new(ErrorCode::Unauthorized, e.to_string()))?;
+        let expires = grant.expires;
+        let grant = Arc::new(grant);
+        self.slot
+            .node
+            .connections
+            .set_grant(self.conn(), grant.clone());
+        self.grant = Some(grant);
+        self.span
+            .in_scope(|| tracing::debug!(expires, "token refreshed"));
+        self.send(protocol::refreshed(id, expires));
+        Ok(())
     }
 
     /// `limits.ping_interval_secs`, `None` when pings are off.
@@ -447,7 +611,8 @@ impl Session {
             Action::Subscribe { channel, since } => {
                 // Its reply waits for the broker too: keep it behind earlier publishes' replies.
                 self.settle_pending().await;
-                self.subscribe(&channel, since.as_ref(), id).await
+                self.subscribe(&channel, since.as_ref(), id, Asked::Client)
+                    .await
             }
             Action::Unsubscribe { channel } => self.unsubscribe(&channel, id),
             Action::Publish { channel, data } => self.publish(&channel, data, id),
@@ -459,6 +624,7 @@ impl Session {
                 self.settle_pending().await;
                 self.history(&channel, limit, since.as_ref(), id).await
             }
+            Action::Refresh { token } => self.refresh(&token, id),
         };
         if let Err(rejection) = result {
             self.reject(&rejection, id);
@@ -474,12 +640,17 @@ impl Session {
         channel: &str,
         since: Option<&Position>,
         id: Option<&RawValue>,
+        asked: Asked,
     ) -> Result<(), Rejection> {
         self.check_channel(channel)?;
         let node = self.slot.node.clone();
         let history = node.replay.options(channel);
+        let by_server = asked != Asked::Client;
         if self.subscriptions.contains(channel) && since.is_none() && history.is_none() {
-            self.send(protocol::subscribed(channel, id));
+            self.send(match by_server {
+                true => protocol::subscribed_by_server(channel, None),
+                false => protocol::subscribed(channel, id),
+            });
             return Ok(());
         }
         let max = node.config.limits.max_subscriptions;
@@ -489,13 +660,19 @@ impl Session {
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
-        let group = node.plugins.current().subscribe(&self.identity, channel)?;
+        let plugins = node.plugins.current();
+        let group = match asked {
+            Asked::ServerWithoutHook => plugins.group_of(&self.identity),
+            Asked::Client | Asked::Server => plugins.subscribe(&self.identity, channel)?,
+        };
+        drop(plugins);
         let Some(options) = history else {
             let ready = node
                 .hub
                 .subscribe(channel, self.conn(), group, &self.outbox.sink());
             self.went_live(channel, ready).await?;
             let reply = match since {
+                _ if by_server => protocol::subscribed_by_server(channel, None),
                 // Nothing to recover from: the channel keeps no history.
                 Some(_) => protocol::subscribed_without_history(channel, id),
                 None => protocol::subscribed(channel, id),
@@ -521,7 +698,10 @@ impl Session {
             options,
             // Queued by the catch-up before it releases live deliveries; no reply is owed
             // before it (they were settled before the subscribe).
-            |start| protocol::subscribed_at(channel, id, &start.position, start.recovered),
+            |start| match by_server {
+                true => protocol::subscribed_by_server(channel, Some(&start.position)),
+                false => protocol::subscribed_at(channel, id, &start.position, start.recovered),
+            },
         )
         .await;
         match start {
@@ -648,6 +828,22 @@ async fn bounded<T>(
         biased;
         done = work => Some(done),
         () = timer => None,
+    }
+}
+
+/// Sends the close frame (with `text` instead of the reason's own, when given), then
+/// consumes the client's close reply (bounded) so the socket ends cleanly.
+async fn close(
+    link: &mut Link,
+    mut timer: Pin<&mut Sleep>,
+    reason: CloseReason,
+    text: Option<&str>,
+) {
+    if bounded(timer.as_mut(), CLOSE_TIMEOUT, link.close(reason, text))
+        .await
+        .is_some()
+    {
+        bounded(timer.as_mut(), DRAIN_TIMEOUT, link.drain()).await;
     }
 }
 
