@@ -13,7 +13,7 @@ use crate::support::{Client, Ended, TestGateway, eventually};
 
 struct Nginx {
     port: u16,
-    _child: Child,
+    child: Child,
     _dir: tempfile::TempDir,
 }
 
@@ -56,13 +56,30 @@ impl Nginx {
         wait_for_port(port, dir.path()).await;
         Self {
             port,
-            _child: child,
+            child,
             _dir: dir,
         }
     }
 
     fn url(&self) -> String {
         format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // A SIGKILL of the master (kill_on_drop) leaves its worker running: SIGTERM makes the
+        // master stop the worker before it exits.
+        let Some(pid) = self.child.id() else { return };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 
