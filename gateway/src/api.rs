@@ -258,15 +258,20 @@ fn user_field(user: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Sends `command` to every node; an unreachable broker is `unavailable`.
+async fn broadcast(node: &Node, command: &Command) -> Result<(), ApiError> {
+    commands::send(&*node.broker, command)
+        .await
+        .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()).into())
+}
+
 /// Sends `command` to every node; the reply says how many connections it was sent to.
 async fn send(
     node: &Node,
     command: Command,
     connections: usize,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    commands::send(&*node.broker, &command)
-        .await
-        .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))?;
+    broadcast(node, &command).await?;
     Ok(Json(json!({ "connections": connections })))
 }
 
@@ -447,8 +452,6 @@ pub async fn revoke(
         .await
         .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))?;
     let until = revocation.until;
-    commands::send(&*node.broker, &Command::Revoke(revocation))
-        .await
-        .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))?;
+    broadcast(&node, &Command::Revoke(revocation)).await?;
     Ok(Json(json!({ "revoked": true, "until": until })))
 }

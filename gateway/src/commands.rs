@@ -268,8 +268,8 @@ pub trait Apply: Send + Sync + 'static {
 }
 
 /// Serves the control channel until `shutdown`: subscribes to it (retrying until the broker
-/// accepts), loads the stored revocations, then applies every command that arrives and
-/// reloads the revocations every [`RELOAD_EVERY`].
+/// accepts), then applies every command that arrives and reloads the stored revocations
+/// every [`RELOAD_EVERY`] (the node loaded them before it served).
 pub async fn run(
     revocations: Arc<Revocations>,
     apply: Arc<dyn Apply>,
@@ -283,7 +283,9 @@ pub async fn run(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    let mut reload = tokio::time::interval(RELOAD_EVERY);
+    // The node loaded them before it started serving (`Node::start`).
+    let mut reload =
+        tokio::time::interval_at(tokio::time::Instant::now() + RELOAD_EVERY, RELOAD_EVERY);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
