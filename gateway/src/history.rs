@@ -47,12 +47,13 @@ pub enum Query {
     Latest,
 }
 
-/// The namespaces' options, resolved per channel by the most specific pattern (the rule of
-/// plugin bindings).
+/// The namespaces' options (history, and join/leave events), resolved per channel by the most
+/// specific pattern (the rule of plugin bindings).
 #[derive(Debug, Clone, Default)]
 pub struct Namespaces {
     patterns: Vec<Pattern>,
     history: Vec<Option<HistoryOptions>>,
+    join_leave: Vec<bool>,
 }
 
 impl Namespaces {
@@ -69,6 +70,7 @@ impl Namespaces {
                     })
                 })
                 .collect(),
+            join_leave: config.iter().map(|n| n.join_leave).collect(),
         }
     }
 
@@ -78,6 +80,12 @@ impl Namespaces {
             return None;
         }
         namespace::most_specific(&self.patterns, channel).and_then(|i| self.history[i])
+    }
+
+    /// Whether `channel`'s subscriptions are announced ([`crate::membership`]).
+    pub fn join_leave(&self, channel: &str) -> bool {
+        !self.patterns.is_empty()
+            && namespace::most_specific(&self.patterns, channel).is_some_and(|i| self.join_leave[i])
     }
 }
 

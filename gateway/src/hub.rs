@@ -22,6 +22,7 @@ use futures_util::future::BoxFuture;
 
 use crate::broker::{BrokerError, Subscriptions};
 use crate::history::Position;
+use crate::membership::{self, Event};
 use crate::protocol::CloseReason;
 use crate::protocol::{self, Frame};
 
@@ -109,6 +110,56 @@ struct Channel {
 
 type Shard = HashMap<Arc<str>, Channel>;
 
+/// What a fan-out carries besides its data, which decides the frame subscribers get: a
+/// published message (at its position, on a channel with history) or a join/leave event.
+#[derive(Debug, Clone, Copy)]
+enum Carried<'a> {
+    Message(Option<&'a Position>),
+    Event(&'a Event),
+}
+
+impl<'a> Carried<'a> {
+    fn position(self) -> Option<&'a Position> {
+        match self {
+            Carried::Message(position) => position,
+            Carried::Event(_) => None,
+        }
+    }
+
+    /// The frame for `data`: as published, or as a deliver hook `rewritten` it (an event's
+    /// rewrite travels as its `info`).
+    fn frame(self, channel: &str, data: &[u8], rewritten: bool) -> Frame {
+        match self {
+            Carried::Message(position) => protocol::message(channel, data, position),
+            Carried::Event(event) => protocol::event(channel, event, rewritten.then_some(data)),
+        }
+    }
+
+    /// This, owned, for an isolation lane's queue.
+    fn to_owned(self) -> Carry {
+        match self {
+            Carried::Message(position) => Carry::Message(position.cloned()),
+            Carried::Event(event) => Carry::Event(event.clone()),
+        }
+    }
+}
+
+/// [`Carried`], owned.
+#[derive(Debug)]
+enum Carry {
+    Message(Option<Position>),
+    Event(Event),
+}
+
+impl Carry {
+    fn as_carried(&self) -> Carried<'_> {
+        match self {
+            Carry::Message(position) => Carried::Message(position.as_ref()),
+            Carry::Event(event) => Carried::Event(event),
+        }
+    }
+}
+
 /// Counters the hub keeps about one fan-out.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
@@ -136,25 +187,26 @@ impl Table {
         &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
-    /// Queues what each group is to receive of a message on `channel` (`data` as published)
-    /// for its members now, under one lock. `shared` holds the message's unchanged frame once
-    /// a group needed it.
+    /// Queues what each group is to receive of a message or event on `channel` (`data` as
+    /// published) for its members now, under one lock. `shared` holds the unchanged frame
+    /// once a group needed it.
     fn deliver_prepared(
         &self,
         channel: &str,
         data: &[u8],
-        position: Option<&Position>,
+        carried: Carried<'_>,
         prepared: impl IntoIterator<Item = (GroupKey, Prepared)>,
         shared: &mut Option<Frame>,
     ) -> Fanout {
         let mut stats = Fanout::default();
         let mut shard = None;
+        let position = carried.position();
         for (group, prepared) in prepared {
             let frame = match prepared {
                 Prepared::Skip => continue,
-                Prepared::Rewritten(data) => protocol::message(channel, &data, position),
+                Prepared::Rewritten(data) => carried.frame(channel, &data, true),
                 Prepared::Unchanged => shared
-                    .get_or_insert_with(|| protocol::message(channel, data, position))
+                    .get_or_insert_with(|| carried.frame(channel, data, false))
                     .clone(),
             };
             let shard =
@@ -267,12 +319,27 @@ impl Hub {
     }
 
     /// Delivers a broker message, `payload` on `channel` (at `position` if the channel keeps
-    /// history), to every local subscriber of it.
-    /// Groups without a hook get the message at once, under the shard's read lock; the hooks
-    /// of the others run after it is released (or on their isolation lanes), and what they
-    /// produced is queued under the lock again. Counts what was queued here, not on lanes.
+    /// history), to every local subscriber of it; a payload in the join/leave envelope
+    /// ([`membership`]) is delivered as that event.
     pub fn dispatch(&self, channel: &str, payload: &[u8], position: Option<&Position>) -> Fanout {
-        let data = protocol::normalize_payload(payload);
+        match membership::open(payload) {
+            None => {
+                let data = protocol::normalize_payload(payload);
+                self.fan_out(channel, &data, Carried::Message(position))
+            }
+            Some(Some((event, json))) => self.fan_out(channel, json, Carried::Event(&event)),
+            Some(None) => {
+                tracing::debug!(%channel, "malformed join/leave event dropped");
+                Fanout::default()
+            }
+        }
+    }
+
+    /// Groups without a hook get `data` at once, under the shard's read lock; the hooks of
+    /// the others run after it is released (or on their isolation lanes), and what they
+    /// produced is queued under the lock again. Counts what was queued here, not on lanes.
+    fn fan_out(&self, channel: &str, data: &[u8], carried: Carried<'_>) -> Fanout {
+        let position = carried.position();
         let hooks = self.deliver.as_ref().map(|h| h.current());
         let mut shared: Option<Frame> = None;
         let mut stats = Fanout::default();
@@ -287,8 +354,7 @@ impl Hub {
                     hooked.push((group.clone(), hook));
                     continue;
                 }
-                let frame =
-                    shared.get_or_insert_with(|| protocol::message(channel, &data, position));
+                let frame = shared.get_or_insert_with(|| carried.frame(channel, data, false));
                 stats.add(push_all(members, frame, position));
             }
         }
@@ -297,18 +363,18 @@ impl Hub {
             if hook.placement().is_isolated()
                 && self
                     .lanes()
-                    .queue(hook.clone(), channel, group.clone(), &data, position)
+                    .queue(hook.clone(), channel, group.clone(), data, carried)
             {
                 continue;
             }
             let started = Instant::now();
-            prepared.push((group.clone(), hook.prepare(channel, &group, &data)));
+            prepared.push((group.clone(), hook.prepare(channel, &group, data)));
             hook.placement()
                 .record_inline(&*hook, started.elapsed(), self.inline_max);
         }
         stats.add(
             self.table
-                .deliver_prepared(channel, &data, position, prepared, &mut shared),
+                .deliver_prepared(channel, data, carried, prepared, &mut shared),
         );
         stats
     }
@@ -459,6 +525,96 @@ mod tests {
             fa.as_str().as_ptr(),
             fb.as_str().as_ptr(),
             "one allocation shared"
+        );
+    }
+
+    /// A deliver hook by tenant: skips `beta`, rewrites for `cora`, passes the rest.
+    struct ByTenant(Placement);
+
+    impl DeliverHooks for ByTenant {
+        fn current(&self) -> Arc<dyn DeliverHook> {
+            Arc::new(ByTenant(Placement::default()))
+        }
+    }
+
+    impl DeliverHook for ByTenant {
+        fn for_group(&self, _channel: &str, _group: &Group) -> Option<Arc<dyn GroupHook>> {
+            Some(Arc::new(ByTenant(Placement::default())))
+        }
+    }
+
+    impl GroupHook for ByTenant {
+        fn prepare(&self, _channel: &str, group: &Group, data: &[u8]) -> Prepared {
+            match group.tenant.as_deref() {
+                Some("beta") => Prepared::Skip,
+                Some("cora") => Prepared::Rewritten(format!("{{\"saw\":{}}}", data.len()).into()),
+                _ => Prepared::Unchanged,
+            }
+        }
+
+        fn placement(&self) -> &Placement {
+            &self.0
+        }
+
+        fn describe(&self) -> String {
+            "by-tenant".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn events_go_through_the_deliver_hook_and_become_join_and_leave_frames() {
+        let hub = hub().with_deliver_hook(
+            Arc::new(ByTenant(Placement::default())),
+            Duration::from_secs(1),
+        );
+        let tenants = ["acme", "beta", "cora"];
+        let sinks: Vec<_> = tenants.iter().map(|_| Collect::with_room(8)).collect();
+        for (i, (tenant, s)) in tenants.iter().zip(&sinks).enumerate() {
+            let group = Arc::new(Group {
+                tenant: Some((*tenant).into()),
+                key: "".into(),
+            });
+            hub.subscribe("room", i as u64, group, &sink(s))
+                .await
+                .unwrap();
+        }
+        let who = crate::identity::Identity {
+            user: Some("al\"ice".into()),
+            tenant: Some("acme".into()),
+            claims: "{}".into(),
+        };
+        let wire = Event::of(membership::Change::Join, &who).envelope();
+        let data_len = wire.len() - membership::ENVELOPE.len();
+        assert_eq!(hub.dispatch("room", &wire, None).delivered, 2);
+        let leave = Event::of(
+            membership::Change::Leave,
+            &crate::identity::Identity::anonymous(),
+        );
+        hub.dispatch("room", &leave.envelope(), None);
+        // Not an event: dropped, never delivered as a message.
+        assert_eq!(
+            hub.dispatch("room", b"\x01sy-e {\"event\":1}", None),
+            Fanout::default()
+        );
+        let texts = |s: &Collect| {
+            s.frames()
+                .iter()
+                .map(|f| f.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            texts(&sinks[0]),
+            [
+                r#"{"type":"join","channel":"room","user":"al\"ice"}"#,
+                r#"{"type":"leave","channel":"room","user":null}"#
+            ]
+        );
+        assert!(sinks[1].frames().is_empty());
+        assert_eq!(
+            texts(&sinks[2])[0],
+            format!(
+                r#"{{"type":"join","channel":"room","user":"al\"ice","info":{{"saw":{data_len}}}}}"#
+            )
         );
     }
 

@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod history;
 pub mod hub;
 pub mod identity;
+pub mod membership;
 pub mod metrics;
 pub mod namespace;
 pub mod node;

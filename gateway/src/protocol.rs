@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::history::Position;
+use crate::membership::{Change, Event};
 
 /// An encoded, UTF-8-validated text frame, cheap to clone and share between sessions.
 pub type Frame = tungstenite::Utf8Bytes;
@@ -426,6 +427,18 @@ enum Reply<'a> {
         expires_at: u64,
         in_secs: u64,
     },
+    Join {
+        channel: &'a str,
+        user: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a RawValue>,
+    },
+    Leave {
+        channel: &'a str,
+        user: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a RawValue>,
+    },
 }
 
 fn encode(reply: &Reply<'_>) -> Frame {
@@ -605,6 +618,26 @@ pub fn message(channel: &str, data: &[u8], position: Option<&Position>) -> Frame
     out.push(b'}');
     // The channel went through serde_json and `data` is JSON: the frame is UTF-8.
     String::from_utf8(out).expect("frame is UTF-8").into()
+}
+
+/// Encodes a join or leave event: `{"type":"join"|"leave","channel":C,"user":U}` (`U` is null
+/// for an anonymous connection), with `"info":I` when the deliver hook rewrote the event to
+/// `I` (JSON text).
+pub fn event(channel: &str, event: &Event, info: Option<&[u8]>) -> Frame {
+    let info = info.and_then(|i| serde_json::from_slice::<&RawValue>(i).ok());
+    let user = event.user.as_deref();
+    encode(&match event.event {
+        Change::Join => Reply::Join {
+            channel,
+            user,
+            info,
+        },
+        Change::Leave => Reply::Leave {
+            channel,
+            user,
+            info,
+        },
+    })
 }
 
 /// Makes any broker payload safe to embed as `data`: valid JSON passes through, anything

@@ -14,6 +14,7 @@ use crate::broker::{self, Broker};
 use crate::config::Limits;
 use crate::history::{Namespaces, Position};
 use crate::identity::Identity;
+use crate::membership::Event;
 use crate::metrics::Latency;
 use crate::plugins::Routed;
 use crate::plugins::registry::PluginRegistry;
@@ -122,6 +123,24 @@ impl Publisher {
                 )))
             }
         }
+    }
+
+    /// Announces `event` to `channel`'s subscribers on every node, if its namespace asks for
+    /// join/leave events. Not waited for, and never stored: a lost announcement (broker
+    /// down) is counted, not retried.
+    pub fn announce(&self, channel: &str, event: impl FnOnce() -> Event) {
+        if !self.namespaces.join_leave(channel) {
+            return;
+        }
+        let ack = self
+            .broker
+            .publish(channel, Bytes::from(event().envelope()), None);
+        let failed = self.metrics.failed.clone();
+        tokio::spawn(async move {
+            if ack.await.is_err() {
+                failed.increment(1);
+            }
+        });
     }
 
     fn send(&self, channel: &str, data: &str) -> PublishAck {

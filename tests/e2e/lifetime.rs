@@ -429,3 +429,116 @@ async fn the_per_user_limit_holds_across_two_nodes() {
     // Other users are not limited by ann's connections.
     let _bob = connect(&b, &crate::support::token("bob", None)).await;
 }
+
+// ---- Join and leave events ----
+
+/// Two-node config where `room:*` announces joins and leaves, keeps history, and is bound to
+/// the tenant filter.
+fn rooms_config(redis: &RedisServer, node: &str) -> String {
+    format!(
+        "{}[[namespaces]]\npattern = \"room:*\"\njoin_leave = true\nhistory_size = 100\n{}",
+        node_config(redis, node),
+        crate::support::with_plugins(
+            "[[plugins.bindings]]\npattern = \"room:*\"\nplugin = \"tenant-guard\"\n"
+        )
+    )
+}
+
+/// Sends `request` with an id and returns the reply, which must be the next frame.
+async fn ask(c: &mut Client, mut request: Value) -> Value {
+    request["id"] = json!("q");
+    c.send(request).await;
+    let reply = c.recv().await;
+    assert_eq!(reply["id"], "q", "{reply}");
+    reply
+}
+
+/// Subscribes `c` to `room` and reads its own join, which follows the reply.
+async fn enter(c: &mut Client, room: &str, user: Option<&str>) {
+    let reply = ask(c, json!({"type": "subscribe", "channel": room})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(c.recv().await, event("join", room, user));
+}
+
+fn event(kind: &str, room: &str, user: Option<&str>) -> Value {
+    json!({"type": kind, "channel": room, "user": user})
+}
+
+#[tokio::test]
+async fn join_and_leave_events_cross_nodes_pass_a_tenant_filter_and_stay_out_of_history() {
+    let redis = RedisServer::start().await;
+    let a = TestGateway::start_ready(&rooms_config(&redis, "a")).await;
+    let b = TestGateway::start_ready(&rooms_config(&redis, "b")).await;
+    let room = "room:1";
+    let mut acme = a.client_as("watcher-acme", Some("acme")).await;
+    enter(&mut acme, room, Some("watcher-acme")).await;
+    let mut beta = a.client_as("watcher-beta", Some("beta")).await;
+    enter(&mut beta, room, Some("watcher-beta")).await;
+
+    // A join on the other node reaches the joiner's tenant only: the deliver hook sees the
+    // event's tenant as it sees a message's.
+    let mut alice = b.client_as("alice", Some("acme")).await;
+    enter(&mut alice, room, Some("alice")).await;
+    assert_eq!(acme.recv().await, event("join", room, Some("alice")));
+    let mut bob = b.client_as("bob", Some("beta")).await;
+    enter(&mut bob, room, Some("bob")).await;
+    assert_eq!(
+        beta.recv().await,
+        event("join", room, Some("bob")),
+        "alice's join (published first, on the same node) was kept from tenant beta"
+    );
+
+    // Leaves: an unsubscribe, and a connection that goes away without one. The leaver does
+    // not get its own leave.
+    let reply = ask(&mut alice, json!({"type": "unsubscribe", "channel": room})).await;
+    assert_eq!(reply["type"], "unsubscribed", "{reply}");
+    assert_eq!(
+        acme.recv().await,
+        event("leave", room, Some("alice")),
+        "bob's join was kept from tenant acme"
+    );
+    drop(bob);
+    assert_eq!(beta.recv().await, event("leave", room, Some("bob")));
+
+    // An anonymous connection has no tenant: every tenant sees it, as `"user": null`.
+    let mut anon = b.client().await;
+    enter(&mut anon, room, None).await;
+    assert_eq!(acme.recv().await, event("join", room, None));
+    assert_eq!(beta.recv().await, event("join", room, None));
+
+    // Events are neither stored nor numbered: the first message is offset 1 and history
+    // holds only it.
+    let mut publisher = a.client().await;
+    let published = ask(
+        &mut publisher,
+        json!({"type": "publish", "channel": room, "data": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(published["offset"], 1, "{published}");
+    for c in [&mut anon, &mut acme, &mut beta] {
+        let m = c.recv().await;
+        assert_eq!(
+            (m["type"].as_str(), m["offset"].as_u64()),
+            (Some("message"), Some(1)),
+            "{m}"
+        );
+    }
+    let history = ask(&mut acme, json!({"type": "history", "channel": room})).await;
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+
+    // A channel outside the namespace announces nothing: the next frame is the message.
+    acme.subscribe("lobby").await;
+    let mut carol = b.client_as("carol", Some("acme")).await;
+    carol.subscribe("lobby").await;
+    carol.publish_acked("lobby", json!("hi"), 1).await;
+    let m = acme.recv().await;
+    assert_eq!(
+        (m["type"].as_str(), m["data"].as_str()),
+        (Some("message"), Some("hi")),
+        "{m}"
+    );
+}

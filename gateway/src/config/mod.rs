@@ -77,7 +77,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Plugin administration and hot swap.
     pub admin: AdminConfig,
-    /// Channel namespaces with options (`[[namespaces]]`): history, for now.
+    /// Channel namespaces with options (`[[namespaces]]`): history, join/leave events.
     pub namespaces: Vec<NamespaceConfig>,
 }
 
@@ -94,6 +94,10 @@ pub struct NamespaceConfig {
     /// Seconds a channel's history lives after its last publish.
     #[serde(default = "default_history_ttl")]
     pub history_ttl_secs: u64,
+    /// Announce every subscription that starts or ends to the channel's subscribers
+    /// (`join`/`leave` frames, through the deliver hook; never stored in history).
+    #[serde(default)]
+    pub join_leave: bool,
 }
 
 fn default_history_ttl() -> u64 {

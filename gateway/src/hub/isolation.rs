@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{GroupHook, GroupKey, Table};
-use crate::history::Position;
+use super::{Carried, Carry, GroupHook, GroupKey, Table};
 
 /// Threads that run isolated hooks.
 pub const THREADS: usize = 2;
@@ -60,7 +59,7 @@ struct Job {
     channel: Arc<str>,
     group: GroupKey,
     data: Bytes,
-    position: Option<Position>,
+    carried: Carry,
 }
 
 impl Placement {
@@ -167,7 +166,7 @@ impl Lanes {
         channel: &str,
         group: GroupKey,
         data: &[u8],
-        position: Option<&Position>,
+        carried: Carried<'_>,
     ) -> bool {
         let placement = hook.placement();
         let mut state = placement.state();
@@ -184,7 +183,7 @@ impl Lanes {
             channel: channel.into(),
             group,
             data: Bytes::copy_from_slice(data),
-            position: position.cloned(),
+            carried: carried.to_owned(),
         });
         self.queued.increment(1.0);
         if !std::mem::replace(&mut state.scheduled, true) {
@@ -236,7 +235,7 @@ impl Lanes {
             let stats = self.table.deliver_prepared(
                 &job.channel,
                 &job.data,
-                job.position.as_ref(),
+                job.carried.as_carried(),
                 [(job.group, prepared)],
                 &mut None,
             );

@@ -26,6 +26,7 @@ use crate::commands::Command;
 use crate::history::Position;
 use crate::hub::{ConnId, Sink};
 use crate::identity::Identity;
+use crate::membership::{self, Change};
 use crate::node::ConnectionSlot;
 use crate::protocol::CloseReason;
 use crate::protocol::{self, Action, ErrorCode, Rejection};
@@ -654,7 +655,8 @@ impl Session {
             return Ok(());
         }
         let max = node.config.limits.max_subscriptions;
-        if !self.subscriptions.contains(channel) && self.subscriptions.len() >= max {
+        let new = !self.subscriptions.contains(channel);
+        if new && self.subscriptions.len() >= max {
             return Err(Rejection::new(
                 ErrorCode::TooManySubscriptions,
                 format!("a connection may hold at most {max} subscriptions"),
@@ -678,6 +680,9 @@ impl Session {
                 None => protocol::subscribed(channel, id),
             };
             self.send(reply);
+            if new {
+                self.announce(channel, Change::Join);
+            }
             return Ok(());
         };
         // Live deliveries go to a sink that holds them while history is read and sent, then
@@ -705,9 +710,17 @@ impl Session {
         )
         .await;
         match start {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if new {
+                    self.announce(channel, Change::Join);
+                }
+                Ok(())
+            }
             Err(rejection) => {
-                self.leave(channel);
+                // A subscription that never started was never announced.
+                if self.subscriptions.remove(channel) {
+                    self.left(channel, !new);
+                }
                 Err(rejection)
             }
         }
@@ -743,12 +756,31 @@ impl Session {
     /// Ends the subscription to `channel` if there is one.
     fn leave(&mut self, channel: &str) {
         if self.subscriptions.remove(channel) {
-            self.slot.node.hub.unsubscribe(channel, self.conn());
-            self.slot
-                .node
-                .presence
-                .left(self.conn(), channel, self.identity.user.as_deref());
+            self.left(channel, true);
         }
+    }
+
+    /// Tells the hub, presence and (if `announce`) the channel's subscribers that a
+    /// subscription ended.
+    fn left(&self, channel: &str, announce: bool) {
+        self.slot.node.hub.unsubscribe(channel, self.conn());
+        self.slot
+            .node
+            .presence
+            .left(self.conn(), channel, self.identity.user.as_deref());
+        if announce {
+            self.announce(channel, Change::Leave);
+        }
+    }
+
+    /// Announces a subscription of this connection starting or ending, on a channel whose
+    /// namespace has join/leave events: after the `subscribed` reply (so the subscriber's
+    /// own join follows it), after leaving the hub (so a leaver does not get its own leave).
+    fn announce(&self, channel: &str, change: Change) {
+        self.slot
+            .node
+            .publisher
+            .announce(channel, || membership::Event::of(change, &self.identity));
     }
 
     /// Answers a `history` request.
@@ -807,11 +839,7 @@ impl Session {
 
     fn leave_all(&mut self) {
         for channel in std::mem::take(&mut self.subscriptions).0 {
-            self.slot.node.hub.unsubscribe(&channel, self.conn());
-            self.slot
-                .node
-                .presence
-                .left(self.conn(), &channel, self.identity.user.as_deref());
+            self.left(&channel, true);
         }
     }
 }
