@@ -106,10 +106,11 @@ export LOADGEN_PATH=/ws
 
 # ------------------------------------------------------------------ build
 cd "$ROOT"
-log "building switchyard and the loadgen (release, -j$JOBS)"
+log "building switchyard and the loadgen (gateway: dist profile; loadgen: release; -j$JOBS)"
 # Two invocations: built together, feature unification would give both different dependency
-# builds from the usual `cargo build --release -p switchyard` (and rebuild them).
-cargo build -j"$JOBS" --release -p switchyard >&2
+# builds from the usual `cargo build --profile dist -p switchyard` (and rebuild them). The gateway
+# is measured as shipped: the `dist` profile (whole-program optimisation).
+cargo build -j"$JOBS" --profile dist -p switchyard >&2
 cargo build -j"$JOBS" --release -p switchyard-loadgen >&2
 if wants allow-all || wants base-allow-all; then
   log "building the plugins"
@@ -181,7 +182,7 @@ if wants cluster; then
 fi
 
 # ------------------------------------------------------------------ servers
-SY=$(printf '%q' "$ROOT/target/release/switchyard")
+SY=$(printf '%q' "$ROOT/target/dist/switchyard")
 BASE=$(printf '%q' "${BASE_BIN:-}")
 PLAIN=$(printf '%q' "$ROOT/bench/configs/plain.toml")
 ALLOW=$(printf '%q' "$ROOT/bench/configs/allow-all.toml")
@@ -204,7 +205,7 @@ server_spec() {
 }
 for cfg in "$ROOT/bench/configs/plain.toml" "$ROOT/bench/configs/allow-all.toml" "$ROOT/bench/configs/history.toml"; do
   if [ "$cfg" = "$ROOT/bench/configs/allow-all.toml" ] && ! wants allow-all && ! wants base-allow-all; then continue; fi
-  "$ROOT/target/release/switchyard" --check --config "$cfg" >/dev/null 2>&1 ||
+  "$ROOT/target/dist/switchyard" --check --config "$cfg" >/dev/null 2>&1 ||
     die "switchyard --check --config $cfg failed"
 done
 

@@ -23,6 +23,13 @@ die() {
 
 command -v cargo >/dev/null || die "cargo not found on PATH"
 sysroot="$(rustc --print sysroot)" || die "rustc failed (is the toolchain in rust-toolchain.toml installed?)"
+if [[ ! -d "$sysroot/lib/rustlib/$target/lib" ]] && command -v rustup >/dev/null; then
+    # Idempotent and quick; the pinned toolchain by name, as RUSTUP_AUTO_INSTALL=0 machines need.
+    toolchain="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+    echo "build-plugins: adding the Rust target $target to toolchain ${toolchain:-default}" >&2
+    rustup target add ${toolchain:+--toolchain "$toolchain"} "$target" >&2 ||
+        die "rustup could not add the target $target"
+fi
 if [[ ! -d "$sysroot/lib/rustlib/$target/lib" ]]; then
     die "the Rust target $target is not installed for $(rustc --version).
   Install it with:  rustup target add $target"

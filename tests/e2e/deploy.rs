@@ -32,7 +32,7 @@ impl Nginx {
         .unwrap();
         let servers: String = upstreams
             .iter()
-            .map(|a| format!("server {a} max_fails=1 fail_timeout=5s; "))
+            .map(|a| format!("server {a} max_fails=0; "))
             .collect();
         let prefix = dir.path().display().to_string();
         let conf = template

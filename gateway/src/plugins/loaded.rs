@@ -422,7 +422,14 @@ impl LoadedPlugin {
             .pre
             .instantiate(&mut store)
             .map_err(|e| self.error(Hook::Init, self.classify(e)))?;
-        match plugin.call_init(&mut store, &self.config) {
+        let started = Instant::now();
+        let result = plugin.call_init(&mut store, &self.config);
+        // Counted like the other hooks: every fresh instance (first load, pool growth, after a
+        // trap) runs init, so `hook="init"` shows how often instances are replaced.
+        let m = self.hook_metrics(Hook::Init);
+        m.calls.increment(1);
+        m.seconds.record(started.elapsed());
+        match result {
             Ok(Ok(())) => Ok(Slot { store, plugin }),
             Ok(Err(reason)) => {
                 let reason = truncate(reason, self.limits.output.max_text);

@@ -83,6 +83,33 @@ pub enum CompileError {
     Invalid(String),
 }
 
+/// Refuses bytes that are not WebAssembly at all, or a core module where a component is
+/// needed, in one line: the parser's own message for these dumps the header byte by byte.
+fn check_header(bytes: &[u8]) -> Result<(), CompileError> {
+    const MAGIC: &[u8] = b"\0asm";
+    let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    if !bytes.starts_with(MAGIC) {
+        return Err(CompileError::Invalid(format!(
+            "not a WebAssembly file (it starts with bytes {}, not 00 61 73 6d)",
+            head.join(" ")
+        )));
+    }
+    // Version and layer: 01 00 00 00 is a core module, 0d 00 01 00 a component.
+    if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return Err(CompileError::Invalid(
+            "a core WebAssembly module, not a component: link it as a component \
+             (wasm32-unknown-unknown with wasm-component-ld, or wasm-tools component new)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An engine error on one line, for logs, replies and `--check`.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Hex SHA-256 of a plugin's bytes: its version identity.
 pub fn content_hash(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -186,8 +213,9 @@ impl Runtime {
         let component = match cached.as_deref().and_then(|p| self.load_cached(p)) {
             Some(c) => c,
             None => {
+                check_header(bytes)?;
                 let c = Component::new(&self.engine, bytes)
-                    .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+                    .map_err(|e| CompileError::Invalid(one_line(&format!("{e:#}"))))?;
                 if let Some(path) = &cached {
                     store_cached(&c, path);
                 }
