@@ -13,7 +13,7 @@ mkdir -p "$work"
 command -v nginx >/dev/null || { echo "nginx not found: apt-get install nginx-light" >&2; exit 1; }
 command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server" >&2; exit 1; }
 scripts/build-plugins.sh >/dev/null
-cargo build --profile dist -p switchyard
+cargo build --release -p switchyard
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
@@ -24,7 +24,7 @@ pids+=($!)
 upstreams=""
 for i in 1 2 3; do
     port=$((8090 + i))
-    target/dist/switchyard --config examples/switchyard.toml --listen "127.0.0.1:$port" \
+    target/release/switchyard --config examples/switchyard.toml --listen "127.0.0.1:$port" \
         --redis-url "redis://127.0.0.1:$redis_port" --node-id "node-$i" >"$work/node-$i.log" 2>&1 &
     pids+=($!)
     upstreams+="server 127.0.0.1:$port max_fails=0; "

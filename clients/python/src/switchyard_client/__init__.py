@@ -1,0 +1,78 @@
+"""Asyncio client for the Switchyard real-time WebSocket gateway."""
+
+from .backoff import Backoff, may_reconnect
+from .client import Client, EventStream, TokenSource, UrlSource
+from .errors import (
+    AuthError,
+    ClientError,
+    ConnectionClosed,
+    ErrorCode,
+    RequestTimeout,
+    SwitchyardError,
+)
+from .events import (
+    ClientEvent,
+    Connected,
+    Connecting,
+    Disconnected,
+    Expiring,
+    Gap,
+    History,
+    HistoryMessage,
+    Join,
+    Leave,
+    Message,
+    Position,
+    Published,
+    RefreshFailed,
+    Refreshed,
+    ServerSubscribed,
+    State,
+    Subscribed,
+    SubscriptionError,
+    SubscriptionItem,
+    UnmatchedError,
+    Unsubscribed,
+)
+from .subscription import Handler, Subscription
+
+__all__ = [
+    "AuthError",
+    "Backoff",
+    "Client",
+    "ClientError",
+    "ClientEvent",
+    "Connected",
+    "Connecting",
+    "ConnectionClosed",
+    "Disconnected",
+    "ErrorCode",
+    "EventStream",
+    "Expiring",
+    "Gap",
+    "Handler",
+    "History",
+    "HistoryMessage",
+    "Join",
+    "Leave",
+    "Message",
+    "Position",
+    "Published",
+    "RefreshFailed",
+    "Refreshed",
+    "RequestTimeout",
+    "ServerSubscribed",
+    "State",
+    "Subscribed",
+    "Subscription",
+    "SubscriptionError",
+    "SubscriptionItem",
+    "SwitchyardError",
+    "TokenSource",
+    "UnmatchedError",
+    "Unsubscribed",
+    "UrlSource",
+    "may_reconnect",
+]
+
+__version__ = "0.1.0"
