@@ -288,6 +288,14 @@ pub struct ParseError<'a> {
     pub rejection: Rejection,
 }
 
+/// The id of a frame refused before it was parsed (too large), if it is a JSON object with a
+/// valid `id`: clients match every error to its request by id, also this one. Costs one parse
+/// of the frame, which `limits.max_frame_bytes` bounds.
+pub fn request_id(text: &str) -> Option<&RawValue> {
+    let raw: RawRequest<'_> = serde_json::from_str(text).ok()?;
+    raw.id.filter(|v| is_id(v))
+}
+
 /// Parses one client frame.
 pub fn parse_request(text: &str) -> Result<Request<'_>, ParseError<'_>> {
     let raw: RawRequest<'_> = serde_json::from_str(text).map_err(|e| ParseError {

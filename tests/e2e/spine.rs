@@ -110,6 +110,14 @@ async fn every_client_error_code_from_a_real_frame() {
     c.send(json!({"type": "publish", "channel": "a", "data": long}))
         .await;
     assert_eq!(c.expect_error().await["code"], "message_too_large");
+    // With a readable id the error carries it, as every other error does.
+    c.send(json!({"type": "publish", "channel": "a", "data": long, "id": "big"}))
+        .await;
+    let err = c.expect_error().await;
+    assert_eq!(
+        (err["code"].as_str(), err["id"].as_str()),
+        (Some("message_too_large"), Some("big"))
+    );
 
     c.subscribe("one").await;
     c.subscribe("two").await;

@@ -601,7 +601,7 @@ impl Session {
                     limits.max_message_bytes
                 ),
             );
-            return self.reject(&rejection, None);
+            return self.reject(&rejection, protocol::request_id(text));
         }
         let request = match protocol::parse_request(text) {
             Ok(r) => r,
