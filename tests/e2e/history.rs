@@ -212,21 +212,9 @@ async fn two_nodes_recover_a_2s_disconnect_at_2000_msgs_20_times() {
     reconnects_lose_nothing([b.url(), a.url()], a.url(), 20, 4000).await;
 }
 
-/// Requests `request` (with an id) and returns its reply; no delivery may come meanwhile.
-async fn ask(c: &mut Client, mut request: Value) -> Value {
-    request["id"] = json!("q");
-    c.send(request).await;
-    let v = c.recv().await;
-    assert_eq!(v["id"], "q", "{v}");
-    v
-}
-
 async fn publish(c: &mut Client, channel: &str, data: Value) -> Value {
-    ask(
-        c,
-        json!({"type": "publish", "channel": channel, "data": data}),
-    )
-    .await
+    c.ask(json!({"type": "publish", "channel": channel, "data": data}))
+        .await
 }
 
 #[tokio::test]
@@ -366,7 +354,7 @@ async fn trimmed_or_expired_is_not_recovered(gw: &TestGateway) {
     // Expiry: one second after the last publish the history is gone, and a new epoch starts.
     let first = publish(&mut c, "x:a", json!(1)).await;
     eventually("the history to expire", async || {
-        let h = ask(&mut c, json!({"type": "history", "channel": "x:a"})).await;
+        let h = c.ask(json!({"type": "history", "channel": "x:a"})).await;
         h["epoch"] != first["epoch"]
     })
     .await;
@@ -469,29 +457,23 @@ async fn bad_history_requests_get_clear_answers() {
         json!({"offset": 1}),
         json!({"offset": 1, "epoch": 7}),
     ] {
-        let r = ask(
-            &mut c,
-            json!({"type": "subscribe", "channel": "h:b", "since": since}),
-        )
-        .await;
+        let r = c
+            .ask(json!({"type": "subscribe", "channel": "h:b", "since": since}))
+            .await;
         assert_eq!(r["code"], "invalid_field", "since {since}: {r}");
     }
-    let r = ask(
-        &mut c,
-        json!({"type": "history", "channel": "h:b", "limit": "x"}),
-    )
-    .await;
+    let r = c
+        .ask(json!({"type": "history", "channel": "h:b", "limit": "x"}))
+        .await;
     assert_eq!(r["code"], "invalid_field", "{r}");
     // Ahead of the channel: not recovered, told the position, at once.
     let ahead = subscribe(&mut c, "h:b", Some(json!({"offset": 99, "epoch": epoch}))).await;
     assert_eq!(ahead.reply["recovered"], false, "{}", ahead.reply);
     assert_eq!(ahead.reply["offset"], 1);
     // A limit above the maximum is clamped, and the reply says so.
-    let h = ask(
-        &mut c,
-        json!({"type": "history", "channel": "h:b", "limit": 5000}),
-    )
-    .await;
+    let h = c
+        .ask(json!({"type": "history", "channel": "h:b", "limit": 5000}))
+        .await;
     assert_eq!(
         (&h["limit"], &h["clamped"]),
         (&json!(1000), &json!(true)),
@@ -503,13 +485,11 @@ async fn bad_history_requests_get_clear_answers() {
         "{h}"
     );
     // A channel without history.
-    let r = ask(&mut c, json!({"type": "history", "channel": "plain"})).await;
+    let r = c.ask(json!({"type": "history", "channel": "plain"})).await;
     assert_eq!(r["code"], "no_history", "{r}");
-    let r = ask(
-        &mut c,
-        json!({"type": "subscribe", "channel": "plain", "since": {"offset": 1, "epoch": "e"}}),
-    )
-    .await;
+    let r = c
+        .ask(json!({"type": "subscribe", "channel": "plain", "since": {"offset": 1, "epoch": "e"}}))
+        .await;
     assert_eq!(
         r,
         json!({"type": "subscribed", "channel": "plain", "id": "q", "recovered": false})

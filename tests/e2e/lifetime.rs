@@ -444,18 +444,9 @@ fn rooms_config(redis: &RedisServer, node: &str) -> String {
     )
 }
 
-/// Sends `request` with an id and returns the reply, which must be the next frame.
-async fn ask(c: &mut Client, mut request: Value) -> Value {
-    request["id"] = json!("q");
-    c.send(request).await;
-    let reply = c.recv().await;
-    assert_eq!(reply["id"], "q", "{reply}");
-    reply
-}
-
 /// Subscribes `c` to `room` and reads its own join, which follows the reply.
 async fn enter(c: &mut Client, room: &str, user: Option<&str>) {
-    let reply = ask(c, json!({"type": "subscribe", "channel": room})).await;
+    let reply = c.ask(json!({"type": "subscribe", "channel": room})).await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
     assert_eq!(c.recv().await, event("join", room, user));
 }
@@ -490,7 +481,9 @@ async fn join_and_leave_events_cross_nodes_pass_a_tenant_filter_and_stay_out_of_
 
     // Leaves: an unsubscribe, and a connection that goes away without one. The leaver does
     // not get its own leave.
-    let reply = ask(&mut alice, json!({"type": "unsubscribe", "channel": room})).await;
+    let reply = alice
+        .ask(json!({"type": "unsubscribe", "channel": room}))
+        .await;
     assert_eq!(reply["type"], "unsubscribed", "{reply}");
     assert_eq!(
         acme.recv().await,
@@ -509,11 +502,9 @@ async fn join_and_leave_events_cross_nodes_pass_a_tenant_filter_and_stay_out_of_
     // Events are neither stored nor numbered: the first message is offset 1 and history
     // holds only it.
     let mut publisher = a.client().await;
-    let published = ask(
-        &mut publisher,
-        json!({"type": "publish", "channel": room, "data": {"n": 1}}),
-    )
-    .await;
+    let published = publisher
+        .ask(json!({"type": "publish", "channel": room, "data": {"n": 1}}))
+        .await;
     assert_eq!(published["offset"], 1, "{published}");
     for c in [&mut anon, &mut acme, &mut beta] {
         let m = c.recv().await;
@@ -523,7 +514,7 @@ async fn join_and_leave_events_cross_nodes_pass_a_tenant_filter_and_stay_out_of_
             "{m}"
         );
     }
-    let history = ask(&mut acme, json!({"type": "history", "channel": room})).await;
+    let history = acme.ask(json!({"type": "history", "channel": room})).await;
     assert_eq!(
         history["messages"].as_array().map(Vec::len),
         Some(1),

@@ -221,6 +221,16 @@ impl Client {
         {}
     }
 
+    /// Sends `request` with the id `"q"` and returns the reply, which must be the next frame
+    /// (no delivery may come meanwhile).
+    pub async fn ask(&mut self, mut request: Value) -> Value {
+        request["id"] = json!("q");
+        self.send(request).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["id"], "q", "{reply}");
+        reply
+    }
+
     pub async fn subscribe(&mut self, channel: &str) {
         self.send(json!({"type": "subscribe", "channel": channel}))
             .await;
