@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, every language: Rust (unit, plugin, end-to-end), the JS client, the
-# Python client. Installs the project's own JS and Python
+# Python client, the chat demo in headless Chromium. Installs the project's own JS and Python
 # packages when missing or stale (npm ci; a venv under target/); system packages (redis-server,
 # nginx, chromium) are .ci/run's job. Runs every suite even when one fails; exits non-zero if
 # any did.
@@ -21,6 +21,19 @@ echo "== js: clients/js"
     fi
     npm test
 ) || failed+=(js)
+
+echo "== browser: examples/chat in chromium"
+(
+    set -e
+    cd examples/chat
+    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+        npm ci --no-audit --no-fund
+    fi
+    # The page loads the JS client's dist/ and the test uses its harness (build/test/): both are
+    # compiled by the JS suite above; compile again in case it stopped before.
+    (cd ../../clients/js && npx tsc -p . && npx tsc -p test)
+    npm test
+) || failed+=(browser)
 
 echo "== python: clients/python"
 (

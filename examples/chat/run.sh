@@ -23,6 +23,10 @@ cargo build --release -p switchyard
 # A fresh secret per run: the page server mints demo tokens with it, the nodes verify them.
 SWITCHYARD__AUTH__HS256_SECRET="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
 export SWITCHYARD__AUTH__HS256_SECRET
+# A backend API key for the page server's /members (the gateway's presence API).
+SWITCHYARD_DEMO_API_KEY="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+export SWITCHYARD_DEMO_API_KEY
+export SWITCHYARD__API__KEYS="[\"$SWITCHYARD_DEMO_API_KEY\"]"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
@@ -49,7 +53,7 @@ if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
     pids+=($!)
     gateway="ws://127.0.0.1:$nginx_port/ws"
 fi
-node examples/chat/serve.mjs --port "$chat_port" --gateway "$gateway" &
+node examples/chat/serve.mjs --port "$chat_port" --gateway "$gateway" --api "http://127.0.0.1:8081" &
 pids+=($!)
 echo "Open http://127.0.0.1:$chat_port/ (logs in $work). Ctrl-C to stop."
 wait

@@ -251,14 +251,17 @@ export class Gateway {
     let text = `[server]\nshutdown_grace_secs = 2\n${options.node ? `node_id = "${options.node}"\n` : ""}`;
     if (options.redis) text += `[broker]\nredis_url = "${options.redis.url}"\nprefix = "sy:"\n`;
     text += config;
-    const path = env.file("switchyard.toml", text);
-    const childEnv = { ...process.env };
+    return Gateway.run(env, ["--config", env.file("switchyard.toml", text)]);
+  }
+
+  /**
+   * Starts the gateway binary with `args` (after `--listen 127.0.0.1:0 --log-format json`) and
+   * `vars` added to the environment; resolves once it listens and is ready.
+   */
+  static async run(env: Env, args: string[], vars: Record<string, string> = {}): Promise<Gateway> {
+    const childEnv = { ...process.env, ...vars };
     delete childEnv.SWITCHYARD_CONFIG;
-    const child = env.spawn(
-      GATEWAY_BIN,
-      ["--listen", "127.0.0.1:0", "--log-format", "json", "--config", path],
-      childEnv,
-    );
+    const child = env.spawn(GATEWAY_BIN, ["--listen", "127.0.0.1:0", "--log-format", "json", ...args], childEnv);
     const line = await patiently(
       "the gateway to listen",
       lineMatching(child, "stderr", (l) => l.includes('"switchyard listening"')),
@@ -335,7 +338,7 @@ export class Gateway {
 }
 
 /** Resolves with the first line of the child's `stream` matching `pred`; keeps draining after. */
-function lineMatching(child: ChildProcess, stream: "stdout" | "stderr", pred: (line: string) => boolean): Promise<string> {
+export function lineMatching(child: ChildProcess, stream: "stdout" | "stderr", pred: (line: string) => boolean): Promise<string> {
   const source = child[stream];
   if (!source) return Promise.reject(new Error(`no ${stream} pipe`));
   return new Promise((resolve, reject) => {
@@ -359,6 +362,8 @@ function lineMatching(child: ChildProcess, stream: "stdout" | "stderr", pred: (l
  */
 export class Env {
   readonly #children = new Set<ChildProcess>();
+  /** How cleanup stops a child when SIGKILL would leave its own children behind. */
+  readonly #stopSignals = new Map<ChildProcess, NodeJS.Signals>();
   readonly #clients = new Set<Client>();
   #dir: string | undefined;
   #files = 0;
@@ -395,16 +400,27 @@ export class Env {
     return path;
   }
 
-  /** Spawns a child tracked for cleanup (stdout and stderr piped and drained by readers). */
-  spawn(command: string, args: string[], env: NodeJS.ProcessEnv = process.env): ChildProcess {
+  /**
+   * Spawns a child tracked for cleanup (stdout and stderr piped and drained by readers).
+   * Cleanup stops it with `stopSignal` (a master process that takes its workers down, such as
+   * nginx on SIGTERM), else with SIGKILL.
+   */
+  spawn(
+    command: string,
+    args: string[],
+    env: NodeJS.ProcessEnv = process.env,
+    stopSignal?: NodeJS.Signals,
+  ): ChildProcess {
     const child = spawn(command, args, { env, stdio: ["ignore", "pipe", "pipe"] });
     this.#children.add(child);
+    if (stopSignal) this.#stopSignals.set(child, stopSignal);
     everyChild.add(child);
     // Unread pipes would block the child once full.
     child.stdout?.resume();
     child.stderr?.resume();
     child.once("exit", () => {
       this.#children.delete(child);
+      this.#stopSignals.delete(child);
       everyChild.delete(child);
     });
     return child;
@@ -426,7 +442,11 @@ export class Env {
   /** Closes the clients, kills every child, removes the files. */
   async cleanup(): Promise<void> {
     await Promise.allSettled([...this.#clients].map((c) => patiently("a client to close", c.close(), 5000)));
-    await Promise.allSettled([...this.#children].map((c) => this.kill(c)));
+    await Promise.allSettled(
+      [...this.#children].map((c) =>
+        this.signalAndWait(c, this.#stopSignals.get(c) ?? "SIGKILL").catch(() => this.kill(c)),
+      ),
+    );
     if (this.#dir) rmSync(this.#dir, { recursive: true, force: true });
   }
 }
