@@ -22,10 +22,10 @@ echo "== js: clients/js"
     npm test
 ) || failed+=(js)
 
-echo "== browser: examples/chat in chromium"
+echo "== browser: tests/browser (chat demo, console) in chromium"
 (
     set -e
-    cd examples/chat
+    cd tests/browser
     if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
         npm ci --no-audit --no-fund
     fi

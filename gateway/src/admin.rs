@@ -1,5 +1,6 @@
-//! The admin API: list plugins, upload a version, roll back, unbind. Token-protected;
-//! optionally on its own listener (`admin.listen`).
+//! The admin API: the cluster's nodes, list plugins, upload a version, roll back, unbind.
+//! Token-protected; optionally on its own listener (`admin.listen`), together with the
+//! console page (`crate::console`) that calls it.
 
 use std::sync::Arc;
 
@@ -18,9 +19,10 @@ use crate::node::Node;
 use crate::plugins::Code;
 use crate::plugins::registry::{Origin, SwapError, is_component};
 
-/// Routes under `/admin`.
+/// Routes under `/admin`: the API (token required) and the console page (no data, no token).
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
+        .route("/admin/cluster", get(cluster))
         .route("/admin/plugins", get(list))
         .route("/admin/plugins/{name}", put(upload))
         .route("/admin/plugins/{name}/rollback", post(rollback))
@@ -30,6 +32,7 @@ pub fn router(node: Arc<Node>) -> Router {
             require_token,
         ))
         .with_state(node)
+        .merge(crate::console::router())
 }
 
 /// Lets a request through only with the admin token.
@@ -66,6 +69,18 @@ fn swap_failed(e: SwapError) -> Response {
 fn check_name(name: &str) -> Result<(), ApiError> {
     crate::config::check_plugin_name(name)
         .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", why))
+}
+
+/// `GET /admin/cluster`: every node's status (`crate::status`), this node's fresh; with Redis
+/// the others' as last posted (`stale` when a node stopped posting), and `error` when Redis
+/// could not be read (then only this node).
+async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    let (nodes, error) = node.board.read(node.status().await).await;
+    let mut body = json!({"node": node.id, "nodes": nodes});
+    if let Some(e) = error {
+        body["error"] = json!(e.to_string());
+    }
+    Json(body).into_response()
 }
 
 /// `GET /admin/plugins`: every plugin's version, source, status, last error, bindings, call

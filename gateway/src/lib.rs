@@ -15,6 +15,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod dispatch;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -35,6 +36,7 @@ pub mod replay;
 pub mod rollout;
 pub mod serve;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod watch;
 pub mod ws;

@@ -64,6 +64,23 @@ pub fn render(handle: &PrometheusHandle) -> String {
     out
 }
 
+/// The sum of every sample of counter or gauge `name` in `text` (as [`render`] writes it),
+/// over all label sets: what the console shows as one node's total.
+pub fn total(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // `name{labels} value` or `name value`; not a longer name sharing the prefix.
+            let value = match rest.as_bytes().first()? {
+                b'{' => &rest[rest.find("} ")? + 2..],
+                b' ' => &rest[1..],
+                _ => return None,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum::<f64>() as u64
+}
+
 /// Every latency histogram in the process, by name and rendered labels.
 type Latencies = BTreeMap<(&'static str, String), Arc<Latency>>;
 
@@ -173,5 +190,18 @@ mod tests {
         assert_eq!(value(r#"le="+Inf"}"#), 4.0);
         assert_eq!(value("_count{"), 4.0);
         assert!((value("_sum{") - 3.002_008).abs() < 1e-9);
+    }
+
+    #[test]
+    fn total_sums_one_name_over_its_label_sets_and_no_longer_name() {
+        let text = "# TYPE a_total counter\n\
+                    a_total{node=\"n\",k=\"x\"} 3\n\
+                    a_total{node=\"n\",k=\"y\"} 4\n\
+                    a_total_more 100\n\
+                    b 7\n\
+                    a_total 1\n";
+        assert_eq!(total(text, "a_total"), 8);
+        assert_eq!(total(text, "b"), 7);
+        assert_eq!(total(text, "missing"), 0);
     }
 }

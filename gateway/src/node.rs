@@ -28,6 +28,7 @@ use crate::publish::Publisher;
 use crate::redis_link::RedisTarget;
 use crate::replay::Replay;
 use crate::rollout::Rollout;
+use crate::status::NodeStatus;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Tracks live sessions so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// Where this node posts its status and reads the cluster's (the console's data).
+    pub board: crate::status::Board,
 }
 
 /// What a started node's background tasks need, handed to the server that runs them.
@@ -167,6 +170,8 @@ impl Node {
             broker.clone(),
         ));
         let namespaces = Arc::new(Namespaces::new(&config.namespaces));
+        let board =
+            crate::status::Board::new(target.as_ref(), prefix).map_err(|e| broker_err(&e))?;
         let node = Arc::new(Self {
             publisher: Publisher::new(
                 broker.clone(),
@@ -189,6 +194,7 @@ impl Node {
             draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            board,
         });
         Ok((
             node,
@@ -212,6 +218,33 @@ impl Node {
     /// Whether a connection of `identity` holding `grant` may be opened or refreshed.
     pub fn allows(&self, identity: &crate::identity::Identity, grant: &crate::auth::Grant) -> bool {
         self.revocations.allows(identity.user.as_deref(), grant)
+    }
+
+    /// This node's status now, as the console and `GET /admin/cluster` show it.
+    pub async fn status(&self) -> NodeStatus {
+        let text = crate::metrics::render(&self.metrics);
+        let plugins = self
+            .plugins
+            .list()
+            .await
+            .into_iter()
+            .filter_map(|p| Some((p.name, p.version?)))
+            .collect();
+        NodeStatus {
+            node: self.id.clone(),
+            at_ms: crate::clock::now_ms(),
+            started_ms: self.board.started_ms(),
+            ready: self.is_ready(),
+            draining: self.draining.is_cancelled(),
+            broker: self.broker.kind().to_owned(),
+            broker_connected: self.broker.is_ready(),
+            connections: self.connections.count() as u64,
+            channels: self.hub.channel_count() as u64,
+            published_total: crate::metrics::total(&text, "switchyard_messages_published_total"),
+            delivered_total: crate::metrics::total(&text, "switchyard_messages_delivered_total"),
+            plugins,
+            stale: false,
+        }
     }
 
     /// Ready to serve: not shutting down and the broker is connected.

@@ -105,6 +105,7 @@ impl Gateway {
         );
         tokio::spawn(close_sessions_on_shutdown(node.clone()));
         tokio::spawn(metrics_upkeep(node.clone()));
+        tokio::spawn(post_status(node.clone()));
         tokio::spawn(crate::commands::run(
             node.revocations.clone(),
             node.clone(),
@@ -168,6 +169,7 @@ impl Gateway {
             );
         }
         node.presence.shutdown().await;
+        node.board.withdraw(&node.id).await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -209,6 +211,29 @@ async fn metrics_upkeep(node: Arc<Node>) {
         tokio::select! {
             _ = every.tick() => node.metrics.run_upkeep(),
             () = node.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Posts this node's status for the cluster's console every [`crate::status::POST_EVERY`]
+/// until the node shuts down (the status is withdrawn once it has stopped).
+async fn post_status(node: Arc<Node>) {
+    let mut every = tokio::time::interval(crate::status::POST_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = node.shutdown.cancelled() => return,
+        }
+        match node.board.post(&node.status().await).await {
+            Ok(()) => failing = false,
+            // Once per outage: the broker's reconnect logs tell the rest.
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot post this node's status");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

@@ -7,6 +7,7 @@ mod architecture;
 mod cli;
 mod cluster;
 mod conformance;
+mod console;
 mod deploy;
 mod hardening;
 mod history;

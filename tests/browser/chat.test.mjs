@@ -1,24 +1,16 @@
-// The chat demo in a real browser: headless Chromium (Debian's `chromium`, driven by
-// playwright-core; nothing is downloaded) opens the page in two browser contexts that nginx's
-// least_conn puts on two different nodes (Redis between them), exchanges messages, shows plugin
-// effects, recovers what a page missed while offline, and keeps both pages working through a
-// node drain. Screenshots go to target/chat-browser/.
-//
-// Processes come from the JS client's test harness (clients/js/build/test, compiled by the JS
-// suite, which scripts/test.sh runs first): every one is stopped when the test ends.
+// The chat demo in a real browser: headless Chromium opens the page in two browser contexts
+// that nginx's least_conn puts on two different nodes (Redis between them), exchanges messages,
+// shows plugin effects, recovers what a page missed while offline, and keeps both pages working
+// through a node drain. Screenshots go to target/chat-browser/.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
 
-import { chromium } from "playwright-core";
+import {
+  API_KEY, Env, Gateway, PATIENCE_MS, REPO, SECRET, VIEWPORT, browserFor, eventually, freePort, lineMatching, patiently,
+} from "./support.mjs";
 
-import { API_KEY, Env, Gateway, PATIENCE_MS, SECRET, eventually, freePort, lineMatching, patiently } from "../../../clients/js/build/test/harness.js";
-
-const REPO = fileURLToPath(new URL("../../../", import.meta.url));
-const SHOTS = join(REPO, "target/chat-browser");
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const NGINX = ["/usr/sbin/nginx", "/usr/bin/nginx"].find(existsSync) ?? "nginx";
 
 /** Two nodes with the example config (the demo's plugins and namespaces) on one Redis. */
@@ -33,7 +25,7 @@ async function cluster(env) {
 /** nginx with the example template in front of `gateways`; its port. */
 async function nginx(env, gateways) {
   const port = await freePort();
-  const prefix = join(REPO, "target/chat-browser/nginx");
+  const prefix = join(REPO, "target/chat-nginx");
   mkdirSync(prefix, { recursive: true });
   const upstreams = gateways.map((g) => `server ${g.addr} max_fails=0;`).join(" ");
   const conf = readFileSync(join(REPO, "examples/nginx/nginx.conf.template"), "utf8")
@@ -73,7 +65,7 @@ async function nodeOf(gateway, user, expected) {
 
 /** A signed-in page for `user` in its own browser context. */
 async function signIn(browser, base, user, tenant) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+  const context = await browser.newContext({ viewport: VIEWPORT });
   const page = await context.newPage();
   const problems = [];
   page.on("pageerror", (e) => problems.push(String(e)));
@@ -94,41 +86,19 @@ async function say(page, text) {
 
 const line = (page, text) => page.locator("#messages li", { hasText: text });
 
-/** Saves a screenshot and checks it is far from blank: several times the size of a blank page's. */
-async function shot(page, name, blankBytes) {
-  const path = join(SHOTS, `${name}.png`);
-  await page.screenshot({ path });
-  const bytes = statSync(path).size;
-  assert.ok(bytes > 3 * blankBytes, `${name}.png is ${bytes} bytes, a blank page ${blankBytes}: blank?`);
-}
-
 test("two browsers on two nodes chat, see plugins work, recover while offline and survive a drain", { timeout: 4 * PATIENCE_MS }, async (t) => {
   const env = Env.for(t);
-  rmSync(SHOTS, { recursive: true, force: true });
-  mkdirSync(SHOTS, { recursive: true });
   const [gw1, gw2] = await cluster(env);
   const port = await nginx(env, [gw1, gw2]);
   const base = await pageServer(env, `ws://127.0.0.1:${port}/ws`, `http://${gw1.addr}`);
-
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
-  t.after(() => browser.close());
-  const blank = await (await browser.newPage({ viewport: { width: 1100, height: 760 } })).screenshot();
-
+  const { browser, shot, recording } = await browserFor(t, "chat-browser");
   const ann = await signIn(browser, base, "ann", "acme");
   const bob = await signIn(browser, base, "bob", "acme");
-  try {
-    await chat(gw1, gw2, ann, bob, blank.length);
-  } catch (e) {
-    // What each page showed when a step failed.
-    for (const [name, { page }] of Object.entries({ ann, bob })) {
-      await page.screenshot({ path: join(SHOTS, `failed-${name}.png`) }).catch(() => {});
-    }
-    throw e;
-  }
+  await recording({ ann: ann.page, bob: bob.page }, () => chat(gw1, gw2, ann, bob, shot));
 });
 
 /** The steps, with both pages signed in. */
-async function chat(gw1, gw2, ann, bob, blank) {
+async function chat(gw1, gw2, ann, bob, shot) {
   const annNode = await nodeOf(gw1, "ann");
   const bobNode = await nodeOf(gw1, "bob");
   assert.ok(annNode && bobNode && annNode !== bobNode, `least_conn put ann on ${annNode}, bob on ${bobNode}`);
@@ -148,8 +118,8 @@ async function chat(gw1, gw2, ann, bob, blank) {
   const redacted = line(ann.page, "card [redacted], mail [redacted]");
   await redacted.waitFor();
   assert.doesNotMatch(await ann.page.locator("#messages").innerText(), /4111|bob@example\.com/);
-  await shot(ann.page, "1-ann-support", blank);
-  await shot(bob.page, "1-bob-support", blank);
+  await shot(ann.page, "1-ann-support");
+  await shot(bob.page, "1-bob-support");
 
   // ann goes offline; what bob says meanwhile comes back on reconnect from history, counted.
   for (const p of [ann.page, bob.page]) await p.click('#rooms li[data-channel="chat:lobby"]');
@@ -159,7 +129,7 @@ async function chat(gw1, gw2, ann, bob, blank) {
   await ann.page.click("#offline");
   await ann.page.locator("#messages li.notice", { hasText: "recovered 3 messages" }).waitFor();
   for (const n of [1, 2, 3]) await line(ann.page, `while you were away ${n}`).and(ann.page.locator(".recovered")).waitFor();
-  await shot(ann.page, "2-ann-recovered", blank);
+  await shot(ann.page, "2-ann-recovered");
 
   // Drain ann's node: her page reconnects through nginx to the other node, bob's stays put,
   // and both keep chatting.
@@ -172,8 +142,8 @@ async function chat(gw1, gw2, ann, bob, blank) {
   await line(bob.page, "still here after the drain").waitFor();
   await say(bob.page, "welcome back ann");
   await line(ann.page, "welcome back ann").waitFor();
-  await shot(ann.page, "3-ann-after-drain", blank);
-  await shot(bob.page, "3-bob-after-drain", blank);
+  await shot(ann.page, "3-ann-after-drain");
+  await shot(bob.page, "3-bob-after-drain");
 
   assert.deepEqual([...ann.problems, ...bob.problems], [], "no script errors in either page");
 }

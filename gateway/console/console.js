@@ -1,0 +1,307 @@
+// The operations console: polls the admin API (GET /admin/cluster, GET /admin/plugins) every
+// POLL_MS, draws what it gets, and calls PUT /admin/plugins/{name}, POST .../rollback and
+// DELETE .../bindings for the operator. Everything shown comes from those documented
+// endpoints; rates and charts are computed here from successive answers.
+
+const POLL_MS = 2000;
+/** Points kept per chart: five minutes at POLL_MS. */
+const KEEP = 150;
+const TOKEN_KEY = "switchyard-admin-token";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, props = {}, ...children) => {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children.filter((c) => c !== undefined && c !== null));
+  return node;
+};
+
+/** A refusal from the admin API: HTTP status, the API's code and message. */
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  timer: undefined,
+  /** node id -> its previous report, for rates. */
+  previous: new Map(),
+  /** node id -> { in, out } messages/s. */
+  rates: new Map(),
+  lastErrors: undefined,
+  series: { at: [], in: [], out: [], p99: [], errors: [] },
+  plugins: [],
+};
+
+async function api(method, path, body) {
+  const headers = { authorization: `Bearer ${state.token}` };
+  if (body) headers["content-type"] = "application/wasm";
+  const res = await fetch(path, { method, headers, body, cache: "no-store" });
+  const text = await res.text();
+  let json;
+  try {
+    json = text ? JSON.parse(text) : {};
+  } catch {
+    json = { message: text };
+  }
+  if (!res.ok) throw new ApiError(res.status, json.code ?? `http_${res.status}`, json.message ?? res.statusText);
+  return json;
+}
+
+$("login").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  state.token = $("token").value;
+  $("login-error").textContent = "";
+  try {
+    await api("GET", "/admin/cluster");
+  } catch (err) {
+    signOut(describe(err));
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, state.token);
+  $("token").value = "";
+  start();
+});
+$("logout").addEventListener("click", () => signOut(""));
+$("upload").addEventListener("submit", (e) => {
+  e.preventDefault();
+  upload().catch((err) => outcome(describe(err), false));
+});
+
+function start() {
+  $("login").hidden = true;
+  $("console").hidden = false;
+  $("logout").hidden = false;
+  refresh();
+  state.timer = setInterval(refresh, POLL_MS);
+}
+
+function signOut(message) {
+  clearInterval(state.timer);
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  $("console").hidden = true;
+  $("logout").hidden = true;
+  $("login").hidden = false;
+  $("answering").textContent = "";
+  $("login-error").textContent = message;
+  // Nothing the previous token could see stays on the page.
+  for (const id of ["nodes", "plugins"]) $(id).tBodies[0].replaceChildren();
+  state.previous.clear();
+  state.rates.clear();
+  state.series = { at: [], in: [], out: [], p99: [], errors: [] };
+}
+
+async function refresh() {
+  let cluster, plugins;
+  try {
+    [cluster, plugins] = await Promise.all([api("GET", "/admin/cluster"), api("GET", "/admin/plugins")]);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return signOut(describe(err));
+    $("cluster-error").textContent = `cannot reach the admin API: ${describe(err)}`;
+    return;
+  }
+  $("cluster-error").textContent = cluster.error ? `cluster status incomplete: ${cluster.error}` : "";
+  $("answering").textContent = `answered by ${cluster.node}`;
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  state.plugins = plugins.plugins;
+  rates(cluster.nodes);
+  sample(cluster.nodes, plugins.plugins);
+  renderNodes(cluster.nodes, plugins.plugins);
+  renderPlugins(plugins.plugins);
+  renderCharts();
+}
+
+/** Messages/s per node from the change in its totals since its previous report. */
+function rates(nodes) {
+  for (const n of nodes) {
+    const prev = state.previous.get(n.node);
+    if (prev && n.at_ms > prev.at_ms) {
+      const secs = (n.at_ms - prev.at_ms) / 1000;
+      state.rates.set(n.node, {
+        in: Math.max(0, n.published_total - prev.published_total) / secs,
+        out: Math.max(0, n.delivered_total - prev.delivered_total) / secs,
+      });
+    }
+    if (!prev || n.at_ms > prev.at_ms) state.previous.set(n.node, n);
+  }
+}
+
+function sample(nodes, plugins) {
+  const s = state.series;
+  const live = nodes.filter((n) => !n.stale);
+  const sum = (k) => live.reduce((a, n) => a + (state.rates.get(n.node)?.[k] ?? 0), 0);
+  const errors = plugins.reduce((a, p) => a + p.errors, 0);
+  const errorRate = state.lastErrors === undefined ? 0 : Math.max(0, errors - state.lastErrors) / (POLL_MS / 1000);
+  state.lastErrors = errors;
+  s.at.push(Date.now());
+  s.in.push(sum("in"));
+  s.out.push(sum("out"));
+  s.p99.push(plugins.reduce((a, p) => Math.max(a, p.p99_us), 0));
+  s.errors.push(errorRate);
+  for (const k of Object.keys(s)) if (s[k].length > KEEP) s[k].splice(0, s[k].length - KEEP);
+}
+
+function renderNodes(nodes, plugins) {
+  const serving = new Map(plugins.filter((p) => p.version).map((p) => [p.name, p.version]));
+  $("nodes").tBodies[0].replaceChildren(
+    ...nodes.map((n) => {
+      const rate = state.rates.get(n.node);
+      const [label, kind] = n.stale ? ["stale", "bad"] : n.draining ? ["draining", "warn"] : n.ready ? ["ready", "ok"] : ["not ready", "bad"];
+      const versions = Object.entries(n.plugins).map(([name, v]) => {
+        const lag = serving.has(name) && serving.get(name) !== v;
+        return el("div", { className: lag ? "lag" : "", title: lag ? `lags: the cluster serves ${serving.get(name)}` : "" }, `${name} `, el("span", { className: "version" }, v));
+      });
+      const row = el(
+        "tr",
+        {},
+        el("td", {}, n.node),
+        el("td", {}, el("span", { className: `pill ${kind}` }, label)),
+        el("td", {}, `${n.broker} `, el("span", { className: `pill ${n.broker_connected ? "ok" : "bad"}` }, n.broker_connected ? "connected" : "down")),
+        el("td", { className: "num" }, String(n.connections)),
+        el("td", { className: "num" }, String(n.channels)),
+        el("td", { className: "num" }, rate ? rate.in.toFixed(1) : "…"),
+        el("td", { className: "num" }, rate ? rate.out.toFixed(1) : "…"),
+        el("td", {}, uptime(n.at_ms - n.started_ms)),
+        el("td", {}, ...versions),
+      );
+      row.dataset.node = n.node;
+      return row;
+    }),
+  );
+}
+
+function renderPlugins(plugins) {
+  $("plugin-names").replaceChildren(...plugins.map((p) => el("option", { value: p.name })));
+  $("plugins").tBodies[0].replaceChildren(
+    ...plugins.map((p) => {
+      const kind = p.status === "serving" ? "ok" : p.status === "refused" ? "bad" : "warn";
+      const nodes = Object.entries(p.nodes ?? {}).map(([node, v]) => {
+        const lag = v !== p.version;
+        return el("div", { className: lag ? "lag" : "", title: lag ? "this node serves another version" : "" }, `${node} `, el("span", { className: "version" }, v));
+      });
+      const row = el(
+        "tr",
+        {},
+        el("td", {}, p.name),
+        el("td", {}, ...p.bindings.map((b) => el("div", {}, el("code", {}, b)))),
+        el("td", {}, el("span", { className: `pill ${kind}` }, p.status)),
+        el("td", { className: "version" }, p.version ?? "—"),
+        el("td", { className: "version" }, p.previous ?? "—"),
+        el("td", {}, ...(nodes.length ? nodes : ["this node only"])),
+        el("td", { className: "num" }, String(p.calls)),
+        el("td", { className: "num" }, String(p.errors)),
+        el("td", { className: "num" }, String(p.p50_us)),
+        el("td", { className: "num" }, String(p.p99_us)),
+        el("td", { className: "error" }, p.last_error ?? ""),
+        el(
+          "td",
+          {},
+          button("Roll back", `Roll ${p.name} back to ${p.previous} on every node?`, () => act("POST", `/admin/plugins/${p.name}/rollback`, `${p.name} rolled back`), !p.previous),
+          button("Unbind", `Unbind ${p.name}? Its channels go without it until it is bound again.`, () => act("DELETE", `/admin/plugins/${p.name}/bindings`, `${p.name} unbound`), p.status === "unbound"),
+        ),
+      );
+      row.dataset.plugin = p.name;
+      return row;
+    }),
+  );
+}
+
+function button(text, question, action, disabled) {
+  const b = el("button", { type: "button", textContent: text, disabled: Boolean(disabled) });
+  b.addEventListener("click", () => {
+    if (confirm(question)) action().catch((err) => outcome(describe(err), false));
+  });
+  return b;
+}
+
+async function act(method, path, done) {
+  const reply = await api(method, path);
+  outcome(`${done}${reply.version ? `: now ${reply.version}` : ""}${reply.cluster === false ? " (this node only)" : ""}`, true);
+  await refresh();
+}
+
+async function upload() {
+  const name = $("upload-name").value.trim();
+  const file = $("upload-file").files[0];
+  if (!name || !file) return;
+  if (!confirm(`Upload ${file.name} (${file.size} bytes) as the new version of ${name} on every node?`)) return;
+  const reply = await api("PUT", `/admin/plugins/${encodeURIComponent(name)}`, await file.arrayBuffer());
+  outcome(
+    reply.changed
+      ? `${name}: now ${reply.version}${reply.cluster ? " on every node" : " (this node only)"}`
+      : `${name}: ${reply.version} was already serving`,
+    true,
+  );
+  $("upload-file").value = "";
+  await refresh();
+}
+
+function outcome(text, ok) {
+  const p = $("outcome");
+  p.textContent = text;
+  p.className = ok ? "ok" : "bad";
+}
+
+function renderCharts() {
+  const s = state.series;
+  chart($("chart-messages"), [["in", "#2563eb", s.in], ["out", "#16a34a", s.out]]);
+  chart($("chart-p99"), [["p99 µs", "#9333ea", s.p99]]);
+  chart($("chart-errors"), [["errors/s", "#dc2626", s.errors]]);
+}
+
+/** A line chart of `lines` ([label, colour, values]) over the last KEEP samples. */
+function chart(canvas, lines) {
+  const g = canvas.getContext("2d");
+  const { width: w, height: h } = canvas;
+  const pad = { l: 44, r: 8, t: 18, b: 14 };
+  g.clearRect(0, 0, w, h);
+  const max = Math.max(1, ...lines.flatMap(([, , v]) => v));
+  g.strokeStyle = "#d1d5db";
+  g.fillStyle = "#4b5563";
+  g.font = "11px system-ui, sans-serif";
+  for (const f of [0, 0.5, 1]) {
+    const y = pad.t + (h - pad.t - pad.b) * (1 - f);
+    g.beginPath();
+    g.moveTo(pad.l, y);
+    g.lineTo(w - pad.r, y);
+    g.stroke();
+    g.fillText(short(max * f), 4, y + 4);
+  }
+  let x0 = pad.l;
+  for (const [label, colour, values] of lines) {
+    g.strokeStyle = colour;
+    g.lineWidth = 2;
+    g.beginPath();
+    values.forEach((v, i) => {
+      const x = pad.l + ((w - pad.l - pad.r) * i) / (KEEP - 1);
+      const y = pad.t + (h - pad.t - pad.b) * (1 - v / max);
+      if (i === 0) g.moveTo(x, y);
+      else g.lineTo(x, y);
+    });
+    g.stroke();
+    g.lineWidth = 1;
+    g.fillStyle = colour;
+    const text = `${label} ${short(values.at(-1) ?? 0)}`;
+    g.fillText(text, x0, 12);
+    x0 += g.measureText(text).width + 14;
+  }
+}
+
+function short(v) {
+  return v >= 1e6 ? `${(v / 1e6).toFixed(1)}M` : v >= 1e3 ? `${(v / 1e3).toFixed(1)}k` : v >= 10 ? v.toFixed(0) : v.toFixed(1);
+}
+
+function uptime(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  return s < 120 ? `${s} s` : s < 7200 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`;
+}
+
+function describe(err) {
+  return err instanceof ApiError ? `${err.code}: ${err.message}` : String(err?.message ?? err);
+}
+
+if (state.token) start();
