@@ -1,11 +1,12 @@
 // The operations console: polls the admin API (GET /admin/cluster, GET /admin/plugins) every
 // POLL_MS, draws what it gets, and calls PUT /admin/plugins/{name}, POST .../rollback and
 // DELETE .../bindings for the operator. Everything shown comes from those documented
-// endpoints; rates and charts are computed here from successive answers.
+// endpoints; rates and charts are computed here from the samples each node keeps of its
+// counters (`recent`: every 2 s over the last 5 minutes), so a page just opened has history.
 
 const POLL_MS = 2000;
-/** Points kept per chart: five minutes at POLL_MS. */
-const KEEP = 150;
+/** What the charts span: the nodes' sample window. */
+const WINDOW_MS = 5 * 60 * 1000;
 const TOKEN_KEY = "switchyard-admin-token";
 
 const $ = (id) => document.getElementById(id);
@@ -27,13 +28,6 @@ class ApiError extends Error {
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   timer: undefined,
-  /** node id -> its previous report, for rates. */
-  previous: new Map(),
-  /** node id -> { in, out } messages/s. */
-  rates: new Map(),
-  lastErrors: undefined,
-  series: { at: [], in: [], out: [], p99: [], errors: [] },
-  plugins: [],
 };
 
 async function api(method, path, body) {
@@ -90,9 +84,10 @@ function signOut(message) {
   $("login-error").textContent = message;
   // Nothing the previous token could see stays on the page.
   for (const id of ["nodes", "plugins"]) $(id).tBodies[0].replaceChildren();
-  state.previous.clear();
-  state.rates.clear();
-  state.series = { at: [], in: [], out: [], p99: [], errors: [] };
+  for (const id of ["chart-messages", "chart-p99", "chart-errors"]) {
+    const c = $(id);
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  }
 }
 
 async function refresh() {
@@ -107,49 +102,47 @@ async function refresh() {
   $("cluster-error").textContent = cluster.error ? `cluster status incomplete: ${cluster.error}` : "";
   $("answering").textContent = `answered by ${cluster.node}`;
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
-  state.plugins = plugins.plugins;
-  rates(cluster.nodes);
-  sample(cluster.nodes, plugins.plugins);
   renderNodes(cluster.nodes, plugins.plugins);
   renderPlugins(plugins.plugins);
-  renderCharts();
+  renderCharts(cluster.nodes);
 }
 
-/** Messages/s per node from the change in its totals since its previous report. */
-function rates(nodes) {
-  for (const n of nodes) {
-    const prev = state.previous.get(n.node);
-    if (prev && n.at_ms > prev.at_ms) {
-      const secs = (n.at_ms - prev.at_ms) / 1000;
-      state.rates.set(n.node, {
-        in: Math.max(0, n.published_total - prev.published_total) / secs,
-        out: Math.max(0, n.delivered_total - prev.delivered_total) / secs,
-      });
-    }
-    if (!prev || n.at_ms > prev.at_ms) state.previous.set(n.node, n);
+/** A node's rates between successive samples: [{ at, in, out, errors, p99 }] (per second). */
+function rates(node) {
+  const r = node.recent ?? [];
+  const out = [];
+  for (let i = 1; i < r.length; i++) {
+    const [a, b] = [r[i - 1], r[i]];
+    const secs = (b.at_ms - a.at_ms) / 1000;
+    if (secs <= 0) continue;
+    const per = (k) => Math.max(0, b[k] - a[k]) / secs;
+    out.push({ at: b.at_ms, in: per("published_total"), out: per("delivered_total"), errors: per("plugin_errors_total"), p99: b.plugin_p99_us });
   }
+  return out;
 }
 
-function sample(nodes, plugins) {
-  const s = state.series;
-  const live = nodes.filter((n) => !n.stale);
-  const sum = (k) => live.reduce((a, n) => a + (state.rates.get(n.node)?.[k] ?? 0), 0);
-  const errors = plugins.reduce((a, p) => a + p.errors, 0);
-  const errorRate = state.lastErrors === undefined ? 0 : Math.max(0, errors - state.lastErrors) / (POLL_MS / 1000);
-  state.lastErrors = errors;
-  s.at.push(Date.now());
-  s.in.push(sum("in"));
-  s.out.push(sum("out"));
-  s.p99.push(plugins.reduce((a, p) => Math.max(a, p.p99_us), 0));
-  s.errors.push(errorRate);
-  for (const k of Object.keys(s)) if (s[k].length > KEEP) s[k].splice(0, s[k].length - KEEP);
+/** The cluster's series: every node's rates in POLL_MS slots, summed (p99: the slowest node's). */
+function series(nodes) {
+  const slots = new Map();
+  for (const n of nodes) {
+    for (const r of rates(n)) {
+      const slot = Math.round(r.at / POLL_MS) * POLL_MS;
+      const s = slots.get(slot) ?? { at: slot, in: 0, out: 0, errors: 0, p99: 0 };
+      s.in += r.in;
+      s.out += r.out;
+      s.errors += r.errors;
+      s.p99 = Math.max(s.p99, r.p99);
+      slots.set(slot, s);
+    }
+  }
+  return [...slots.values()].sort((a, b) => a.at - b.at);
 }
 
 function renderNodes(nodes, plugins) {
   const serving = new Map(plugins.filter((p) => p.version).map((p) => [p.name, p.version]));
   $("nodes").tBodies[0].replaceChildren(
     ...nodes.map((n) => {
-      const rate = state.rates.get(n.node);
+      const rate = rates(n).at(-1);
       const [label, kind] = n.stale ? ["stale", "bad"] : n.draining ? ["draining", "warn"] : n.ready ? ["ready", "ok"] : ["not ready", "bad"];
       const versions = Object.entries(n.plugins).map(([name, v]) => {
         const lag = serving.has(name) && serving.get(name) !== v;
@@ -194,8 +187,13 @@ function renderPlugins(plugins) {
         el("td", {}, ...(nodes.length ? nodes : ["this node only"])),
         el("td", { className: "num" }, String(p.calls)),
         el("td", { className: "num" }, String(p.errors)),
-        el("td", { className: "num" }, String(p.p50_us)),
-        el("td", { className: "num" }, String(p.p99_us)),
+        el(
+          "td",
+          { className: "hooks" },
+          ...Object.entries(p.hooks ?? {}).map(([hook, f]) =>
+            el("div", {}, el("code", {}, hook), ` ${f.calls} · ${f.errors} · ${f.p50_us}/${f.p99_us}`),
+          ),
+        ),
         el("td", { className: "error" }, p.last_error ?? ""),
         el(
           "td",
@@ -246,46 +244,46 @@ function outcome(text, ok) {
   p.className = ok ? "ok" : "bad";
 }
 
-function renderCharts() {
-  const s = state.series;
-  chart($("chart-messages"), [["in", "#2563eb", s.in], ["out", "#16a34a", s.out]]);
-  chart($("chart-p99"), [["p99 µs", "#9333ea", s.p99]]);
-  chart($("chart-errors"), [["errors/s", "#dc2626", s.errors]]);
+function renderCharts(nodes) {
+  const s = series(nodes);
+  const line = (k) => s.map((p) => [p.at, p[k]]);
+  chart($("chart-messages"), [["in", "#2563eb", line("in")], ["out", "#16a34a", line("out")]]);
+  chart($("chart-p99"), [["p99 µs", "#9333ea", line("p99")]]);
+  chart($("chart-errors"), [["errors/s", "#dc2626", line("errors")]]);
 }
 
-/** A line chart of `lines` ([label, colour, values]) over the last KEEP samples. */
+/** A line chart of `lines` ([label, colour, [[ms, value]...]]) over the last WINDOW_MS. */
 function chart(canvas, lines) {
   const g = canvas.getContext("2d");
   const { width: w, height: h } = canvas;
   const pad = { l: 44, r: 8, t: 18, b: 14 };
+  const end = Date.now();
+  const x = (t) => pad.l + ((w - pad.l - pad.r) * (t - (end - WINDOW_MS))) / WINDOW_MS;
   g.clearRect(0, 0, w, h);
-  const max = Math.max(1, ...lines.flatMap(([, , v]) => v));
+  const max = Math.max(1, ...lines.flatMap(([, , points]) => points.map(([, v]) => v)));
+  const y = (v) => pad.t + (h - pad.t - pad.b) * (1 - v / max);
   g.strokeStyle = "#d1d5db";
   g.fillStyle = "#4b5563";
   g.font = "11px system-ui, sans-serif";
   for (const f of [0, 0.5, 1]) {
-    const y = pad.t + (h - pad.t - pad.b) * (1 - f);
     g.beginPath();
-    g.moveTo(pad.l, y);
-    g.lineTo(w - pad.r, y);
+    g.moveTo(pad.l, y(max * f));
+    g.lineTo(w - pad.r, y(max * f));
     g.stroke();
-    g.fillText(short(max * f), 4, y + 4);
+    g.fillText(short(max * f), 4, y(max * f) + 4);
   }
+  g.fillText("−5 min", pad.l, h - 2);
+  g.fillText("now", w - pad.r - 20, h - 2);
   let x0 = pad.l;
-  for (const [label, colour, values] of lines) {
+  for (const [label, colour, points] of lines) {
     g.strokeStyle = colour;
     g.lineWidth = 2;
     g.beginPath();
-    values.forEach((v, i) => {
-      const x = pad.l + ((w - pad.l - pad.r) * i) / (KEEP - 1);
-      const y = pad.t + (h - pad.t - pad.b) * (1 - v / max);
-      if (i === 0) g.moveTo(x, y);
-      else g.lineTo(x, y);
-    });
+    points.forEach(([t, v], i) => (i === 0 ? g.moveTo(x(t), y(v)) : g.lineTo(x(t), y(v))));
     g.stroke();
     g.lineWidth = 1;
     g.fillStyle = colour;
-    const text = `${label} ${short(values.at(-1) ?? 0)}`;
+    const text = `${label} ${short(points.at(-1)?.[1] ?? 0)}`;
     g.fillText(text, x0, 12);
     x0 += g.measureText(text).width + 14;
   }

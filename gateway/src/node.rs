@@ -223,10 +223,10 @@ impl Node {
     /// This node's status now, as the console and `GET /admin/cluster` show it.
     pub async fn status(&self) -> NodeStatus {
         let text = crate::metrics::render(&self.metrics);
-        let plugins = self
-            .plugins
-            .list()
-            .await
+        let listed = self.plugins.list().await;
+        let plugin_errors_total = listed.iter().map(|p| p.errors).sum();
+        let plugin_p99_us = listed.iter().map(|p| p.p99_us).max().unwrap_or(0);
+        let plugins = listed
             .into_iter()
             .filter_map(|p| Some((p.name, p.version?)))
             .collect();
@@ -242,7 +242,10 @@ impl Node {
             channels: self.hub.channel_count() as u64,
             published_total: crate::metrics::total(&text, "switchyard_messages_published_total"),
             delivered_total: crate::metrics::total(&text, "switchyard_messages_delivered_total"),
+            plugin_errors_total,
+            plugin_p99_us,
             plugins,
+            recent: self.board.recent(),
             stale: false,
         }
     }

@@ -215,8 +215,9 @@ async fn metrics_upkeep(node: Arc<Node>) {
     }
 }
 
-/// Posts this node's status for the cluster's console every [`crate::status::POST_EVERY`]
-/// until the node shuts down (the status is withdrawn once it has stopped).
+/// Samples this node's counters and posts its status for the cluster's console every
+/// [`crate::status::POST_EVERY`] until the node shuts down (the status is withdrawn once it
+/// has stopped). Without Redis the samples are kept all the same, for `GET /admin/cluster`.
 async fn post_status(node: Arc<Node>) {
     let mut every = tokio::time::interval(crate::status::POST_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -226,7 +227,10 @@ async fn post_status(node: Arc<Node>) {
             _ = every.tick() => {}
             () = node.shutdown.cancelled() => return,
         }
-        match node.board.post(&node.status().await).await {
+        let mut status = node.status().await;
+        node.board.record(crate::status::Sample::of(&status));
+        status.recent = node.board.recent();
+        match node.board.post(&status).await {
             Ok(()) => failing = false,
             // Once per outage: the broker's reconnect logs tell the rest.
             Err(e) if !failing => {

@@ -21,6 +21,8 @@ pub const POST_EVERY: Duration = Duration::from_secs(2);
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
 /// A status older than this is deleted.
 pub const FORGOTTEN_AFTER: Duration = Duration::from_secs(300);
+/// Samples a node keeps of its own counters: five minutes at [`POST_EVERY`].
+pub const RECENT: usize = 150;
 
 /// One node's report about itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,11 +49,47 @@ pub struct NodeStatus {
     pub published_total: u64,
     /// Messages delivered to this node's clients since it started.
     pub delivered_total: u64,
+    /// Failed plugin calls on this node since their versions loaded.
+    pub plugin_errors_total: u64,
+    /// The slowest plugin's p99 call time on this node, µs (upper bound).
+    pub plugin_p99_us: u64,
     /// Plugin name -> the version (first 12 hex digits of its hash) this node serves.
     pub plugins: BTreeMap<String, String>,
+    /// This node's counters every [`POST_EVERY`] over the last minutes, oldest first: what
+    /// rates and charts are computed from (the change between two samples over their time).
+    #[serde(default)]
+    pub recent: Vec<Sample>,
     /// Set by the reader: the report is older than [`STALE_AFTER`] (the node died or hangs).
     #[serde(default)]
     pub stale: bool,
+}
+
+/// A node's counters at one moment.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// [`NodeStatus::published_total`] then.
+    pub published_total: u64,
+    /// [`NodeStatus::delivered_total`] then.
+    pub delivered_total: u64,
+    /// [`NodeStatus::plugin_errors_total`] then.
+    pub plugin_errors_total: u64,
+    /// [`NodeStatus::plugin_p99_us`] then.
+    pub plugin_p99_us: u64,
+}
+
+impl Sample {
+    /// The counters of `status`.
+    pub fn of(status: &NodeStatus) -> Self {
+        Self {
+            at_ms: status.at_ms,
+            published_total: status.published_total,
+            delivered_total: status.delivered_total,
+            plugin_errors_total: status.plugin_errors_total,
+            plugin_p99_us: status.plugin_p99_us,
+        }
+    }
 }
 
 /// Why the board could not be read.
@@ -64,6 +102,8 @@ pub struct Board {
     con: Option<RedisConn>,
     key: String,
     started_ms: u64,
+    /// This node's last [`RECENT`] samples, oldest first.
+    recent: std::sync::Mutex<std::collections::VecDeque<Sample>>,
 }
 
 impl Board {
@@ -77,12 +117,32 @@ impl Board {
             con,
             key: format!("{prefix}{{nodes}}"),
             started_ms: now_ms(),
+            recent: Default::default(),
         })
     }
 
     /// When this node started (ms since the Unix epoch): when its board was made.
     pub fn started_ms(&self) -> u64 {
         self.started_ms
+    }
+
+    /// Keeps `sample` as this node's newest (the oldest goes beyond [`RECENT`]).
+    pub fn record(&self, sample: Sample) {
+        let mut recent = self.recent.lock().expect("recent samples lock");
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(sample);
+    }
+
+    /// This node's samples, oldest first.
+    pub fn recent(&self) -> Vec<Sample> {
+        self.recent
+            .lock()
+            .expect("recent samples lock")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Every node's latest status with `own` (this node's, fresh) in place of what it last

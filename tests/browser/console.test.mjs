@@ -85,6 +85,8 @@ test("the console logs in, shows two nodes, uploads, rolls back and shows a refu
     assert.equal(await tab.locator("#nodes tbody tr").count(), 2);
     const stamp = tab.locator('#plugins tr[data-plugin="stamp"]');
     await stamp.filter({ hasText: "serving" }).waitFor();
+    // Per-hook figures: stamp works on publish.
+    await stamp.locator("td.hooks", { hasText: "on-publish" }).waitFor();
     // Traffic shows as a rate once two reports are in.
     await node("node-a").locator("td.num").nth(2).filter({ hasNotText: /^(…|0\.0)$/ }).waitFor();
 

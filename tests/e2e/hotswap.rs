@@ -294,6 +294,14 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_serving() {
         s["calls"].as_u64().unwrap() >= 2 && s["p99_us"].as_u64().unwrap() > 0,
         "{s}"
     );
+    // The same figures per hook; the plugin's are their sum (calls) and the slowest (p99).
+    let hooks = s["hooks"].as_object().unwrap();
+    let sum: u64 = hooks.values().map(|h| h["calls"].as_u64().unwrap()).sum();
+    assert_eq!(s["calls"], sum, "{s}");
+    let slowest = hooks.values().map(|h| h["p99_us"].as_u64().unwrap()).max();
+    assert_eq!(s["p99_us"].as_u64(), slowest, "{s}");
+    assert!(hooks["on-publish"]["calls"].as_u64().unwrap() >= 2, "{s}");
+    assert!(!hooks.contains_key("on-connect"), "never called: {s}");
     assert!(
         find("guarded")["last_error"]
             .as_str()

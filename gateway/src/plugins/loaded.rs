@@ -320,8 +320,8 @@ pub struct LoadedPlugin {
     pub version: Arc<str>,
     /// Full content hash.
     pub hash: Arc<str>,
-    /// Call counts and latencies, for the admin API.
-    pub stats: CallStats,
+    /// Call counts and latencies per hook (indexed by [`Hook`]), for the admin API.
+    pub stats: [CallStats; Hook::ALL.len()],
     /// Tenant this instance set serves, when bound per tenant (a metrics label).
     pub tenant: Option<Arc<str>>,
     /// One per hook (indexed by [`Hook`]): a deliver hook that fails on every call must open
@@ -365,7 +365,7 @@ impl LoadedPlugin {
             name: name.into(),
             version: hash[..12].into(),
             hash: hash.into(),
-            stats: CallStats::default(),
+            stats: Default::default(),
             tenant: None,
             breakers: Default::default(),
             placement: crate::hub::Placement::default(),
@@ -496,7 +496,7 @@ impl LoadedPlugin {
             },
             Err(e) => (Err(self.error(hook, self.classify(e))), false),
         };
-        self.stats.record(elapsed, result.is_err());
+        self.stats[hook as usize].record(elapsed, result.is_err());
         if healthy {
             let mut pool = self.pool.lock().expect("pool lock");
             if pool.len() < self.limits.pool_size {

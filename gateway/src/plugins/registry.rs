@@ -8,12 +8,13 @@
 //! one version. A version that fails anywhere is refused with its reason (log, metric, admin
 //! status) and the old one keeps serving. Control operations are serialised.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use super::loaded::Hook;
 use super::{Code, LoadError, Plugins, read_code};
 use crate::clock::now_ms;
 use crate::config::PluginsConfig;
@@ -95,13 +96,28 @@ pub struct PluginStatus {
     pub bindings: Vec<String>,
     /// Previous version, for rollback.
     pub previous: Option<String>,
-    /// Calls since it was loaded (all bindings).
+    /// Calls since it was loaded (all bindings, all hooks).
     pub calls: u64,
     /// Failed calls.
     pub errors: u64,
-    /// Median call time, µs (upper bound).
+    /// Median call time, µs (upper bound): the slowest hook's.
     pub p50_us: u64,
-    /// 99th percentile call time, µs (upper bound).
+    /// 99th percentile call time, µs (upper bound): the slowest hook's.
+    pub p99_us: u64,
+    /// The same figures per hook that was called (`on-publish`, `on-deliver`, ...).
+    pub hooks: BTreeMap<&'static str, HookFigures>,
+}
+
+/// One hook's calls and latency in the admin list.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HookFigures {
+    /// Calls since the version was loaded (all bindings).
+    pub calls: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Median call time, µs (upper bound; the slowest binding's).
+    pub p50_us: u64,
+    /// 99th percentile call time, µs (upper bound; the slowest binding's).
     pub p99_us: u64,
 }
 
@@ -317,15 +333,22 @@ impl PluginRegistry {
             .iter()
             .map(|(name, e)| {
                 let loaded: Vec<_> = active.loaded().filter(|l| &*l.name == name).collect();
-                let calls = loaded.iter().map(|l| l.stats.calls()).sum();
-                let errors = loaded.iter().map(|l| l.stats.errors()).sum();
-                let q = |q| {
-                    loaded
-                        .iter()
-                        .map(|l| l.stats.quantile_us(q))
-                        .max()
-                        .unwrap_or(0)
-                };
+                let hooks: BTreeMap<&'static str, HookFigures> = Hook::ALL
+                    .iter()
+                    .filter_map(|&h| {
+                        let stats = || loaded.iter().map(|l| &l.stats[h as usize]);
+                        let q = |q| stats().map(|s| s.quantile_us(q)).max().unwrap_or(0);
+                        let figures = HookFigures {
+                            calls: stats().map(|s| s.calls()).sum(),
+                            errors: stats().map(|s| s.errors()).sum(),
+                            p50_us: q(0.5),
+                            p99_us: q(0.99),
+                        };
+                        (figures.calls > 0).then_some((h.as_str(), figures))
+                    })
+                    .collect();
+                let total = |f: fn(&HookFigures) -> u64| hooks.values().map(f).sum::<u64>();
+                let slowest = |f: fn(&HookFigures) -> u64| hooks.values().map(f).max().unwrap_or(0);
                 let status = if e.last_error.is_some() {
                     "refused"
                 } else if state.unbound.contains(name) || loaded.is_empty() {
@@ -343,10 +366,11 @@ impl PluginRegistry {
                     last_error: e.last_error.clone(),
                     bindings: active.patterns_of(name),
                     previous: e.previous.as_ref().map(|v| v.code.hash[..12].to_owned()),
-                    calls,
-                    errors,
-                    p50_us: q(0.5),
-                    p99_us: q(0.99),
+                    calls: total(|f| f.calls),
+                    errors: total(|f| f.errors),
+                    p50_us: slowest(|f| f.p50_us),
+                    p99_us: slowest(|f| f.p99_us),
+                    hooks,
                 }
             })
             .collect();
