@@ -354,6 +354,8 @@ impl LoadedPlugin {
             hook: Hook::Init,
             failure,
         };
+        foreign_imports(&runtime.engine, component)
+            .map_err(|why| fail(Failure::Instantiate(why)))?;
         let instance_pre = runtime
             .linker
             .instantiate_pre(component)
@@ -688,6 +690,44 @@ impl crate::hub::GroupHook for LoadedPlugin {
     }
 }
 
+/// What a plugin may import: the contract's interfaces (`host`, and `types`, which holds only
+/// types), nothing else.
+const CONTRACT_PREFIX: &str = "switchyard:plugin/";
+
+/// Refuses a component that imports anything beyond the contract, naming what it imports and
+/// the usual cause: a JS or Python toolchain's default build pulls in WASI, which the gateway
+/// does not provide (wasmtime's own error names one missing resource of the first import).
+fn foreign_imports(engine: &wasmtime::Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let foreign: Vec<&str> = ty
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| !name.starts_with(CONTRACT_PREFIX))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let shown = foreign
+        .iter()
+        .take(4)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = match foreign.len() {
+        n if n > 4 => format!(" and {} more", n - 4),
+        _ => String::new(),
+    };
+    let wasi = match foreign.iter().any(|n| n.starts_with("wasi:")) {
+        true => {
+            "; WASI is not provided: build with componentize-js `--disable stdio random clocks http fetch-event`, componentize-py `--stub-wasi`, or cargo-component without WASI"
+        }
+        false => "",
+    };
+    Err(format!(
+        "the component imports {shown}{more}, which the gateway does not provide (plugins may import only {CONTRACT_PREFIX}host){wasi}"
+    ))
+}
+
 /// `text` cut to at most `max` bytes (on a character boundary), marked with `…` when cut.
 pub fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
@@ -752,5 +792,56 @@ impl CallStats {
             }
         }
         1u64 << 31
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component importing an (empty) instance under each of `names`.
+    fn importing(names: &[&str]) -> Component {
+        use wasm_encoder::{
+            ComponentImportSection, ComponentTypeRef, ComponentTypeSection, InstanceType,
+        };
+        let mut c = wasm_encoder::Component::new();
+        let mut types = ComponentTypeSection::new();
+        types.instance(&InstanceType::new());
+        c.section(&types);
+        let mut imports = ComponentImportSection::new();
+        for &name in names {
+            imports.import(name, ComponentTypeRef::Instance(0));
+        }
+        c.section(&imports);
+        let runtime = Runtime::global().unwrap();
+        Component::new(&runtime.engine, c.finish()).unwrap()
+    }
+
+    #[test]
+    fn a_component_importing_wasi_is_refused_naming_the_imports_and_the_flags() {
+        let engine = &Runtime::global().unwrap().engine;
+        let names: Vec<String> = (0..6).map(|i| format!("wasi:io/poll{i}@0.2.0")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let why = foreign_imports(engine, &importing(&names)).unwrap_err();
+        assert!(
+            why.contains("wasi:io/poll0@0.2.0, wasi:io/poll1@0.2.0"),
+            "{why}"
+        );
+        assert!(why.contains("and 2 more"), "{why}");
+        assert!(
+            why.contains("--disable stdio random clocks http fetch-event"),
+            "{why}"
+        );
+        assert!(why.contains("--stub-wasi"), "{why}");
+
+        let other = foreign_imports(engine, &importing(&["acme:db/query@1.0.0"])).unwrap_err();
+        assert!(other.contains("acme:db/query@1.0.0"), "{other}");
+        assert!(!other.contains("WASI"), "{other}");
+
+        let contract = [
+            "switchyard:plugin/types@0.1.0",
+            "switchyard:plugin/host@0.1.0",
+        ];
+        assert_eq!(foreign_imports(engine, &importing(&contract)), Ok(()));
     }
 }
