@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite, every language: Rust (unit, plugin, end-to-end), the JS client, the
-# Python client, the chat demo in headless Chromium. Installs the project's own JS and Python
-# packages when missing or stale (npm ci; a venv under target/); system packages (redis-server,
-# nginx, chromium) are .ci/run's job. Runs every suite even when one fails; exits non-zero if
+# The whole test suite, every language: Rust (unit, plugin, end-to-end), the JS client, plugins
+# in JavaScript (SDK, example, the same checks as the Rust plugin through a gateway), the
+# browser tests (chat demo, console) in headless Chromium, the Python client. Installs the
+# project's own JS and Python packages when missing or stale (npm ci; a venv under target/);
+# system packages (redis-server, nginx, chromium) are .ci/run's job. Runs every suite even when one fails; exits non-zero if
 # any did.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 failed=()
+
+# npm ci in $1 when its node_modules is missing or older than its lock file (npm records what
+# it installed in node_modules/.package-lock.json).
+npm_ready() {
+    if [ ! -f "$1/node_modules/.package-lock.json" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
+        (cd "$1" && npm ci --no-audit --no-fund)
+    fi
+}
 
 echo "== rust: cargo test --workspace"
 cargo test --workspace || failed+=(rust)
@@ -14,21 +23,27 @@ cargo test --workspace || failed+=(rust)
 echo "== js: clients/js"
 (
     set -e
+    npm_ready clients/js
     cd clients/js
-    # npm records what it installed in node_modules/.package-lock.json.
-    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-        npm ci --no-audit --no-fund
-    fi
     npm test
 ) || failed+=(js)
+
+echo "== plugins in JavaScript: plugin-sdk/js, plugins/js, tests/polyglot"
+(
+    set -e
+    npm_ready plugin-sdk/js
+    npm_ready plugins/js/redact
+    (cd plugin-sdk/js && npm test)
+    (cd plugins/js/redact && npm test && npm run build)
+    (cd clients/js && npx tsc -p . && npx tsc -p test)
+    node --test tests/polyglot/
+) || failed+=(plugins-js)
 
 echo "== browser: tests/browser (chat demo, console) in chromium"
 (
     set -e
+    npm_ready tests/browser
     cd tests/browser
-    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-        npm ci --no-audit --no-fund
-    fi
     # The page loads the JS client's dist/ and the test uses its harness (build/test/): both are
     # compiled by the JS suite above; compile again in case it stopped before.
     (cd ../../clients/js && npx tsc -p . && npx tsc -p test)
