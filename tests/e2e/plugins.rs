@@ -181,6 +181,73 @@ async fn hostile_plugins_are_contained() {
     assert_eq!(victim.recv().await["data"], "after");
 }
 
+/// The error `Gateway::bind` gives for `config`, or `None` when it starts.
+async fn start_error(config: &str) -> Option<String> {
+    let parsed = switchyard::Config::from_toml(config).unwrap();
+    switchyard::Gateway::bind(parsed)
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// Interpreted plugins (JS, Python) start far slower than they run and are many core modules:
+/// a fresh instance's init has its own deadline, and the store limits are settings, per plugin.
+#[tokio::test]
+async fn init_has_its_own_deadline_and_store_limits_are_per_plugin() {
+    let slow = "[[plugins.bindings]]\npattern = \"x:*\"\nplugin = \"hostile\"\n\
+                config = { mode = \"init-slow\", ms = 60 }\n";
+    // An init of 60 ms where calls get 20: within the default init deadline (1 s).
+    let gw = TestGateway::start(&with_plugins(&format!("timeout_ms = 20\n{slow}"))).await;
+    let mut c = gw.client().await;
+    c.subscribe("x:1").await;
+    assert_eq!(
+        c.publish_own("x:1", json!({"a": 1}), 1).await["data"],
+        json!({"a": 1})
+    );
+    gw.shutdown().await;
+
+    let tight = format!("timeout_ms = 20\n[plugins.limits.hostile]\ninit_timeout_ms = 10\n{slow}");
+    let err = start_error(&with_plugins(&tight))
+        .await
+        .expect("init over its deadline");
+    assert!(err.contains("init: timed out after 10 ms"), "{err}");
+
+    // Store limits: a component needs more than one instance; the refusal names the setting.
+    let one = "[plugins.limits.allow-all]\nmax_instances = 1\n\
+               [[plugins.bindings]]\npattern = \"y:*\"\nplugin = \"allow-all\"\n";
+    let err = start_error(&with_plugins(one))
+        .await
+        .expect("over the instance limit");
+    assert!(err.contains("instance count too high"), "{err}");
+    assert!(err.contains("plugins.limits.<name>.max_instances"), "{err}");
+
+    let bad = "[plugins.limits.allow-all]\nmax_tables = 0\n";
+    let err = switchyard::Config::from_toml(&with_plugins(bad))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("plugins.limits.allow-all.max_tables"), "{err}");
+}
+
+/// A version compiles once: the compiled component is kept under `<plugins.dir>/.cache` by
+/// default (a JS or Python component takes 10-30 s to compile), not with `cache = false`.
+#[tokio::test]
+async fn compiled_components_are_cached_beside_the_plugins_by_default() {
+    let bytes = std::fs::read(crate::support::plugins_dir().join("allow-all.wasm")).unwrap();
+    let hash = switchyard::plugins::Code::new(bytes.clone()).hash;
+    for cache in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("allow-all.wasm"), &bytes).unwrap();
+        let config = format!(
+            "[plugins]\ndir = {:?}\ncache = {cache}\n[[plugins.bindings]]\npattern = \"a:*\"\nplugin = \"allow-all\"\n",
+            dir.path().display().to_string()
+        );
+        let gw = TestGateway::start(&config).await;
+        let cached = dir.path().join(".cache").join(format!("{hash}.cwasm"));
+        assert_eq!(cached.exists(), cache, "{}", cached.display());
+        gw.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn init_failure_refuses_the_plugin_at_start() {
     let config = with_plugins(

@@ -6,7 +6,7 @@
 // test harness (clients/js/build/test, compiled by the JS suite).
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { promisify } from "node:util";
 import { join } from "node:path";
@@ -16,8 +16,6 @@ import { fileURLToPath } from "node:url";
 import { Env, PATIENCE_MS, PLUGINS_DIR, next } from "../../clients/js/build/test/harness.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
-/** Compiled components survive between runs: a JS component takes ~25 s to compile in a debug build. */
-const CACHE = join(REPO, "target/plugin-cache");
 const LANGUAGES = { rs: "redact", js: "redact-js" };
 const GATEWAY_BIN = process.env.SWITCHYARD_BIN ?? join(REPO, "target/debug/switchyard");
 
@@ -32,14 +30,14 @@ const CASES = [
 ];
 
 test("redact behaves the same in Rust and JavaScript", { timeout: 6 * PATIENCE_MS }, async (t) => {
-  mkdirSync(CACHE, { recursive: true });
   const env = Env.for(t);
   const bindings = Object.entries(LANGUAGES)
     .map(([prefix, plugin]) => `[[plugins.bindings]]\npattern = "${prefix}:*"\nplugin = "${plugin}"\n`)
     .join("");
-  const config = `[plugins]\ndir = ${JSON.stringify(PLUGINS_DIR)}\ncache_dir = ${JSON.stringify(CACHE)}\ntimeout_ms = 2000\n${bindings}`;
-  // `--check` loads every plugin (compile, instantiate, init) and fills the compile cache, so
-  // the gateway below starts at once; the first compile of a JS component is the slow part.
+  const config = `[plugins]\ndir = ${JSON.stringify(PLUGINS_DIR)}\ntimeout_ms = 2000\n${bindings}`;
+  // `--check` loads every plugin (compile, instantiate, init) and fills the compile cache
+  // (on by default, <plugins.dir>/.cache), so the gateway below starts at once: the first
+  // compile of a JS component is the slow part (~25 s in a debug build).
   const dir = mkdtempSync(join(tmpdir(), "switchyard-polyglot-"));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, "check.toml"), config);

@@ -313,6 +313,25 @@ pub struct PluginRef {
     pub timeout_ms: Option<u64>,
 }
 
+/// One plugin's limits where they differ from `[plugins]`'s (`[plugins.limits.<name>]`); a
+/// binding's or tenant's own `timeout_ms` wins over this one's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Call deadline, ms.
+    pub timeout_ms: Option<u64>,
+    /// Instantiation and `init` deadline, ms.
+    pub init_timeout_ms: Option<u64>,
+    /// Bytes per linear memory.
+    pub max_memory_bytes: Option<usize>,
+    /// Core instances.
+    pub max_instances: Option<usize>,
+    /// Tables.
+    pub max_tables: Option<usize>,
+    /// Linear memories.
+    pub max_memories: Option<usize>,
+}
+
 /// Binds a channel namespace to a plugin.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -345,8 +364,20 @@ pub struct PluginsConfig {
     /// Wall-clock budget of one plugin call, in milliseconds (an overrunning call is stopped
     /// within this plus ~1 ms, or within ~6 ms if this is under 5: see `plugins::runtime`).
     pub timeout_ms: u64,
-    /// Linear memory one plugin instance may use, in bytes.
+    /// Wall-clock budget of a fresh instance's instantiation and `init`, in milliseconds
+    /// (interpreted plugins, JS and Python, start far slower than they run).
+    pub init_timeout_ms: u64,
+    /// Linear memory one plugin instance may use, in bytes (per memory).
     pub max_memory_bytes: usize,
+    /// Core instances one plugin instance may create (a Rust component makes a few,
+    /// componentize-py's ~38).
+    pub max_instances: usize,
+    /// Tables one plugin instance may create.
+    pub max_tables: usize,
+    /// Linear memories one plugin instance may create.
+    pub max_memories: usize,
+    /// Limits of single plugins by name (`[plugins.limits.<name>]`), overriding the above.
+    pub limits: std::collections::BTreeMap<String, PluginLimits>,
     /// Total bytes of JSON a publish or deliver hook may return.
     pub max_output_bytes: usize,
     /// Messages one publish hook may forward.
@@ -365,7 +396,10 @@ pub struct PluginsConfig {
     pub deliver_inline_max_us: u64,
     /// Idle instances kept per plugin for reuse.
     pub pool_size: usize,
-    /// Directory for compiled components (keyed by content hash); unset keeps them in memory only.
+    /// Keep compiled components on disk, keyed by content hash, so a version compiles once (a
+    /// JS or Python component takes 10-30 s) and a restart loads it in milliseconds.
+    pub cache: bool,
+    /// Where (default `<dir>/.cache`).
     pub cache_dir: Option<PathBuf>,
     /// Request headers (lower-case) passed to the connect hook.
     pub forward_headers: Vec<String>,
@@ -381,7 +415,12 @@ impl Default for PluginsConfig {
             dir: PathBuf::from("plugins"),
             default: DefaultPolicy::Allow,
             timeout_ms: 20,
+            init_timeout_ms: 1000,
             max_memory_bytes: 32 * 1024 * 1024,
+            max_instances: 64,
+            max_tables: 8,
+            max_memories: 4,
+            limits: Default::default(),
             max_output_bytes: 1024 * 1024,
             max_forwards: 16,
             max_text_bytes: 1024,
@@ -389,6 +428,7 @@ impl Default for PluginsConfig {
             slow_call_fraction: 0.5,
             deliver_inline_max_us: 1000,
             pool_size: 16,
+            cache: true,
             cache_dir: None,
             forward_headers: vec!["user-agent".to_owned(), "origin".to_owned()],
             connect: None,
@@ -751,13 +791,68 @@ pub fn check_plugin_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl PluginsConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.timeout_ms == 0 {
-            return invalid("plugins.timeout_ms", "must be at least 1");
+/// Checks one set of store and deadline limits; `at` names where they come from.
+fn check_limits(at: &str, limits: &PluginLimits) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("{at}.{k}");
+    if limits.timeout_ms == Some(0) {
+        return invalid(key("timeout_ms"), "must be at least 1");
+    }
+    if limits.init_timeout_ms == Some(0) {
+        return invalid(key("init_timeout_ms"), "must be at least 1");
+    }
+    if limits.max_memory_bytes.is_some_and(|b| b < 1024 * 1024) {
+        return invalid(key("max_memory_bytes"), "must be at least 1 MiB");
+    }
+    for (name, value) in [
+        ("max_instances", limits.max_instances),
+        ("max_tables", limits.max_tables),
+        ("max_memories", limits.max_memories),
+    ] {
+        if value == Some(0) {
+            return invalid(key(name), "must be at least 1");
         }
-        if self.max_memory_bytes < 1024 * 1024 {
-            return invalid("plugins.max_memory_bytes", "must be at least 1 MiB");
+    }
+    Ok(())
+}
+
+impl PluginsConfig {
+    /// The compiled-component cache directory, if the cache is on.
+    pub fn cache_path(&self) -> Option<PathBuf> {
+        self.cache.then(|| {
+            self.cache_dir
+                .clone()
+                .unwrap_or_else(|| self.dir.join(".cache"))
+        })
+    }
+
+    /// The limits of plugin `name`: its `[plugins.limits.<name>]` over the section's own.
+    pub fn limits_of(&self, name: &str) -> PluginLimits {
+        let own = self.limits.get(name).cloned().unwrap_or_default();
+        PluginLimits {
+            timeout_ms: own.timeout_ms.or(Some(self.timeout_ms)),
+            init_timeout_ms: own.init_timeout_ms.or(Some(self.init_timeout_ms)),
+            max_memory_bytes: own.max_memory_bytes.or(Some(self.max_memory_bytes)),
+            max_instances: own.max_instances.or(Some(self.max_instances)),
+            max_tables: own.max_tables.or(Some(self.max_tables)),
+            max_memories: own.max_memories.or(Some(self.max_memories)),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let own = PluginLimits {
+            timeout_ms: Some(self.timeout_ms),
+            init_timeout_ms: Some(self.init_timeout_ms),
+            max_memory_bytes: Some(self.max_memory_bytes),
+            max_instances: Some(self.max_instances),
+            max_tables: Some(self.max_tables),
+            max_memories: Some(self.max_memories),
+        };
+        check_limits("plugins", &own)?;
+        for (name, limits) in &self.limits {
+            if let Err(why) = check_plugin_name(name) {
+                return invalid(format!("plugins.limits.{name}"), why);
+            }
+            check_limits(&format!("plugins.limits.{name}"), limits)?;
         }
         if self.max_text_bytes < 64 {
             return invalid("plugins.max_text_bytes", "must be at least 64");

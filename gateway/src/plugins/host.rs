@@ -28,6 +28,20 @@ pub struct MemoryExceeded {
     pub wanted: usize,
 }
 
+/// What one plugin instance's store may hold. A component built by a JS or Python toolchain
+/// is many core modules (componentize-py: ~38 instances, 2 tables), a Rust one a few.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Bytes one linear memory may grow to.
+    pub max_memory: usize,
+    /// Core instances (and component instances) one instantiation may create.
+    pub instances: usize,
+    /// Tables.
+    pub tables: usize,
+    /// Linear memories.
+    pub memories: usize,
+}
+
 /// Per-store state: limits and the plugin's name and version for its log records.
 pub struct HostState {
     /// Plugin name.
@@ -36,17 +50,17 @@ pub struct HostState {
     pub version: Arc<str>,
     /// When the call in progress is to be stopped; checked each time the epoch advances.
     pub deadline: Instant,
-    max_memory: usize,
+    limits: StoreLimits,
 }
 
 impl HostState {
-    /// State for a store of `plugin`/`version` capped at `max_memory` bytes of linear memory.
-    pub fn new(plugin: Arc<str>, version: Arc<str>, max_memory: usize) -> Self {
+    /// State for a store of `plugin`/`version` within `limits`.
+    pub fn new(plugin: Arc<str>, version: Arc<str>, limits: StoreLimits) -> Self {
         Self {
             plugin,
             version,
             deadline: Instant::now(),
-            max_memory,
+            limits,
         }
     }
 }
@@ -58,11 +72,11 @@ impl ResourceLimiter for HostState {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        if desired > self.limits.max_memory {
             // Trap rather than return -1: a guest allocator that sees -1 aborts anyway, and the
             // trap names the real cause.
             return Err(MemoryExceeded {
-                limit: self.max_memory,
+                limit: self.limits.max_memory,
                 wanted: desired,
             }
             .into());
@@ -80,15 +94,15 @@ impl ResourceLimiter for HostState {
     }
 
     fn instances(&self) -> usize {
-        4
+        self.limits.instances
     }
 
     fn tables(&self) -> usize {
-        8
+        self.limits.tables
     }
 
     fn memories(&self) -> usize {
-        4
+        self.limits.memories
     }
 }
 

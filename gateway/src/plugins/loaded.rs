@@ -12,7 +12,7 @@ use super::bindings::{
     ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, IdentityParam, IdentityResult,
     Plugin, PluginPre, PublishDecision, SubscribeDecision,
 };
-use super::host::{HostState, MemoryExceeded};
+use super::host::{HostState, MemoryExceeded, StoreLimits};
 use super::runtime::Runtime;
 
 /// The hooks a plugin exports, for errors, logs and metrics.
@@ -123,8 +123,11 @@ pub struct PluginError {
 pub struct CallLimits {
     /// Wall-clock budget per call.
     pub timeout: Duration,
-    /// Linear memory cap per instance.
-    pub max_memory: usize,
+    /// Wall-clock budget of a fresh instance's instantiation and `init` (first load, pool
+    /// growth, replacing a trapped instance): interpreters start slower than they run.
+    pub init_timeout: Duration,
+    /// What one instance's store may hold: memory, instances, tables.
+    pub store: StoreLimits,
     /// Idle instances kept for reuse.
     pub pool_size: usize,
     /// A successful call slower than this fraction of `timeout` counts as a failure for the
@@ -410,20 +413,16 @@ impl LoadedPlugin {
 
     /// A fresh store and instance, initialised with the binding's config.
     fn instantiate(&self) -> Result<Slot, PluginError> {
-        let state = HostState::new(
-            self.name.clone(),
-            self.version.clone(),
-            self.limits.max_memory,
-        );
+        let state = HostState::new(self.name.clone(), self.version.clone(), self.limits.store);
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         store.epoch_deadline_callback(Runtime::check_deadline);
-        Runtime::arm(&mut store, Instant::now() + self.limits.timeout);
+        Runtime::arm(&mut store, Instant::now() + self.limits.init_timeout);
         let _ticking = self.runtime.ticking();
         let plugin = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| self.error(Hook::Init, self.classify(e)))?;
+            .map_err(|e| self.error(Hook::Init, self.classify(e, self.limits.init_timeout)))?;
         let started = Instant::now();
         let result = plugin.call_init(&mut store, &self.config);
         // Counted like the other hooks: every fresh instance (first load, pool growth, after a
@@ -437,18 +436,19 @@ impl LoadedPlugin {
                 let reason = truncate(reason, self.limits.output.max_text);
                 Err(self.error(Hook::Init, Failure::InitFailed(reason)))
             }
-            Err(e) => Err(self.error(Hook::Init, self.classify(e))),
+            Err(e) => Err(self.error(Hook::Init, self.classify(e, self.limits.init_timeout))),
         }
     }
 
-    fn classify(&self, e: wasmtime::Error) -> Failure {
+    /// What went wrong in a call that had `deadline`.
+    fn classify(&self, e: wasmtime::Error, deadline: Duration) -> Failure {
         if let Some(m) = e.downcast_ref::<MemoryExceeded>() {
             return Failure::MemoryLimit(m.limit);
         }
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => Failure::Timeout(self.limits.timeout),
-            Some(trap) => Failure::Trap(trap.to_string()),
-            None => Failure::Trap(format!("{e:#}")),
+            Some(Trap::Interrupt) => Failure::Timeout(deadline),
+            Some(trap) => Failure::Trap(with_limit_hint(trap.to_string())),
+            None => Failure::Trap(with_limit_hint(format!("{e:#}"))),
         }
     }
 
@@ -496,7 +496,10 @@ impl LoadedPlugin {
                 Ok(()) => (Ok(r), true),
                 Err(why) => (Err(self.error(hook, Failure::InvalidOutput(why))), true),
             },
-            Err(e) => (Err(self.error(hook, self.classify(e))), false),
+            Err(e) => (
+                Err(self.error(hook, self.classify(e, self.limits.timeout))),
+                false,
+            ),
         };
         self.stats[hook as usize].record(elapsed, result.is_err());
         if healthy {
@@ -687,6 +690,24 @@ impl crate::hub::GroupHook for LoadedPlugin {
             Some(t) => format!("{}@{} (tenant {t})", self.name, self.version),
             None => format!("{}@{}", self.name, self.version),
         }
+    }
+}
+
+/// `message` with the setting to raise when it is one of the store's count limits (wasmtime
+/// says "instance count too high" and the like; the operator needs the key).
+fn with_limit_hint(message: String) -> String {
+    let key = [
+        ("instance count too high", "max_instances"),
+        ("table count too high", "max_tables"),
+        ("memory count too high", "max_memories"),
+    ]
+    .into_iter()
+    .find_map(|(said, key)| message.contains(said).then_some(key));
+    match key {
+        Some(key) => format!(
+            "{message} (raise plugins.{key}, or plugins.limits.<name>.{key} for this plugin)"
+        ),
+        None => message,
     }
 }
 

@@ -23,6 +23,7 @@ pub mod runtime;
 use crate::identity::Identity;
 use crate::namespace::{self, Pattern};
 use bindings::{ConnectDecision, PublishDecision, SubscribeDecision};
+use host::StoreLimits;
 use loaded::{CallLimits, LoadedPlugin, OutputLimits, PluginError};
 use runtime::Runtime;
 
@@ -151,18 +152,30 @@ impl Plugins {
             connect: None,
             forward_headers: config.forward_headers.clone(),
         };
-        let limits = CallLimits {
-            timeout: Duration::from_millis(config.timeout_ms),
-            max_memory: config.max_memory_bytes,
-            pool_size: config.pool_size,
-            slow_fraction: config.slow_call_fraction,
-            output: OutputLimits {
-                max_output: config.max_output_bytes,
-                max_forwards: config.max_forwards,
-                max_text: config.max_text_bytes,
-                max_claims: config.max_claims_bytes,
-                max_json_depth,
-            },
+        // A plugin's limits: `[plugins]`'s, then its `[plugins.limits.<name>]`; a binding's or
+        // tenant's `timeout_ms` last.
+        let limits_of = |name: &str| {
+            let l = config.limits_of(name);
+            let given = |v: Option<usize>| v.expect("limits_of fills every limit");
+            CallLimits {
+                timeout: Duration::from_millis(l.timeout_ms.expect("filled")),
+                init_timeout: Duration::from_millis(l.init_timeout_ms.expect("filled")),
+                store: StoreLimits {
+                    max_memory: given(l.max_memory_bytes),
+                    instances: given(l.max_instances),
+                    tables: given(l.max_tables),
+                    memories: given(l.max_memories),
+                },
+                pool_size: config.pool_size,
+                slow_fraction: config.slow_call_fraction,
+                output: OutputLimits {
+                    max_output: config.max_output_bytes,
+                    max_forwards: config.max_forwards,
+                    max_text: config.max_text_bytes,
+                    max_claims: config.max_claims_bytes,
+                    max_json_depth,
+                },
+            }
         };
         let reusable =
             |name: &str, hash: &str, cfg: &str, tenant: Option<&str>, limits: &CallLimits| {
@@ -184,7 +197,7 @@ impl Plugins {
                     tenant: Option<&str>,
                     timeout_ms: Option<u64>|
          -> Result<Arc<LoadedPlugin>, LoadError> {
-            let mut limits = limits.clone();
+            let mut limits = limits_of(name);
             if let Some(ms) = timeout_ms {
                 limits.timeout = Duration::from_millis(ms);
             }
@@ -199,7 +212,7 @@ impl Plugins {
                 source,
             })?;
             let component = runtime
-                .compile(&code.bytes, &code.hash, config.cache_dir.as_deref())
+                .compile(&code.bytes, &code.hash, config.cache_path().as_deref())
                 .map_err(|source| LoadError::Compile {
                     key: key.clone(),
                     plugin: name.to_owned(),

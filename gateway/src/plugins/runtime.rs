@@ -206,10 +206,14 @@ impl Runtime {
         hash: &str,
         cache_dir: Option<&Path>,
     ) -> Result<Component, CompileError> {
-        if let Some(c) = self.compiled.lock().expect("cache lock").get(hash) {
-            return Ok(c.clone());
-        }
         let cached = cache_dir.map(|dir| dir.join(format!("{hash}.cwasm")));
+        if let Some(c) = self.compiled.lock().expect("cache lock").get(hash).cloned() {
+            // Compiled earlier in this process, perhaps for another cache directory.
+            if let Some(path) = cached.as_deref().filter(|p| !p.exists()) {
+                store_cached(&c, path);
+            }
+            return Ok(c);
+        }
         let component = match cached.as_deref().and_then(|p| self.load_cached(p)) {
             Some(c) => c,
             None => {
@@ -255,8 +259,11 @@ fn store_cached(component: &Component, path: &Path) {
         .and_then(|bytes| {
             let dir = path.parent().expect("cache path has a parent");
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-            // Write then rename, so a concurrent reader never sees half a file.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            // Write then rename, so a concurrent reader never sees half a file; a name of its
+            // own per write, as two loads in one process may compile the same version at once.
+            static WRITES: AtomicU64 = AtomicU64::new(0);
+            let n = WRITES.fetch_add(1, Ordering::Relaxed);
+            let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
             std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, path).map_err(|e| e.to_string())
         });

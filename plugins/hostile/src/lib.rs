@@ -15,6 +15,7 @@
 //! | `flood`     | publish: forwards `forwards` (default 100,000) copies of `{}` to its own  |
 //! |             | channel; other hooks as `oversize`                                        |
 //! | `init-fail` | `init` returns an error (hooks are never reached)                         |
+//! | `init-slow` | `init` busy-waits `ms` milliseconds on the host clock, then succeeds       |
 //! | `slow`      | busy-waits `ms` milliseconds (default 5) on the host clock, then passes    |
 //! | `deep`      | answers with JSON nested `depth` levels (default 1,000) where `oversize`   |
 //! |             | answers with its huge string                                              |
@@ -54,6 +55,8 @@ pub enum Mode {
     InitFail,
     /// Take `ms` milliseconds, then behave.
     Slow,
+    /// `init` takes `ms` milliseconds, then succeeds.
+    InitSlow,
     /// Return deeply nested JSON.
     Deep,
 }
@@ -116,6 +119,9 @@ impl Plugin for Hostile {
         if config.mode == Mode::InitFail {
             return Err("hostile plugin: init-fail mode refuses to start".to_owned());
         }
+        if config.mode == Mode::InitSlow {
+            busy_wait(config.ms);
+        }
         Ok(Self { config })
     }
 
@@ -169,7 +175,7 @@ impl Hostile {
             return None;
         }
         match self.config.mode {
-            Mode::None | Mode::InitFail => None,
+            Mode::None | Mode::InitFail | Mode::InitSlow => None,
             Mode::Loop => spin(),
             Mode::Memory => hog(),
             Mode::Trap => trap(),
