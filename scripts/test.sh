@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, every language: Rust (unit, plugin, end-to-end), the JS client, plugins
-# in JavaScript (SDK, example, the same checks as the Rust plugin through a gateway), the
-# browser tests (chat demo, console) in headless Chromium, the Python client. Installs the
+# The whole test suite, every language: Rust (unit, plugin, end-to-end), the JS and Python
+# clients, the JS and Python plugin SDKs and their examples (natively, then the same checks as
+# the Rust plugin through a gateway), the browser tests (chat demo, console) in headless
+# Chromium. Installs the
 # project's own JS and Python packages when missing or stale (npm ci; a venv under target/);
 # system packages (redis-server, nginx, chromium) are .ci/run's job. Runs every suite even when one fails; exits non-zero if
 # any did.
@@ -28,16 +29,37 @@ echo "== js: clients/js"
     npm test
 ) || failed+=(js)
 
-echo "== plugins in JavaScript: plugin-sdk/js, plugins/js, tests/polyglot"
+echo "== python: clients/python, plugin-sdk/python, plugins/python"
+(
+    set -e
+    venv=target/venv
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    if [ ! -f "$venv/.installed" ] || [ clients/python/pyproject.toml -nt "$venv/.installed" ] ||
+        [ plugin-sdk/python/pyproject.toml -nt "$venv/.installed" ]; then
+        "$venv/bin/pip" install -q --disable-pip-version-check -e 'clients/python[test]' \
+            -e 'plugin-sdk/python[build,test]'
+        touch "$venv/.installed"
+    fi
+    "$venv/bin/python" -m pytest clients/python -q
+    "$venv/bin/python" -m pytest plugin-sdk/python plugins/python -q
+    "$venv/bin/python" -m switchyard_plugin build plugins/python/redact/redact.py -o target/plugins/redact-py.wasm
+) || failed+=(python)
+
+echo "== plugins in JavaScript: plugin-sdk/js, plugins/js"
 (
     set -e
     npm_ready plugin-sdk/js
     npm_ready plugins/js/redact
     (cd plugin-sdk/js && npm test)
     (cd plugins/js/redact && npm test && npm run build)
+) || failed+=(plugins-js)
+
+echo "== plugins, every language through a gateway: tests/polyglot"
+(
+    set -e
     (cd clients/js && npx tsc -p . && npx tsc -p test)
     node --test tests/polyglot/
-) || failed+=(plugins-js)
+) || failed+=(polyglot)
 
 echo "== browser: tests/browser (chat demo, console) in chromium"
 (
@@ -50,17 +72,6 @@ echo "== browser: tests/browser (chat demo, console) in chromium"
     npm test
 ) || failed+=(browser)
 
-echo "== python: clients/python"
-(
-    set -e
-    venv=target/venv
-    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    if [ ! -f "$venv/.installed" ] || [ clients/python/pyproject.toml -nt "$venv/.installed" ]; then
-        "$venv/bin/pip" install -q --disable-pip-version-check -e 'clients/python[test]'
-        touch "$venv/.installed"
-    fi
-    "$venv/bin/python" -m pytest clients/python -q
-) || failed+=(python)
 
 if ((${#failed[@]})); then
     echo "== FAILED: ${failed[*]}"

@@ -1,8 +1,10 @@
 // The same behavioural checks against a plugin written in each language, through a real
-// gateway: `redact` (Rust, plugins/redact) and `redact-js` (JavaScript, plugins/js/redact, built
-// with plugin-sdk/js). Both are bound at once (rs:*, js:*) and must treat every message alike.
+// gateway: `redact` (Rust, plugins/redact), `redact-js` (JavaScript, plugins/js/redact, built
+// with plugin-sdk/js) and `redact-py` (Python, plugins/python/redact, built with
+// plugin-sdk/python). All are bound at once (rs:*, js:*, py:*) and must treat every message
+// alike.
 //
-// Needs target/plugins/{redact,redact-js}.wasm (scripts/test.sh builds them) and the JS client's
+// Needs target/plugins/redact{,-js,-py}.wasm (scripts/test.sh builds them) and the JS client's
 // test harness (clients/js/build/test, compiled by the JS suite).
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -16,7 +18,7 @@ import { fileURLToPath } from "node:url";
 import { Env, PATIENCE_MS, PLUGINS_DIR, next } from "../../clients/js/build/test/harness.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
-const LANGUAGES = { rs: "redact", js: "redact-js" };
+const LANGUAGES = { rs: "redact", js: "redact-js", py: "redact-py" };
 const GATEWAY_BIN = process.env.SWITCHYARD_BIN ?? join(REPO, "target/debug/switchyard");
 
 /** [what is published, what subscribers must receive] */
@@ -29,7 +31,7 @@ const CASES = [
   ["a plain string with bob@example.org", "a plain string with [redacted]"],
 ];
 
-test("redact behaves the same in Rust and JavaScript", { timeout: 6 * PATIENCE_MS }, async (t) => {
+test("redact behaves the same in Rust, JavaScript and Python", { timeout: 6 * PATIENCE_MS }, async (t) => {
   const env = Env.for(t);
   const bindings = Object.entries(LANGUAGES)
     .map(([prefix, plugin]) => `[[plugins.bindings]]\npattern = "${prefix}:*"\nplugin = "${plugin}"\n`)
