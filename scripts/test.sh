@@ -58,7 +58,7 @@ echo "== plugins, every language through a gateway: tests/polyglot"
 (
     set -e
     (cd clients/js && npx tsc -p . && npx tsc -p test)
-    node --test tests/polyglot/
+    node --test --test-concurrency=1 tests/polyglot/
 ) || failed+=(polyglot)
 
 echo "== browser: tests/browser (chat demo, console) in chromium"

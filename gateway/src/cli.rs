@@ -40,6 +40,17 @@ pub struct Cli {
     /// Validate the configuration (and everything it references), print the result and exit.
     #[arg(long)]
     pub check: bool,
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `switchyard <command>`: tools beside the server.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// The plugin author's toolkit: new, build, test, push.
+    #[command(subcommand)]
+    Plugin(crate::toolkit::PluginCommand),
 }
 
 impl Cli {

@@ -38,6 +38,7 @@ pub mod serve;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod toolkit;
 pub mod watch;
 pub mod ws;
 

@@ -32,6 +32,15 @@ fn raise_fd_limit(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(switchyard::cli::Command::Plugin(command)) = cli.command {
+        return match switchyard::toolkit::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard plugin: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let source = cli.source();
     let config = match Config::load(&source) {
         Ok(c) => c,

@@ -144,7 +144,7 @@ impl Default for AdminConfig {
         Self {
             token: None,
             listen: None,
-            max_upload_bytes: 16 * 1024 * 1024,
+            max_upload_bytes: 64 * 1024 * 1024,
             watch: true,
         }
     }
