@@ -12,6 +12,10 @@
 #   embedded    switchyard, 1 node, embedded broker (no Redis)   bench/configs/plain.toml
 #   redis       switchyard, 2 nodes + Redis, no plugin           bench/configs/plain.toml
 #   allow-all   switchyard, 2 nodes + Redis, allow-all on "*"    bench/configs/allow-all.toml
+#   allow-all-js, allow-all-py
+#               the same with the pass-through plugin in JavaScript or Python (plugins/js/allow-all,
+#               plugins/python/allow-all; built with `switchyard plugin build`, which needs npm, and
+#               the Python SDK with componentize-py in target/venv or SWITCHYARD_PYTHON)
 #   history     switchyard, 2 nodes + Redis, history on every channel  bench/configs/history.toml
 #   embedded-history
 #               switchyard, 1 node, embedded broker, history on every channel
@@ -80,11 +84,11 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 for s in $SERVERS; do
   case $s in
-    embedded | redis | allow-all | history | embedded-history | cluster | floor | seed-ws) ;;
+    embedded | redis | allow-all | allow-all-js | allow-all-py | history | embedded-history | cluster | floor | seed-ws) ;;
     base-embedded | base-redis | base-allow-all)
       [ -x "${BASE_BIN:-}" ] || die "server '$s' needs BASE_BIN, an executable switchyard binary"
       ;;
-    *) die "unknown server '$s' (embedded redis allow-all history embedded-history cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
+    *) die "unknown server '$s' (embedded redis allow-all allow-all-js allow-all-py history embedded-history cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
   esac
 done
 for s in $SCENARIOS; do
@@ -193,6 +197,8 @@ server_spec() {
     embedded) echo "1|cmd:exec $SY --listen 127.0.0.1:{PORT} --config $PLAIN" ;;
     redis) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $PLAIN" ;;
     allow-all) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
+    allow-all-js | allow-all-py)
+      echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $(printf '%q' "$ROOT/bench/configs/$1.toml")" ;;
     history) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $HISTORY" ;;
     embedded-history) echo "1|cmd:exec $SY --listen 127.0.0.1:{PORT} --config $HISTORY" ;;
     cluster) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-cluster $CLUSTER_SEEDS --config $PLAIN" ;;
@@ -203,6 +209,16 @@ server_spec() {
     base-allow-all) echo "2|cmd:exec $BASE --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
   esac
 }
+for lang in js py; do
+  wants "allow-all-$lang" || continue
+  dir=$([ "$lang" = js ] && echo plugins/js/allow-all || echo plugins/python/allow-all)
+  log "building the $lang allow-all plugin"
+  "$ROOT/target/dist/switchyard" plugin build "$ROOT/$dir" -o "$ROOT/target/plugins/allow-all-$lang.wasm" >&2 ||
+    die "cannot build $dir (switchyard plugin build)"
+  # Compiles it once into the plugins' cache, before any node must start quickly.
+  "$ROOT/target/dist/switchyard" --check --config "$ROOT/bench/configs/allow-all-$lang.toml" >/dev/null ||
+    die "switchyard --check --config bench/configs/allow-all-$lang.toml failed"
+done
 for cfg in "$ROOT/bench/configs/plain.toml" "$ROOT/bench/configs/allow-all.toml" "$ROOT/bench/configs/history.toml"; do
   if [ "$cfg" = "$ROOT/bench/configs/allow-all.toml" ] && ! wants allow-all && ! wants base-allow-all; then continue; fi
   "$ROOT/target/dist/switchyard" --check --config "$cfg" >/dev/null 2>&1 ||

@@ -17,11 +17,13 @@ import statistics
 import sys
 
 ORDER = ["embedded", "base-embedded", "embedded-history", "redis", "base-redis", "history",
-         "cluster", "allow-all", "base-allow-all", "floor", "seed-ws"]
+         "cluster", "allow-all", "allow-all-js", "allow-all-py", "base-allow-all", "floor", "seed-ws"]
 NAMES = {
     "embedded": "switchyard embedded (1 node)",
     "redis": "switchyard + Redis (2 nodes)",
     "allow-all": "switchyard + Redis + allow-all",
+    "allow-all-js": "switchyard + Redis + allow-all in JS",
+    "allow-all-py": "switchyard + Redis + allow-all in Python",
     "history": "switchyard + Redis, history on",
     "embedded-history": "switchyard embedded, history on",
     "base-embedded": "base: embedded (1 node)",
@@ -263,7 +265,8 @@ def main():
 
 # (measured, baseline): what history costs, and what a change costs against the base binary.
 PAIRS = [("history", "redis"), ("embedded-history", "embedded"), ("embedded", "base-embedded"),
-         ("redis", "base-redis"), ("allow-all", "base-allow-all")]
+         ("redis", "base-redis"), ("allow-all", "base-allow-all"),
+         ("allow-all-js", "allow-all"), ("allow-all-py", "allow-all")]
 
 
 def print_pairs(runs, m, scenarios):

@@ -42,16 +42,20 @@ echo "== python: clients/python, plugin-sdk/python, plugins/python"
     fi
     "$venv/bin/python" -m pytest clients/python -q
     "$venv/bin/python" -m pytest plugin-sdk/python plugins/python -q
-    "$venv/bin/python" -m switchyard_plugin build plugins/python/redact/redact.py -o target/plugins/redact-py.wasm
+    for plugin in redact tenant-guard; do
+        "$venv/bin/python" -m switchyard_plugin build "plugins/python/$plugin/${plugin//-/_}.py" -o "target/plugins/$plugin-py.wasm"
+    done
 ) || failed+=(python)
 
 echo "== plugins in JavaScript: plugin-sdk/js, plugins/js"
 (
     set -e
     npm_ready plugin-sdk/js
-    npm_ready plugins/js/redact
     (cd plugin-sdk/js && npm test)
-    (cd plugins/js/redact && npm test && npm run build)
+    for plugin in redact tenant-guard; do
+        npm_ready "plugins/js/$plugin"
+        (cd "plugins/js/$plugin" && npm test && npm run build)
+    done
 ) || failed+=(plugins-js)
 
 echo "== plugins, every language through a gateway: tests/polyglot"

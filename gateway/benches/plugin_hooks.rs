@@ -141,6 +141,35 @@ fn hooks(c: &mut Criterion) {
         b.iter(|| redact.publish(black_box(&who), black_box(CHANNEL), black_box(&email)))
     });
 
+    // The pass-through plugin written in JavaScript and in Python (built by bench/compare.sh
+    // or `switchyard plugin build plugins/{js,python}/allow-all`): what each language's
+    // runtime costs per call beside `allow-all` in Rust. Skipped when not built.
+    let dir = common::plugins_dir();
+    for lang in ["js", "py"] {
+        let name = format!("allow-all-{lang}");
+        if !dir.join(format!("{name}.wasm")).is_file() {
+            eprintln!("plugin_hooks: target/plugins/{name}.wasm not built; skipping {name}");
+            continue;
+        }
+        let plugin = load(Some(&name));
+        assert_eq!(plugin.publish(&who, CHANNEL, &generic), Ok(Routed::Pass));
+        g.bench_function(BenchmarkId::new("publish", &name), |b| {
+            b.iter(|| plugin.publish(black_box(&who), black_box(CHANNEL), black_box(&generic)))
+        });
+        g.bench_function(BenchmarkId::new("subscribe", &name), |b| {
+            b.iter(|| plugin.subscribe(black_box(&who), black_box(CHANNEL)))
+        });
+        g.bench_function(BenchmarkId::new("deliver", &name), |b| {
+            b.iter(|| {
+                plugin.prepare(
+                    black_box(CHANNEL),
+                    black_box(&*group),
+                    black_box(generic.as_bytes()),
+                )
+            })
+        });
+    }
+
     g.finish();
 }
 

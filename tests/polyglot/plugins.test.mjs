@@ -1,11 +1,10 @@
-// The same behavioural checks against a plugin written in each language, through a real
-// gateway: `redact` (Rust, plugins/redact), `redact-js` (JavaScript, plugins/js/redact, built
-// with plugin-sdk/js) and `redact-py` (Python, plugins/python/redact, built with
-// plugin-sdk/python). All are bound at once (rs:*, js:*, py:*) and must treat every message
-// alike.
+// The same behavioural checks against plugins written in each language, through a real
+// gateway: `redact` and `tenant-guard` in Rust (plugins/), JavaScript (plugins/js, built with
+// plugin-sdk/js) and Python (plugins/python, built with plugin-sdk/python). All are bound at
+// once (rs:*, js:*, py:*; rsg:*, jsg:*, pyg:*) and must treat every message alike.
 //
-// Needs target/plugins/redact{,-js,-py}.wasm (scripts/test.sh builds them) and the JS client's
-// test harness (clients/js/build/test, compiled by the JS suite).
+// Needs target/plugins/{redact,tenant-guard}{,-js,-py}.wasm (scripts/test.sh builds them) and
+// the JS client's test harness (clients/js/build/test, compiled by the JS suite).
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -15,10 +14,12 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { Env, PATIENCE_MS, PLUGINS_DIR, next } from "../../clients/js/build/test/harness.js";
+import { AUTH, Env, PATIENCE_MS, PLUGINS_DIR, next, token } from "../../clients/js/build/test/harness.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const LANGUAGES = { rs: "redact", js: "redact-js", py: "redact-py" };
+/** tenant-guard in each language, bound to `<prefix>g:*` with its tenant channels under `<prefix>g:t:`. */
+const GUARDS = { rs: "tenant-guard", js: "tenant-guard-js", py: "tenant-guard-py" };
 const GATEWAY_BIN = process.env.SWITCHYARD_BIN ?? join(REPO, "target/debug/switchyard");
 
 /** [what is published, what subscribers must receive] */
@@ -31,12 +32,16 @@ const CASES = [
   ["a plain string with bob@example.org", "a plain string with [redacted]"],
 ];
 
-test("redact behaves the same in Rust, JavaScript and Python", { timeout: 6 * PATIENCE_MS }, async (t) => {
+test("redact and tenant-guard behave the same in Rust, JavaScript and Python", { timeout: 6 * PATIENCE_MS }, async (t) => {
   const env = Env.for(t);
-  const bindings = Object.entries(LANGUAGES)
-    .map(([prefix, plugin]) => `[[plugins.bindings]]\npattern = "${prefix}:*"\nplugin = "${plugin}"\n`)
-    .join("");
-  const config = `[plugins]\ndir = ${JSON.stringify(PLUGINS_DIR)}\ntimeout_ms = 2000\n${bindings}`;
+  const bindings =
+    Object.entries(LANGUAGES)
+      .map(([prefix, plugin]) => `[[plugins.bindings]]\npattern = "${prefix}:*"\nplugin = "${plugin}"\n`)
+      .join("") +
+    Object.entries(GUARDS)
+      .map(([prefix, plugin]) => `[[plugins.bindings]]\npattern = "${prefix}g:*"\nplugin = "${plugin}"\nconfig = { prefix = "${prefix}g:t:" }\n`)
+      .join("");
+  const config = `${AUTH}anonymous = true\n[plugins]\ndir = ${JSON.stringify(PLUGINS_DIR)}\ntimeout_ms = 2000\n${bindings}`;
   // `--check` loads every plugin (compile, instantiate, init) and fills the compile cache
   // (on by default, <plugins.dir>/.cache), so the gateway below starts at once: the first
   // compile of a JS component is the slow part (~25 s in a debug build).
@@ -58,5 +63,34 @@ test("redact behaves the same in Rust, JavaScript and Python", { timeout: 6 * PA
       await client.publish(`${prefix}:1`, sent);
       assert.deepEqual((await received).data, expected, `${plugin}: ${JSON.stringify(sent)}`);
     }
+  }
+
+  // tenant-guard: tenant channels refused to other tenants with the same reason; on a shared
+  // channel each tenant receives its own messages, untagged ones and its own view only.
+  const as = async (tenant) => {
+    const c = env.client({ url: gw.url, token: token(`${tenant}-user`, { tenant }) });
+    await c.connect();
+    return c;
+  };
+  const [acme, beta] = [await as("acme"), await as("beta")];
+  for (const [prefix, plugin] of Object.entries(GUARDS)) {
+    const refused = acme.subscribe(`${prefix}g:t:beta:orders`);
+    await assert.rejects(refused.ready(), { code: "forbidden", message: `${prefix}g:t:beta:orders belongs to tenant beta` }, plugin);
+    await acme.subscribe(`${prefix}g:t:acme:orders`).ready();
+
+    const shared = `${prefix}g:news`;
+    const [a, b] = [acme.subscribe(shared), beta.subscribe(shared)];
+    await Promise.all([a.ready(), b.ready()]);
+    const seen = { acme: [], beta: [] };
+    a.on("message", ({ data }) => seen.acme.push(data));
+    b.on("message", ({ data }) => seen.beta.push(data));
+    // The untagged last message reaches both: everything before it has been decided.
+    const last = [a, b].map((sub) => next(sub, "message", ({ data }) => data.n === 4));
+    for (const data of [{ tenant: "acme", n: 1 }, { tenant: "beta", n: 2 }, { views: { acme: { v: "a" }, beta: { v: "b" } } }, { n: 4 }]) {
+      await client.publish(shared, data);
+    }
+    await Promise.all(last);
+    assert.deepEqual(seen.acme, [{ tenant: "acme", n: 1 }, { v: "a" }, { n: 4 }], plugin);
+    assert.deepEqual(seen.beta, [{ tenant: "beta", n: 2 }, { v: "b" }, { n: 4 }], plugin);
   }
 });
