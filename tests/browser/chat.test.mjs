@@ -127,7 +127,13 @@ async function chat(gw1, gw2, ann, bob, shot) {
   await ann.page.locator('#state[data-state="closed"]').waitFor();
   for (const n of [1, 2, 3]) await say(bob.page, `while you were away ${n}`);
   await ann.page.click("#offline");
-  await ann.page.locator("#messages li.notice", { hasText: "recovered 3 messages" }).waitFor();
+  // At least the 3: once in about ten loaded runs ann's own earlier message had not reached
+  // her page live before she went offline and came back in the recovery too (4); see the
+  // issue note. Nothing sent while she was away may be missing.
+  const notice = ann.page.locator("#messages li.notice", { hasText: /recovered \d+ messages/ });
+  await notice.waitFor();
+  const recovered = Number((await notice.innerText()).match(/recovered (\d+) messages/)[1]);
+  assert.ok(recovered >= 3, `recovered ${recovered}`);
   for (const n of [1, 2, 3]) await line(ann.page, `while you were away ${n}`).and(ann.page.locator(".recovered")).waitFor();
   await shot(ann.page, "2-ann-recovered");
 
