@@ -1,11 +1,26 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { SwitchyardError } from "@switchyard/client";
+import { type Client, SwitchyardError } from "@switchyard/client";
 import { AUTH, Env, Inbox, eventually, next, record, token } from "./harness.js";
 
 const HISTORY = `[[namespaces]]\npattern = "chat:*"\nhistory_size = 1000\nhistory_ttl_secs = 600\n`;
 const CONFIG = AUTH + HISTORY;
+
+/**
+ * `client` subscribed to `channel`, with 0..4 published there by a second client on `url` and
+ * received: where the SIGTERM and SIGKILL tests start.
+ */
+async function primed(env: Env, client: Client, channel: string, url: string) {
+  const sub = client.subscribe(channel);
+  const inbox = new Inbox(sub);
+  await sub.ready();
+  const publisher = env.client({ url });
+  await publisher.connect();
+  for (const i of upTo(5)) await publisher.publish(channel, i);
+  await inbox.count(5);
+  return { sub, inbox, publisher };
+}
 
 /** 0, 1, ..., n - 1. */
 function upTo(n: number): number[] {
@@ -34,13 +49,7 @@ test("SIGTERM: the client moves to the other node at once and recovers exactly w
     },
   });
   await client.connect();
-  const sub = client.subscribe("chat:r");
-  const inbox = new Inbox(sub);
-  await sub.ready();
-  const publisher = env.client({ url: b.url });
-  await publisher.connect();
-  for (const i of upTo(5)) await publisher.publish("chat:r", i);
-  await inbox.count(5);
+  const { sub, inbox, publisher } = await primed(env, client, "chat:r", b.url);
 
   const gone = next(client, "disconnected");
   await a.term();
@@ -77,13 +86,7 @@ test("SIGKILL: the client tries the next URL of its list and recovers", async (t
   const client = env.client({ url: [a.url, b.url] });
   await client.connect();
   assert.equal(client.url, a.url);
-  const sub = client.subscribe("chat:k");
-  const inbox = new Inbox(sub);
-  await sub.ready();
-  const publisher = env.client({ url: b.url });
-  await publisher.connect();
-  for (const i of upTo(5)) await publisher.publish("chat:k", i);
-  await inbox.count(5);
+  const { sub, inbox, publisher } = await primed(env, client, "chat:k", b.url);
 
   const gone = next(client, "disconnected");
   const back = next(client, "connected");
