@@ -1,4 +1,5 @@
-//! The admin API: the cluster's nodes, list plugins, upload a version, roll back, unbind.
+//! The admin API: the cluster's nodes, list plugins, upload a version, roll back, unbind,
+//! and roll a version out gradually (shadow, canary, promote, abort).
 //! Token-protected; optionally on its own listener (`admin.listen`), together with the
 //! console page (`crate::console`) that calls it.
 
@@ -17,7 +18,8 @@ use crate::api::read_body;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::plugins::Code;
-use crate::plugins::registry::{Origin, SwapError, is_component};
+use crate::plugins::candidate::Plan;
+use crate::plugins::registry::{Origin, Outcome, SwapError, is_component};
 
 /// Routes under `/admin`: the API (token required) and the console page (no data, no token).
 pub fn router(node: Arc<Node>) -> Router {
@@ -27,6 +29,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/plugins/{name}", put(upload))
         .route("/admin/plugins/{name}/rollback", post(rollback))
         .route("/admin/plugins/{name}/bindings", delete(unbind))
+        .route(
+            "/admin/plugins/{name}/rollout",
+            put(start_rollout).delete(abort_rollout),
+        )
+        .route("/admin/plugins/{name}/rollout/promote", post(promote))
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             require_token,
@@ -140,6 +147,90 @@ async fn unbind(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Resp
     }
     match node.rollout.unbind(&name).await {
         Ok(()) => Json(json!({"plugin": name, "status": "unbound"})).into_response(),
+        Err(e) => swap_failed(e),
+    }
+}
+
+/// `PUT /admin/plugins/{name}/rollout?stage=shadow|canary&...` with the candidate component
+/// as the body: starts a shadow or canary beside the live version, here and on every node
+/// (the query is the plan: `percent`, `tenants`, `by`, the guard's `window_ms`, `min_calls`,
+/// `max_error_rate`, `max_denial_rate`, `max_forward_ratio`, `promote_after_ms`, and for a
+/// shadow `budget` and `excerpts`). Sent again with the same component, changes the plan.
+async fn start_rollout(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    plan: Result<axum::extract::Query<Plan>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Response {
+    if let Err(refused) = check_name(&name) {
+        return refused.into_response();
+    }
+    let plan = match plan {
+        Ok(axum::extract::Query(plan)) => plan,
+        Err(e) => return swap_failed(SwapError::BadPlan(e.body_text())),
+    };
+    let limit = node.config.admin.max_upload_bytes;
+    let body = match read_body(body, limit, "admin.max_upload_bytes", "too_large").await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    if !is_component(&body) {
+        return swap_failed(SwapError::NotWasm);
+    }
+    let stage = plan.stage;
+    match node
+        .rollout
+        .start_trial(&name, Code::new(body.to_vec()), plan)
+        .await
+    {
+        Ok(d) => Json(json!({
+            "plugin": name,
+            "stage": stage,
+            "version": &d.code.hash[..12],
+            "hash": d.code.hash,
+            "changed": d.changed,
+            "cluster": d.cluster,
+        }))
+        .into_response(),
+        Err(e) => swap_failed(e),
+    }
+}
+
+/// `POST /admin/plugins/{name}/rollout/promote`: the candidate becomes the live version for
+/// everyone, on every node.
+async fn promote(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    if let Err(refused) = check_name(&name) {
+        return refused.into_response();
+    }
+    match node
+        .rollout
+        .end_trial(&name, Outcome::Promoted, "promoted by an operator")
+        .await
+    {
+        Ok(Some(d)) => Json(json!({
+            "plugin": name,
+            "version": &d.code.hash[..12],
+            "outcome": Outcome::Promoted,
+            "cluster": d.cluster,
+        }))
+        .into_response(),
+        Ok(None) => unreachable!("a promotion installs the candidate"),
+        Err(e) => swap_failed(e),
+    }
+}
+
+/// `DELETE /admin/plugins/{name}/rollout`: drops the shadow or canary on every node; the
+/// live version serves everyone.
+async fn abort_rollout(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    if let Err(refused) = check_name(&name) {
+        return refused.into_response();
+    }
+    match node
+        .rollout
+        .end_trial(&name, Outcome::Aborted, "aborted by an operator")
+        .await
+    {
+        Ok(_) => Json(json!({"plugin": name, "outcome": Outcome::Aborted})).into_response(),
         Err(e) => swap_failed(e),
     }
 }

@@ -73,6 +73,9 @@ impl From<SwapError> for ApiError {
             SwapError::NoPrevious(_) => (StatusCode::CONFLICT, "no_previous"),
             SwapError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_plugin"),
             SwapError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+            SwapError::Conflict(_) => (StatusCode::CONFLICT, "rollout_conflict"),
+            SwapError::NoTrial(_) => (StatusCode::NOT_FOUND, "no_rollout"),
+            SwapError::BadPlan(_) => (StatusCode::BAD_REQUEST, "bad_plan"),
         };
         Self::new(status, code, e.to_string())
     }

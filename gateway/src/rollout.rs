@@ -7,6 +7,12 @@
 //! every node receives it through its dispatcher, fetches the bytes by hash and installs them,
 //! and records in the store which version it serves (drift shows in the admin list). A node
 //! that starts later reads the cluster's current versions before it loads its own files.
+//!
+//! Trials (a candidate version as a shadow or canary, `plugins::candidate`) travel the same
+//! way: the candidate's bytes and plan go to the store, a note `{"plugin":..,"trial":{..}}`
+//! starts it on every node, `{"plugin":..,"ended":{..}}` ends it everywhere; a promotion is an
+//! ordinary version note. Each node's guard looks at its own traffic every
+//! [`GUARD_INTERVAL`]; the first node to see a breach rolls the candidate back everywhere.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,11 +28,30 @@ use crate::clock::now_ms;
 use crate::config::PluginsConfig;
 use crate::dispatch::Control;
 use crate::plugins::Code;
+use crate::plugins::candidate::{Judgement, Plan};
 use crate::plugins::cluster::ClusterStore;
-use crate::plugins::registry::{Origin, PluginRegistry, SwapError, Version};
+use crate::plugins::registry::{Origin, Outcome, PluginRegistry, SwapError, Version};
 
 /// Broker channel announcing new versions; `$` is never allowed in client channel names.
 pub const CONTROL_CHANNEL: &str = "$plugins";
+
+/// How often each node's guard looks at its trials.
+pub const GUARD_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A trial as the cluster store keeps it and notes carry it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrialNote {
+    hash: String,
+    plan: Plan,
+    started_at: u64,
+}
+
+/// How a trial ended, as notes carry it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EndNote {
+    outcome: Outcome,
+    reason: String,
+}
 
 /// What a deploy or rollback did.
 pub struct Deployed {
@@ -130,6 +155,93 @@ impl Rollout {
         self.registry.unbind(name).await
     }
 
+    /// Starts a shadow or canary of `code` for plugin `name` here and, with Redis, on every
+    /// node (or changes the plan of the one running).
+    pub async fn start_trial(
+        &self,
+        name: &str,
+        code: Code,
+        plan: Plan,
+    ) -> Result<Deployed, SwapError> {
+        let note = TrialNote {
+            hash: code.hash.clone(),
+            plan: plan.clone(),
+            started_at: now_ms(),
+        };
+        let changed = self
+            .registry
+            .start_trial(name, code.clone(), plan, note.started_at)
+            .await?;
+        let mut cluster = false;
+        if let Some(store) = &self.store {
+            let text = serde_json::to_string(&note).expect("a trial serialises");
+            match store.put_trial(name, &code, &text).await {
+                Ok(()) => {
+                    cluster = self
+                        .announce(name, json!({"plugin": name, "trial": note}))
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = name, error = %e, "trial not shared with the cluster")
+                }
+            }
+        }
+        Ok(Deployed {
+            code,
+            changed,
+            cluster,
+        })
+    }
+
+    /// Ends plugin `name`'s trial here and on every node: `Promoted` makes the candidate the
+    /// live version everywhere (returned); any other outcome drops it, recording `reason`.
+    pub async fn end_trial(
+        &self,
+        name: &str,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<Option<Deployed>, SwapError> {
+        let promoted = self.registry.end_trial(name, outcome, reason).await?;
+        if let Some(store) = &self.store
+            && let Err(e) = store.clear_trial(name).await
+        {
+            tracing::warn!(plugin = name, error = %e, "ended trial still recorded in the cluster store");
+        }
+        let Some(version) = promoted else {
+            let note =
+                json!({"plugin": name, "ended": EndNote { outcome, reason: reason.to_owned() }});
+            self.announce(name, note).await;
+            return Ok(None);
+        };
+        let cluster = self.share(name, &version.code).await;
+        Ok(Some(Deployed {
+            code: version.code,
+            changed: true,
+            cluster,
+        }))
+    }
+
+    /// The guard's look: rolls back every trial in breach, promotes every trial whose clean
+    /// window has passed.
+    async fn guard(&self) {
+        for (name, judgement) in self.registry.judge_trials().await {
+            let result = match judgement {
+                Judgement::Breach(why) => {
+                    let reason = format!("guard on node {}: {why}", self.node);
+                    self.end_trial(&name, Outcome::RolledBack, &reason).await
+                }
+                Judgement::Promote => {
+                    let reason = format!("no breach for promote_after_ms (node {})", self.node);
+                    self.end_trial(&name, Outcome::Promoted, &reason).await
+                }
+                Judgement::Wait => continue,
+            };
+            if let Err(e) = result {
+                tracing::warn!(plugin = %name, error = %e, "guard could not end the trial");
+            }
+        }
+    }
+
     /// Applies a reloaded `[plugins]` section (bindings, limits) on this node.
     pub async fn reconfigure(&self, config: PluginsConfig) -> Result<(), SwapError> {
         self.registry.reconfigure(config).await
@@ -164,15 +276,21 @@ impl Rollout {
             return false;
         }
         store.report(&self.node, name, &code.hash).await;
-        let note = json!({"plugin": name, "hash": code.hash}).to_string();
-        match self
-            .broker
-            .publish(CONTROL_CHANNEL, Bytes::from(note), None)
+        self.announce(name, json!({"plugin": name, "hash": code.hash}))
             .await
-        {
+    }
+
+    /// Publishes `note` on the control channel; whether it went out (the store has the state
+    /// either way: nodes read it at their next start).
+    async fn announce(&self, name: &str, note: serde_json::Value) -> bool {
+        if self.store.is_none() {
+            return false;
+        }
+        let note = Bytes::from(note.to_string());
+        match self.broker.publish(CONTROL_CHANNEL, note, None).await {
             Ok(_) => true,
             Err(e) => {
-                tracing::warn!(plugin = name, error = %e, "version stored but not announced; nodes get it at their next start");
+                tracing::warn!(plugin = name, error = %e, "stored but not announced; nodes get it at their next start");
                 false
             }
         }
@@ -199,10 +317,24 @@ impl Rollout {
                     store.report(&self.node, &status.name, hash).await;
                 }
             }
+            match store.trials().await {
+                Ok(trials) => {
+                    for (name, note) in trials {
+                        self.on_trial(&name, &note).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the cluster's plugin trials"),
+            }
         }
+        let mut guard = tokio::time::interval(GUARD_INTERVAL);
+        guard.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (channel, payload) = tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = guard.tick() => {
+                    self.guard().await;
+                    continue;
+                }
                 message = control.recv() => match message {
                     Some(message) => message,
                     None => return,
@@ -214,16 +346,67 @@ impl Rollout {
         }
     }
 
-    /// A version announced by some node: fetch and install it unless it already serves.
+    /// A trial another node started (or this node found in the store at start): fetch the
+    /// candidate and start it here.
+    async fn on_trial(&self, name: &str, note: &str) {
+        let Some(store) = &self.store else { return };
+        let note: TrialNote = match serde_json::from_str(note) {
+            Ok(note) => note,
+            Err(e) => {
+                tracing::warn!(plugin = name, error = %e, "ignoring a malformed plugin trial");
+                return;
+            }
+        };
+        let result = match store.blob(&note.hash).await {
+            Ok(code) => self
+                .registry
+                .start_trial(name, code, note.plan, note.started_at)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(plugin = name, error = %e, "the cluster's trial cannot run here");
+        }
+    }
+
+    /// A note from some node: a version to install, a trial to start or to end.
     async fn on_announcement(&self, payload: &[u8]) {
         #[derive(serde::Deserialize)]
         struct Note {
             plugin: String,
-            hash: String,
+            hash: Option<String>,
+            trial: Option<serde_json::Value>,
+            ended: Option<EndNote>,
         }
         let Ok(note) = serde_json::from_slice::<Note>(payload) else {
             tracing::warn!("ignoring malformed plugin announcement");
             return;
+        };
+        if let Some(trial) = note.trial {
+            return self.on_trial(&note.plugin, &trial.to_string()).await;
+        }
+        if let Some(ended) = note.ended {
+            match self
+                .registry
+                .end_trial(&note.plugin, ended.outcome, &ended.reason)
+                .await
+            {
+                Ok(_) | Err(SwapError::NoTrial(_)) => {}
+                Err(e) => {
+                    tracing::warn!(plugin = %note.plugin, error = %e, "cannot end the trial here")
+                }
+            }
+            return;
+        }
+        let Some(hash) = note.hash else {
+            tracing::warn!("ignoring a plugin announcement without a version");
+            return;
+        };
+        let note = Announced {
+            plugin: note.plugin,
+            hash,
         };
         let Some(store) = &self.store else { return };
         if self.registry.current_hash(&note.plugin).await.as_deref() == Some(note.hash.as_str()) {
@@ -246,4 +429,10 @@ impl Rollout {
             }
         }
     }
+}
+
+/// A version some node announced.
+struct Announced {
+    plugin: String,
+    hash: String,
 }

@@ -48,19 +48,62 @@ pub enum PluginCommand {
         #[arg(default_value = ".")]
         path: PathBuf,
     },
-    /// Upload a component to a running gateway: every node serves it (hot swap).
+    /// Upload a component to a running gateway: every node serves it (hot swap), or, with
+    /// `--shadow` or `--canary`/`--tenants`, runs it beside the live version.
     Push {
         /// Plugin name (as bound in the gateway's configuration).
         name: String,
         /// The component file.
         file: PathBuf,
-        /// The gateway's base URL (its `admin.listen`, or `server.listen`).
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        admin: String,
-        /// The admin token (`admin.token`).
-        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
-        token: String,
+        /// The gateway to talk to.
+        #[command(flatten)]
+        gateway: Gateway,
+        /// Run it as a shadow of PERCENT of calls (default 100): decisions compared, not used.
+        #[arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100", conflicts_with = "canary")]
+        shadow: Option<String>,
+        /// Serve PERCENT of users with it (`10` or `10%`).
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<String>,
+        /// Serve these tenants with it (comma-separated): a canary.
+        #[arg(long, value_name = "A,B", conflicts_with = "shadow")]
+        tenants: Option<String>,
+        /// What a canary's share is decided by: `user` or `channel`.
+        #[arg(long, value_name = "BY")]
+        by: Option<String>,
+        /// Promote the canary to everyone after SECONDS without a guard breach.
+        #[arg(long, value_name = "SECONDS")]
+        promote_after: Option<u64>,
+        /// Further plan settings (`window_ms=10000`, `max_error_rate=0.02`, ...; README).
+        #[arg(long = "plan", value_name = "KEY=VALUE")]
+        plan: Vec<String>,
     },
+    /// Make a plugin's shadow or canary the live version for everyone.
+    Promote {
+        /// Plugin name.
+        name: String,
+        /// The gateway to talk to.
+        #[command(flatten)]
+        gateway: Gateway,
+    },
+    /// Drop a plugin's shadow or canary: the live version serves everyone.
+    Abort {
+        /// Plugin name.
+        name: String,
+        /// The gateway to talk to.
+        #[command(flatten)]
+        gateway: Gateway,
+    },
+}
+
+/// Which gateway the admin commands talk to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Gateway {
+    /// The gateway's base URL (its `admin.listen`, or `server.listen`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    admin: String,
+    /// The admin token (`admin.token`).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 /// Why a toolkit command failed.
@@ -101,9 +144,54 @@ pub fn run(command: PluginCommand) -> Result<(), ToolkitError> {
         PluginCommand::Push {
             name,
             file,
-            admin,
-            token,
-        } => push(&name, &file, &admin, &token),
+            gateway,
+            shadow,
+            canary,
+            tenants,
+            by,
+            promote_after,
+            plan,
+        } => {
+            let mut query = Vec::new();
+            if let Some(percent) = shadow {
+                query.push(("stage".to_owned(), "shadow".to_owned()));
+                query.push(("percent".to_owned(), percent_of(&percent)?));
+            } else if canary.is_some() || tenants.is_some() {
+                query.push(("stage".to_owned(), "canary".to_owned()));
+                if let Some(percent) = canary {
+                    query.push(("percent".to_owned(), percent_of(&percent)?));
+                }
+                if let Some(tenants) = tenants {
+                    query.push(("tenants".to_owned(), tenants));
+                }
+            } else if by.is_some() || promote_after.is_some() || !plan.is_empty() {
+                return Err(ToolkitError::Usage(
+                    "--by, --promote-after and --plan go with --shadow, --canary or --tenants"
+                        .into(),
+                ));
+            }
+            if let Some(by) = by {
+                query.push(("by".to_owned(), by));
+            }
+            if let Some(secs) = promote_after {
+                query.push(("promote_after_ms".to_owned(), (secs * 1000).to_string()));
+            }
+            for kv in plan {
+                let Some((k, v)) = kv.split_once('=') else {
+                    return Err(ToolkitError::Usage(format!(
+                        "--plan {kv}: expected KEY=VALUE"
+                    )));
+                };
+                query.push((k.to_owned(), v.to_owned()));
+            }
+            push(&name, &file, &gateway, &query)
+        }
+        PluginCommand::Promote { name, gateway } => {
+            admin_call(&gateway, "POST", &format!("{name}/rollout/promote"))
+        }
+        PluginCommand::Abort { name, gateway } => {
+            admin_call(&gateway, "DELETE", &format!("{name}/rollout"))
+        }
     }
 }
 
@@ -381,18 +469,81 @@ fn test(path: &Path) -> Result<(), ToolkitError> {
     }
 }
 
-fn push(name: &str, file: &Path, admin: &str, token: &str) -> Result<(), ToolkitError> {
+/// `10`, `10%` or `2.5` as a percent for the plan.
+fn percent_of(text: &str) -> Result<String, ToolkitError> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(number.to_owned()),
+        _ => Err(ToolkitError::Usage(format!(
+            "{text:?} is not a percent from 0 to 100"
+        ))),
+    }
+}
+
+/// Uploads `file` as plugin `name`: a hot swap, or a trial when `query` holds a plan.
+fn push(
+    name: &str,
+    file: &Path,
+    gateway: &Gateway,
+    query: &[(String, String)],
+) -> Result<(), ToolkitError> {
     crate::config::check_plugin_name(name).map_err(ToolkitError::Usage)?;
     let bytes = std::fs::read(file).map_err(io(file))?;
-    let url = format!("{}/admin/plugins/{name}", admin.trim_end_matches('/'));
-    let answer = ureq::put(&url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .header("Content-Type", "application/wasm")
+    let base = format!(
+        "{}/admin/plugins/{name}",
+        gateway.admin.trim_end_matches('/')
+    );
+    let url = if query.is_empty() {
+        base
+    } else {
+        format!("{base}/rollout")
+    };
+    let mut request = ureq::put(&url)
+        .header("Authorization", &format!("Bearer {}", gateway.token))
+        .header("Content-Type", "application/wasm");
+    for (k, v) in query {
+        request = request.query(k, v);
+    }
+    let answer = request
         .config()
         .http_status_as_error(false)
         .build()
-        .send(&bytes[..])
-        .map_err(|e| ToolkitError::Push(format!("{url}: {e}")))?;
+        .send(&bytes[..]);
+    answered(&url, answer)
+}
+
+/// `method` on `/admin/plugins/<path>` without a body (promote, abort).
+fn admin_call(gateway: &Gateway, method: &str, path: &str) -> Result<(), ToolkitError> {
+    let name = path.split('/').next().unwrap_or_default();
+    crate::config::check_plugin_name(name).map_err(ToolkitError::Usage)?;
+    let url = format!(
+        "{}/admin/plugins/{path}",
+        gateway.admin.trim_end_matches('/')
+    );
+    let auth = format!("Bearer {}", gateway.token);
+    let answer = match method {
+        "POST" => ureq::post(&url)
+            .header("Authorization", &auth)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_empty(),
+        _ => ureq::delete(&url)
+            .header("Authorization", &auth)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call(),
+    };
+    answered(&url, answer)
+}
+
+/// Prints the gateway's answer, or fails with it.
+fn answered(
+    url: &str,
+    answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(), ToolkitError> {
+    let answer = answer.map_err(|e| ToolkitError::Push(format!("{url}: {e}")))?;
     let status = answer.status();
     let body = answer
         .into_body()

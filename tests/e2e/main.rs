@@ -16,6 +16,7 @@ mod lifetime;
 mod plugins;
 mod redis;
 mod redis_support;
+mod rollout;
 mod soak;
 mod spine;
 mod tenancy;

@@ -3,7 +3,8 @@
 //! Layout: `<prefix>{plugins}:blob:<hash>` (the component bytes, by content hash),
 //! `<prefix>{plugins}:current` (hash: plugin name -> content hash), and
 //! `<prefix>{plugins}:nodes:<name>` (hash: node id -> the content hash that node serves, so
-//! drift is visible). The `{plugins}` hash tag keeps every key in one Redis Cluster slot, so
+//! drift is visible), and `<prefix>{plugins}:trials` (hash: plugin name -> the shadow or
+//! canary on trial, as JSON `{"hash", "plan", "started_at"}`). The `{plugins}` hash tag keeps every key in one Redis Cluster slot, so
 //! writing a blob and pointing `current` at it stays one atomic transaction there too. What
 //! is stored when, and how nodes learn of it, is `crate::rollout`'s.
 
@@ -56,6 +57,50 @@ impl ClusterStore {
             .hset(self.key("current"), name, &code.hash)
             .ignore()
             .query_async::<()>(&mut con)
+            .await
+            .map_err(err)
+    }
+
+    /// Records `trial` (JSON) as plugin `name`'s shadow or canary, with its candidate's bytes.
+    pub async fn put_trial(
+        &self,
+        name: &str,
+        code: &Code,
+        trial: &str,
+    ) -> Result<(), ClusterError> {
+        let mut con = self.con.clone();
+        redis::pipe()
+            .atomic()
+            .set(
+                self.key(&format!("blob:{}", code.hash)),
+                code.bytes.as_ref(),
+            )
+            .ignore()
+            .hset(self.key("trials"), name, trial)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(err)
+    }
+
+    /// Forgets plugin `name`'s trial.
+    pub async fn clear_trial(&self, name: &str) -> Result<(), ClusterError> {
+        let mut con = self.con.clone();
+        redis::cmd("HDEL")
+            .arg(self.key("trials"))
+            .arg(name)
+            .query_async::<i64>(&mut con)
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
+    /// Every trial in the cluster: plugin name -> its JSON.
+    pub async fn trials(&self) -> Result<HashMap<String, String>, ClusterError> {
+        let mut con = self.con.clone();
+        redis::cmd("HGETALL")
+            .arg(self.key("trials"))
+            .query_async(&mut con)
             .await
             .map_err(err)
     }

@@ -2,6 +2,7 @@
 //! bounded calls into it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use super::bindings::{
     ConnectDecision, ConnectInfo, DeliverDecision, GroupContext, IdentityParam, IdentityResult,
     Plugin, PluginPre, PublishDecision, SubscribeDecision,
 };
+use super::candidate::Role;
 use super::host::{HostState, MemoryExceeded, StoreLimits};
 use super::runtime::Runtime;
 
@@ -272,25 +274,20 @@ pub const BREAKER_OPEN: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Breaker {
     consecutive: std::sync::atomic::AtomicU32,
-    open_until_ms: std::sync::atomic::AtomicU64,
+    open_until_ms: AtomicU64,
 }
 
 impl Breaker {
     fn is_open(&self) -> bool {
-        crate::clock::now_ms()
-            < self
-                .open_until_ms
-                .load(std::sync::atomic::Ordering::Relaxed)
+        crate::clock::now_ms() < self.open_until_ms.load(Relaxed)
     }
 
     fn succeeded(&self) {
-        self.consecutive
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.consecutive.store(0, Relaxed);
     }
 
     /// Records a failure; returns true when it opened the breaker.
     fn failed(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
         let n = self.consecutive.fetch_add(1, Relaxed) + 1;
         if n < BREAKER_FAILURES {
             return false;
@@ -327,6 +324,10 @@ pub struct LoadedPlugin {
     pub stats: [CallStats; Hook::ALL.len()],
     /// Tenant this instance set serves, when bound per tenant (a metrics label).
     pub tenant: Option<Arc<str>>,
+    /// The part it plays in a rollout (a metrics label).
+    pub role: Role,
+    /// What its calls decided, for a rollout's guard.
+    pub outcomes: Outcomes,
     /// One per hook (indexed by [`Hook`]): a deliver hook that fails on every call must open
     /// its breaker even while the same plugin's publish hook succeeds.
     breakers: [Breaker; Hook::ALL.len()],
@@ -372,6 +373,8 @@ impl LoadedPlugin {
             hash: hash.into(),
             stats: Default::default(),
             tenant: None,
+            role: Role::Live,
+            outcomes: Outcomes::default(),
             breakers: Default::default(),
             placement: crate::hub::Placement::default(),
             metrics: std::sync::OnceLock::new(),
@@ -389,6 +392,15 @@ impl LoadedPlugin {
     /// Marks this instance set as serving `tenant`.
     pub fn for_tenant(mut self, tenant: Option<&str>) -> Self {
         self.tenant = tenant.map(Arc::from);
+        // The first init registered the hooks' series without the label.
+        self.metrics = std::sync::OnceLock::new();
+        self
+    }
+
+    /// Marks this instance set as playing `role` in a rollout.
+    pub fn for_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self.metrics = std::sync::OnceLock::new();
         self
     }
 
@@ -466,12 +478,14 @@ impl LoadedPlugin {
         let breaker = &self.breakers[hook as usize];
         if breaker.is_open() {
             let err = self.error(hook, Failure::CircuitOpen);
+            self.outcomes.refused.fetch_add(1, Relaxed);
             metrics::counter!(
                 "switchyard_plugin_errors_total",
                 "plugin" => self.name.to_string(),
                 "hook" => hook.as_str(),
                 "version" => self.version.to_string(),
                 "tenant" => self.tenant_label(),
+                "role" => self.role.as_str(),
                 "kind" => "circuit_open"
             )
             .increment(1);
@@ -550,6 +564,7 @@ impl LoadedPlugin {
             "hook" => hook.as_str(),
             "version" => self.version.to_string(),
             "tenant" => self.tenant_label(),
+            "role" => self.role.as_str(),
             "kind" => "slow"
         )
         .increment(1);
@@ -570,6 +585,7 @@ impl LoadedPlugin {
             "hook" => err.hook.as_str(),
             "version" => self.version.to_string(),
             "tenant" => self.tenant_label(),
+            "role" => self.role.as_str(),
             "kind" => err.failure.kind()
         )
         .increment(1);
@@ -587,6 +603,7 @@ impl LoadedPlugin {
                         ("hook", h.as_str().to_owned()),
                         ("version", self.version.to_string()),
                         ("tenant", self.tenant_label()),
+                        ("role", self.role.as_str().to_owned()),
                     ];
                     let seconds = labels.each_ref().map(|(k, v)| (*k, v.as_str()));
                     HookMetrics {
@@ -608,11 +625,15 @@ impl LoadedPlugin {
 
     /// Calls `on-connect`.
     pub fn on_connect(&self, info: ConnectInfo<'_>) -> Result<ConnectDecision, PluginError> {
-        self.call(
+        let decision = self.call(
             Hook::Connect,
             |p, s| p.call_on_connect(s, info),
             OutputLimits::connect,
-        )
+        );
+        if let Ok(ConnectDecision::Reject(_)) = &decision {
+            self.outcomes.denied.fetch_add(1, Relaxed);
+        }
+        decision
     }
 
     /// Calls `on-subscribe`.
@@ -621,11 +642,15 @@ impl LoadedPlugin {
         who: IdentityParam<'_>,
         channel: &str,
     ) -> Result<SubscribeDecision, PluginError> {
-        self.call(
+        let decision = self.call(
             Hook::Subscribe,
             |p, s| p.call_on_subscribe(s, who, channel),
             OutputLimits::subscribe,
-        )
+        );
+        if let Ok(SubscribeDecision::Deny(_)) = &decision {
+            self.outcomes.denied.fetch_add(1, Relaxed);
+        }
+        decision
     }
 
     /// Calls `on-publish`.
@@ -635,11 +660,23 @@ impl LoadedPlugin {
         channel: &str,
         data: &str,
     ) -> Result<PublishDecision, PluginError> {
-        self.call(
+        let decision = self.call(
             Hook::Publish,
             |p, s| p.call_on_publish(s, who, channel, data),
             OutputLimits::publish,
-        )
+        );
+        match &decision {
+            Ok(PublishDecision::Reject(_)) => {
+                self.outcomes.denied.fetch_add(1, Relaxed);
+            }
+            Ok(PublishDecision::Forward(list)) => {
+                self.outcomes
+                    .forwarded
+                    .fetch_add(list.len() as u64, Relaxed);
+            }
+            _ => {}
+        }
+        decision
     }
 
     /// Calls `on-deliver`.
@@ -676,7 +713,11 @@ impl crate::hub::GroupHook for LoadedPlugin {
         // and failing open could leak what it was meant to hide.
         match self.on_deliver(ctx, channel, text) {
             Ok(DeliverDecision::Deliver) => Prepared::Unchanged,
-            Ok(DeliverDecision::Skip) | Err(_) => Prepared::Skip,
+            Ok(DeliverDecision::Skip) => {
+                self.outcomes.denied.fetch_add(1, Relaxed);
+                Prepared::Skip
+            }
+            Err(_) => Prepared::Skip,
             Ok(DeliverDecision::Rewrite(new)) => Prepared::Rewritten(new.into_bytes()),
         }
     }
@@ -691,6 +732,18 @@ impl crate::hub::GroupHook for LoadedPlugin {
             None => format!("{}@{}", self.name, self.version),
         }
     }
+}
+
+/// What an instance set's calls decided, beyond the call statistics: a rollout's guard
+/// compares these between a candidate and the live version.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    /// Refused connects, subscribes and publishes, skipped deliveries.
+    pub denied: AtomicU64,
+    /// Messages forwarded by publish calls.
+    pub forwarded: AtomicU64,
+    /// Calls refused by an open circuit (not in the call statistics).
+    pub refused: AtomicU64,
 }
 
 /// `message` with the setting to raise when it is one of the store's count limits (wasmtime
@@ -766,14 +819,13 @@ pub fn truncate(mut text: String, max: usize) -> String {
 /// buckets (so percentiles are upper bounds, within 2x).
 #[derive(Default)]
 pub struct CallStats {
-    calls: std::sync::atomic::AtomicU64,
-    errors: std::sync::atomic::AtomicU64,
-    buckets: [std::sync::atomic::AtomicU64; 32],
+    calls: AtomicU64,
+    errors: AtomicU64,
+    buckets: [AtomicU64; 32],
 }
 
 impl CallStats {
     fn record(&self, elapsed: Duration, failed: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
         self.calls.fetch_add(1, Relaxed);
         if failed {
             self.errors.fetch_add(1, Relaxed);
@@ -785,21 +837,17 @@ impl CallStats {
 
     /// Calls so far.
     pub fn calls(&self) -> u64 {
-        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+        self.calls.load(Relaxed)
     }
 
     /// Failed calls so far.
     pub fn errors(&self) -> u64 {
-        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+        self.errors.load(Relaxed)
     }
 
     /// Upper bound of the `q` quantile (0..1) of call time in microseconds; 0 with no calls.
     pub fn quantile_us(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
-            .collect();
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0;

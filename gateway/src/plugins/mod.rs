@@ -5,7 +5,7 @@
 //! hook may return. A failing call fails that one operation with `plugin_error`; the instance
 //! is discarded and the node, and every other channel, keeps serving.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use crate::hub::{DeliverHook, Group, GroupHook, GroupKey, Prepared};
 use crate::protocol::{ErrorCode, Rejection};
 
 pub mod bindings;
+pub mod candidate;
 pub mod cluster;
 mod host;
 pub mod loaded;
@@ -23,6 +24,7 @@ pub mod runtime;
 use crate::identity::Identity;
 use crate::namespace::{self, Pattern};
 use bindings::{ConnectDecision, PublishDecision, SubscribeDecision};
+use candidate::{Candidate, Role, Slot, Trial, share_key};
 use host::StoreLimits;
 use loaded::{CallLimits, LoadedPlugin, OutputLimits, PluginError};
 use runtime::Runtime;
@@ -83,13 +85,13 @@ fn wit(who: &Identity) -> bindings::IdentityParam<'_> {
 
 struct Binding {
     pattern: Pattern,
-    plugin: Arc<LoadedPlugin>,
-    tenants: std::collections::HashMap<String, Arc<LoadedPlugin>>,
+    plugin: Slot,
+    tenants: HashMap<String, Slot>,
 }
 
 /// What a namespace lookup found for a channel.
 enum Route<'a> {
-    Plugin(&'a Arc<LoadedPlugin>),
+    Plugin(&'a Slot),
     Allow,
     Deny,
 }
@@ -109,7 +111,7 @@ pub enum Routed {
 pub struct Plugins {
     bindings: Vec<Binding>,
     default: DefaultPolicy,
-    connect: Option<Arc<LoadedPlugin>>,
+    connect: Option<Slot>,
     forward_headers: Vec<String>,
 }
 
@@ -133,18 +135,21 @@ impl Plugins {
             &|name, key| read_code(config, name, key),
             None,
             &HashSet::new(),
+            &HashMap::new(),
         )
     }
 
     /// Builds the bound set: code for each plugin name comes from `code`; a binding whose
     /// pattern, code and config are unchanged from `previous` keeps its loaded instance (and
-    /// pool); plugins in `unbound` are left out.
+    /// pool); plugins in `unbound` are left out; a plugin in `trials` gets its candidate
+    /// beside it wherever it is bound.
     pub fn build(
         config: &PluginsConfig,
         max_json_depth: usize,
         code: &dyn Fn(&str, &str) -> Result<Code, LoadError>,
         previous: Option<&Plugins>,
         unbound: &HashSet<String>,
+        trials: &HashMap<String, Arc<Trial>>,
     ) -> Result<Self, LoadError> {
         let mut plugins = Self {
             bindings: Vec::new(),
@@ -177,33 +182,40 @@ impl Plugins {
                 },
             }
         };
-        let reusable =
-            |name: &str, hash: &str, cfg: &str, tenant: Option<&str>, limits: &CallLimits| {
-                previous.and_then(|p| {
-                    p.loaded()
-                        .find(|l| {
-                            &*l.name == name
-                                && &*l.hash == hash
-                                && l.config() == cfg
-                                && l.tenant.as_deref() == tenant
-                                && l.limits() == limits
-                        })
-                        .cloned()
-                })
-            };
-        let load = |key: String,
-                    name: &str,
-                    cfg: &serde_json::Value,
-                    tenant: Option<&str>,
-                    timeout_ms: Option<u64>|
+        let reusable = |name: &str,
+                        hash: &str,
+                        cfg: &str,
+                        tenant: Option<&str>,
+                        limits: &CallLimits,
+                        role: Role| {
+            previous.and_then(|p| {
+                p.loaded()
+                    .chain(p.candidates().map(|c| &c.plugin))
+                    .find(|l| {
+                        &*l.name == name
+                            && &*l.hash == hash
+                            && l.config() == cfg
+                            && l.tenant.as_deref() == tenant
+                            && l.limits() == limits
+                            && l.role == role
+                    })
+                    .cloned()
+            })
+        };
+        let load_code = |key: String,
+                         name: &str,
+                         code: Code,
+                         cfg: &serde_json::Value,
+                         tenant: Option<&str>,
+                         timeout_ms: Option<u64>,
+                         role: Role|
          -> Result<Arc<LoadedPlugin>, LoadError> {
             let mut limits = limits_of(name);
             if let Some(ms) = timeout_ms {
                 limits.timeout = Duration::from_millis(ms);
             }
-            let code = code(name, &key)?;
             let cfg = cfg.to_string();
-            if let Some(l) = reusable(name, &code.hash, &cfg, tenant, &limits) {
+            if let Some(l) = reusable(name, &code.hash, &cfg, tenant, &limits, role) {
                 return Ok(l);
             }
             let runtime = Runtime::global().map_err(|source| LoadError::Compile {
@@ -219,8 +231,42 @@ impl Plugins {
                     source,
                 })?;
             LoadedPlugin::new(runtime, name, &code.hash, &component, cfg, limits)
-                .map(|l| Arc::new(l.for_tenant(tenant)))
+                .map(|l| Arc::new(l.for_tenant(tenant).for_role(role)))
                 .map_err(|source| LoadError::Init { key, source })
+        };
+        // The live version where `name` is bound, and its candidate when it is on trial.
+        let load = |key: String,
+                    name: &str,
+                    cfg: &serde_json::Value,
+                    tenant: Option<&str>,
+                    timeout_ms: Option<u64>|
+         -> Result<Slot, LoadError> {
+            let live_code = code(name, &key)?;
+            let live = load_code(
+                key.clone(),
+                name,
+                live_code,
+                cfg,
+                tenant,
+                timeout_ms,
+                Role::Live,
+            )?;
+            let Some(trial) = trials.get(name) else {
+                return Ok(Slot::live(live));
+            };
+            let candidate = load_code(
+                format!("{key} (candidate)"),
+                name,
+                trial.code.clone(),
+                cfg,
+                tenant,
+                timeout_ms,
+                trial.role(),
+            )?;
+            Ok(Slot {
+                candidate: Some(Candidate::new(candidate, trial.clone(), &live)),
+                live,
+            })
         };
         for (i, b) in config.bindings.iter().enumerate() {
             if unbound.contains(&b.plugin) {
@@ -228,7 +274,7 @@ impl Plugins {
             }
             let key = format!("plugins.bindings[{i}]");
             let plugin = load(key.clone(), &b.plugin, &b.config, None, None)?;
-            let mut tenants = std::collections::HashMap::new();
+            let mut tenants = HashMap::new();
             for (tenant, r) in &b.tenants {
                 if unbound.contains(&r.plugin) {
                     continue;
@@ -264,12 +310,36 @@ impl Plugins {
         Ok(plugins)
     }
 
-    /// Every loaded plugin instance set (one per binding, plus the connect plugin).
-    pub fn loaded(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+    /// Every slot: one per binding and per tenant override, plus the connect plugin.
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.bindings
             .iter()
             .flat_map(|b| std::iter::once(&b.plugin).chain(b.tenants.values()))
             .chain(self.connect.iter())
+    }
+
+    /// Every live instance set (one per binding, plus the connect plugin).
+    pub fn loaded(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.slots().map(|s| &s.live)
+    }
+
+    /// Every candidate instance set of a trial.
+    pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
+        self.slots().filter_map(|s| s.candidate.as_ref())
+    }
+
+    /// The running totals of plugin `name`'s live version and of its candidate, over the
+    /// slots where the candidate is on trial (for the guard).
+    pub fn trial_counts(&self, name: &str) -> (candidate::Counts, candidate::Counts) {
+        let mut live = candidate::Counts::default();
+        let mut trial = candidate::Counts::default();
+        for slot in self.slots() {
+            if let Some(c) = slot.candidate.as_ref().filter(|c| c.trial.plugin == name) {
+                live.add(&slot.live);
+                trial.add(&c.plugin);
+            }
+        }
+        (live, trial)
     }
 
     /// Patterns bound to plugin `name`.
@@ -277,18 +347,18 @@ impl Plugins {
         self.bindings
             .iter()
             .flat_map(|b| {
-                let shared = (&*b.plugin.name == name).then(|| b.pattern.as_str().to_owned());
+                let shared = (&*b.plugin.live.name == name).then(|| b.pattern.as_str().to_owned());
                 let tenants = b
                     .tenants
                     .iter()
-                    .filter(|(_, l)| &*l.name == name)
+                    .filter(|(_, s)| &*s.live.name == name)
                     .map(|(t, _)| format!("{} (tenant {t})", b.pattern.as_str()));
                 shared.into_iter().chain(tenants)
             })
             .chain(
                 self.connect
                     .iter()
-                    .filter(|c| &*c.name == name)
+                    .filter(|c| &*c.live.name == name)
                     .map(|_| "(connect)".to_owned()),
             )
             .collect()
@@ -301,29 +371,29 @@ impl Plugins {
 
     /// Names and versions of the loaded plugins, for logs.
     pub fn describe(&self) -> Vec<String> {
+        let version = |s: &Slot| match &s.candidate {
+            Some(c) => format!(
+                "{}@{} ({} {})",
+                s.live.name,
+                s.live.version,
+                c.trial.role().as_str(),
+                c.plugin.version
+            ),
+            None => format!("{}@{}", s.live.name, s.live.version),
+        };
         self.bindings
             .iter()
             .flat_map(|b| {
-                let shared = format!(
-                    "{} -> {}@{}",
-                    b.pattern.as_str(),
-                    b.plugin.name,
-                    b.plugin.version
-                );
-                let tenants = b.tenants.iter().map(|(t, l)| {
-                    format!(
-                        "{} (tenant {t}) -> {}@{}",
-                        b.pattern.as_str(),
-                        l.name,
-                        l.version
-                    )
+                let shared = format!("{} -> {}", b.pattern.as_str(), version(&b.plugin));
+                let tenants = b.tenants.iter().map(move |(t, s)| {
+                    format!("{} (tenant {t}) -> {}", b.pattern.as_str(), version(s))
                 });
                 std::iter::once(shared).chain(tenants)
             })
             .chain(
                 self.connect
                     .iter()
-                    .map(|p| format!("connect -> {}@{}", p.name, p.version)),
+                    .map(|s| format!("connect -> {}", version(s))),
             )
             .collect()
     }
@@ -347,17 +417,26 @@ impl Plugins {
 
     /// Runs the connect hook, if one is configured: the identity to use, or why to refuse.
     pub fn connect(&self, connecting: Connecting<'_>) -> Result<Identity, Rejection> {
-        let Some(plugin) = &self.connect else {
+        let Some(slot) = &self.connect else {
             return Ok(connecting.identity.clone());
         };
+        let who = connecting.identity;
+        // A connect has no channel: a share canary decides by the user alone (anonymous
+        // connections all fall in one bucket).
+        let (plugin, shadow) =
+            slot.choose(who.tenant.as_deref(), who.user.as_deref().unwrap_or(""));
         let info = bindings::ConnectInfo {
             remote_addr: connecting.remote_addr,
             headers: connecting.headers,
             query: connecting.query,
-            identity: wit(connecting.identity),
+            identity: wit(who),
         };
-        match plugin.on_connect(info).map_err(plugin_rejection)? {
-            ConnectDecision::Accept => Ok(connecting.identity.clone()),
+        let decision = plugin.on_connect(info);
+        if let Some(c) = shadow {
+            c.shadow_connect(&connecting, &decision);
+        }
+        match decision.map_err(plugin_rejection)? {
+            ConnectDecision::Accept => Ok(who.clone()),
             ConnectDecision::Enrich(identity) => Ok(Identity {
                 user: identity.user,
                 tenant: identity.tenant,
@@ -375,22 +454,41 @@ impl Plugins {
         })
     }
 
+    /// The version of `slot` that serves `who` on `channel`, and the candidate to shadow the
+    /// call on, if any.
+    fn pick<'a>(
+        slot: &'a Slot,
+        who: &Identity,
+        channel: &str,
+    ) -> (&'a Arc<LoadedPlugin>, Option<&'a Candidate>) {
+        let by = slot
+            .candidate
+            .as_ref()
+            .map(|c| c.trial.plan.by)
+            .unwrap_or_default();
+        slot.choose(who.tenant.as_deref(), share_key(by, who, channel))
+    }
+
     /// Runs the subscribe hook: the delivery group `who` receives `channel` in (its tenant's,
     /// narrowed by the key the plugin chose, if any), or why it may not.
     pub fn subscribe(&self, who: &Identity, channel: &str) -> Result<GroupKey, Rejection> {
         let key = match self.route(channel, who.tenant.as_deref()) {
             Route::Allow => None,
             Route::Deny => return Err(no_binding(channel)),
-            Route::Plugin(p) => match p
-                .on_subscribe(wit(who), channel)
-                .map_err(plugin_rejection)?
-            {
-                SubscribeDecision::Allow => None,
-                SubscribeDecision::AllowInGroup(g) => Some(g),
-                SubscribeDecision::Deny(reason) => {
-                    return Err(Rejection::new(ErrorCode::Forbidden, reason));
+            Route::Plugin(slot) => {
+                let (plugin, shadow) = Self::pick(slot, who, channel);
+                let decision = plugin.on_subscribe(wit(who), channel);
+                if let Some(c) = shadow {
+                    c.shadow_subscribe(who, channel, &decision);
                 }
-            },
+                match decision.map_err(plugin_rejection)? {
+                    SubscribeDecision::Allow => None,
+                    SubscribeDecision::AllowInGroup(g) => Some(g),
+                    SubscribeDecision::Deny(reason) => {
+                        return Err(Rejection::new(ErrorCode::Forbidden, reason));
+                    }
+                }
+            }
         };
         Ok(Arc::new(Group {
             tenant: who.tenant.as_deref().map(Arc::from),
@@ -400,15 +498,17 @@ impl Plugins {
 
     /// Runs the publish hook on `data` (JSON text).
     pub fn publish(&self, who: &Identity, channel: &str, data: &str) -> Result<Routed, Rejection> {
-        let plugin = match self.route(channel, who.tenant.as_deref()) {
+        let slot = match self.route(channel, who.tenant.as_deref()) {
             Route::Allow => return Ok(Routed::Pass),
             Route::Deny => return Err(no_binding(channel)),
-            Route::Plugin(p) => p,
+            Route::Plugin(slot) => slot,
         };
-        match plugin
-            .on_publish(wit(who), channel, data)
-            .map_err(plugin_rejection)?
-        {
+        let (plugin, shadow) = Self::pick(slot, who, channel);
+        let decision = plugin.on_publish(wit(who), channel, data);
+        if let Some(c) = shadow {
+            c.shadow_publish(who, channel, data, &decision);
+        }
+        match decision.map_err(plugin_rejection)? {
             PublishDecision::Pass => Ok(Routed::Pass),
             PublishDecision::Drop => Ok(Routed::Drop),
             PublishDecision::Reject(reason) => Err(Rejection::new(ErrorCode::Forbidden, reason)),
@@ -425,7 +525,8 @@ impl DeliverHook for Plugins {
             return None;
         }
         match self.route(channel, group.tenant.as_deref()) {
-            Route::Plugin(plugin) => Some(plugin.clone()),
+            // A delivery group has no user: a share canary's deliver hook follows the channel.
+            Route::Plugin(slot) => Some(slot.deliver(group.tenant.as_deref(), channel)),
             Route::Allow | Route::Deny => None,
         }
     }
