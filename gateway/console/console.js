@@ -1,6 +1,7 @@
 // The operations console: polls the admin API (GET /admin/cluster, GET /admin/plugins) every
-// POLL_MS, draws what it gets, and calls PUT /admin/plugins/{name}, POST .../rollback and
-// DELETE .../bindings for the operator. Everything shown comes from those documented
+// POLL_MS, draws what it gets, and calls PUT /admin/plugins/{name}, POST .../rollback,
+// DELETE .../bindings and the rollout endpoints (PUT .../rollout, POST .../rollout/promote,
+// DELETE .../rollout) for the operator. Everything shown comes from those documented
 // endpoints; rates and charts are computed here from the samples each node keeps of its
 // counters (`recent`: every 2 s over the last 5 minutes), so a page just opened has history.
 
@@ -182,7 +183,7 @@ function renderPlugins(plugins) {
         el("td", {}, p.name),
         el("td", {}, ...p.bindings.map((b) => el("div", {}, el("code", {}, b)))),
         el("td", {}, el("span", { className: `pill ${kind}` }, p.status)),
-        el("td", { className: "version" }, p.version ?? "—"),
+        el("td", { className: "version" }, p.version ?? "—", ...trial(p)),
         el("td", { className: "version" }, p.previous ?? "—"),
         el("td", {}, ...(nodes.length ? nodes : ["this node only"])),
         el("td", { className: "num" }, String(p.calls)),
@@ -200,12 +201,51 @@ function renderPlugins(plugins) {
           {},
           button("Roll back", `Roll ${p.name} back to ${p.previous} on every node?`, () => act("POST", `/admin/plugins/${p.name}/rollback`, `${p.name} rolled back`), !p.previous),
           button("Unbind", `Unbind ${p.name}? Its channels go without it until it is bound again.`, () => act("DELETE", `/admin/plugins/${p.name}/bindings`, `${p.name} unbound`), p.status === "unbound"),
+          ...(p.rollout
+            ? [
+                button("Promote", `Make ${p.rollout.version} the live version of ${p.name} for everyone, on every node?`, () => act("POST", `/admin/plugins/${p.name}/rollout/promote`, `${p.name} promoted`)),
+                button("Abort", `Drop the ${p.rollout.plan.stage} ${p.rollout.version} of ${p.name} on every node?`, () => act("DELETE", `/admin/plugins/${p.name}/rollout`, `${p.name}: ${p.rollout.plan.stage} aborted`)),
+              ]
+            : []),
         ),
       );
       row.dataset.plugin = p.name;
       return row;
     }),
   );
+}
+
+/** A plugin's trial under its version: the candidate, its share, the shadow's agreement or the
+ * canary's window; and how the last one ended. */
+function trial(p) {
+  const out = [];
+  const r = p.rollout;
+  if (r) {
+    const plan = r.plan;
+    const who = plan.stage === "shadow"
+      ? `${plan.percent ?? 100} % of calls`
+      : [plan.tenants && `tenants ${plan.tenants}`, plan.percent && `${plan.percent} % by ${plan.by}`].filter(Boolean).join(", ");
+    const shadow = Object.values(r.shadow ?? {});
+    const calls = shadow.reduce((n, f) => n + f.calls, 0);
+    const agreed = shadow.reduce((n, f) => n + f.agreed, 0);
+    const shed = shadow.reduce((n, f) => n + f.shed, 0);
+    const figures = plan.stage === "shadow"
+      ? `agrees ${calls ? ((100 * agreed) / calls).toFixed(1) : "100"} % of ${calls}${shed ? `, ${shed} shed` : ""}`
+      : `errors ${(100 * r.candidate_window.error_rate).toFixed(1)} % (live ${(100 * r.live_window.error_rate).toFixed(1)} %) over ${r.candidate_window.calls} calls`;
+    const last = (r.disagreements ?? []).at(-1);
+    out.push(
+      el("div", { className: `trial ${plan.stage}` },
+        el("span", { className: "pill warn" }, plan.stage), ` ${r.version} · ${who} · ${figures}`,
+        ...(last ? [el("div", { className: "muted" }, `last disagreement: ${last.hook} ${last.channel}: live ${last.live}, shadow ${last.shadow}`)] : []),
+      ),
+    );
+  }
+  const ended = p.last_rollout;
+  if (ended && !r) {
+    const kind = ended.outcome === "promoted" ? "ok" : ended.outcome === "rolled_back" ? "bad" : "warn";
+    out.push(el("div", { className: "trial ended" }, el("span", { className: `pill ${kind}` }, ended.outcome.replace("_", " ")), ` ${ended.stage} ${ended.version}: ${ended.reason}`));
+  }
+  return out;
 }
 
 function button(text, question, action, disabled) {
@@ -226,6 +266,17 @@ async function upload() {
   const name = $("upload-name").value.trim();
   const file = $("upload-file").files[0];
   if (!name || !file) return;
+  const stage = $("upload-stage").value;
+  if (stage) {
+    if (!confirm(`Run ${file.name} (${file.size} bytes) as a ${stage} of ${name} on every node?`)) return;
+    const plan = new URLSearchParams($("upload-plan").value.trim());
+    plan.set("stage", stage);
+    const reply = await api("PUT", `/admin/plugins/${encodeURIComponent(name)}/rollout?${plan}`, await file.arrayBuffer());
+    outcome(`${name}: ${reply.version} runs as a ${stage}${reply.cluster ? " on every node" : " (this node only)"}`, true);
+    $("upload-file").value = "";
+    await refresh();
+    return;
+  }
   if (!confirm(`Upload ${file.name} (${file.size} bytes) as the new version of ${name} on every node?`)) return;
   const reply = await api("PUT", `/admin/plugins/${encodeURIComponent(name)}`, await file.arrayBuffer());
   outcome(

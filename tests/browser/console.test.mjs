@@ -104,14 +104,29 @@ test("the console logs in, shows two nodes, uploads, rolls back and shows a refu
     await tab.locator("#outcome.ok", { hasText: `stamp rolled back: now ${version(v1)}` }).waitFor();
     for (const id of ["node-a", "node-b"]) await node(id).filter({ hasText: version(v1) }).waitFor();
 
+    // A canary for one tenant through the page: shown on the plugin's row on both nodes'
+    // data, then aborted; v1 serves everyone throughout.
+    await tab.selectOption("#upload-stage", "canary");
+    await tab.fill("#upload-plan", "tenants=acme");
+    await tab.setInputFiles("#upload-file", v2);
+    await tab.click("#upload-button");
+    await tab.locator("#outcome.ok", { hasText: `stamp: ${version(v2)} runs as a canary on every node` }).waitFor();
+    await stamp.locator(".trial.canary", { hasText: "tenants acme" }).waitFor();
+    await shot(tab, "3-canary");
+    await stamp.getByRole("button", { name: "Abort" }).click();
+    await tab.locator("#outcome.ok", { hasText: "stamp: canary aborted" }).waitFor();
+    await stamp.locator(".trial.ended", { hasText: "aborted" }).waitFor();
+    for (const id of ["node-a", "node-b"]) await node(id).filter({ hasText: version(v1) }).waitFor();
+    await tab.selectOption("#upload-stage", "");
+
     // A broken component: refused, shown as the outcome and as the plugin's status; v1 serves on.
     await tab.setInputFiles("#upload-file", broken);
     await tab.click("#upload-button");
     await tab.locator("#outcome.bad", { hasText: "refused" }).waitFor();
     await stamp.filter({ hasText: "refused" }).waitFor();
     for (const id of ["node-a", "node-b"]) await node(id).filter({ hasText: version(v1) }).waitFor();
-    await shot(tab, "3-refused", { fullPage: true });
+    await shot(tab, "4-refused", { fullPage: true });
   });
-  assert.equal(confirmations, 3, "upload, rollback and the second upload each asked first");
+  assert.equal(confirmations, 5, "upload, rollback, canary, abort and the last upload each asked first");
   assert.deepEqual(problems, [], "no script errors in the page");
 });
