@@ -63,6 +63,14 @@ pub trait Sink: Send + Sync {
 
     /// Wakes the session to read the commands waiting for it (`crate::connections`).
     fn notify(&self) {}
+
+    /// The subscriber's deliver hook failed on the message at `position` (a channel with
+    /// history): nothing was delivered, and a sink that can (a subscription with history,
+    /// `ws::recovery`) has the session catch up from history, which runs the hook again.
+    fn missed(&self, _position: &Position) {}
+
+    /// The hub no longer delivers to this sink (its subscription ended or moved to another).
+    fn retired(&self) {}
 }
 
 const SHARDS: usize = 64;
@@ -75,6 +83,10 @@ pub enum Prepared {
     Rewritten(Vec<u8>),
     /// Deliver nothing to this group.
     Skip,
+    /// The hook failed: nothing is delivered to this group (failing open could leak what a
+    /// filter hides); on a channel with history its members catch up from history
+    /// ([`Sink::missed`]), so a failure that passes loses them nothing.
+    Failed,
 }
 
 /// Hands out the deliver hooks to use for one message, so a hot swap never splits a message
@@ -204,15 +216,25 @@ impl Table {
         for (group, prepared) in prepared {
             let frame = match prepared {
                 Prepared::Skip => continue,
-                Prepared::Rewritten(data) => carried.frame(channel, &data, true),
-                Prepared::Unchanged => shared
-                    .get_or_insert_with(|| carried.frame(channel, data, false))
-                    .clone(),
+                Prepared::Failed => None,
+                Prepared::Rewritten(data) => Some(carried.frame(channel, &data, true)),
+                Prepared::Unchanged => Some(
+                    shared
+                        .get_or_insert_with(|| carried.frame(channel, data, false))
+                        .clone(),
+                ),
             };
             let shard =
                 shard.get_or_insert_with(|| self.shard(channel).read().expect("hub lock poisoned"));
-            if let Some(members) = shard.get(channel).and_then(|c| c.groups.get(&group)) {
-                stats.add(push_all(members, &frame, position));
+            let Some(members) = shard.get(channel).and_then(|c| c.groups.get(&group)) else {
+                continue;
+            };
+            match (frame, position) {
+                (Some(frame), _) => stats.add(push_all(members, &frame, position)),
+                (None, Some(position)) => members.values().for_each(|s| s.missed(position)),
+                // Nothing to catch up from: lost for this group, as the hook's failure says
+                // (logged and counted where it failed).
+                (None, None) => {}
             }
         }
         stats
@@ -285,7 +307,11 @@ impl Hub {
         let entry = shard.entry(Arc::from(channel)).or_default();
         // A re-subscribe may move the connection to another group.
         for members in entry.groups.values_mut() {
-            members.remove(&conn);
+            if let Some(old) = members.remove(&conn)
+                && !Arc::ptr_eq(&old, sink)
+            {
+                old.retired();
+            }
         }
         entry.groups.retain(|_, m| !m.is_empty());
         entry
@@ -308,7 +334,10 @@ impl Hub {
         };
         let mut found = false;
         entry.groups.retain(|_, members| {
-            found |= members.remove(&conn).is_some();
+            if let Some(old) = members.remove(&conn) {
+                old.retired();
+                found = true;
+            }
             !members.is_empty()
         });
         if entry.groups.is_empty() {

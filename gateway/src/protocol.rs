@@ -101,6 +101,10 @@ pub enum CloseReason {
     ShuttingDown,
     /// The outbound queue overflowed (4001).
     SlowConsumer,
+    /// A subscription fell behind what the server can send it live (a deliver hook failed
+    /// and history could not make up for it): reconnect and recover (4001, as a slow
+    /// consumer: clients treat both alike).
+    Behind,
     /// No frame from the client within the idle timeout (4002).
     IdleTimeout,
     /// A frame exceeded `limits.max_frame_bytes` (1009).
@@ -123,7 +127,7 @@ impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::ShuttingDown => 1001,
-            CloseReason::SlowConsumer => 4001,
+            CloseReason::SlowConsumer | CloseReason::Behind => 4001,
             CloseReason::IdleTimeout => 4002,
             CloseReason::FrameTooBig => 1009,
             CloseReason::InvalidUtf8 => 1007,
@@ -144,6 +148,7 @@ impl CloseReason {
         match self {
             CloseReason::ShuttingDown => "server shutting down",
             CloseReason::SlowConsumer => "slow consumer: outbound queue overflowed",
+            CloseReason::Behind => "fell behind: reconnect and recover",
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::FrameTooBig => "frame exceeds limits.max_frame_bytes",
             CloseReason::InvalidUtf8 => "text frame is not valid UTF-8",

@@ -96,22 +96,32 @@ impl Replay {
             .map_err(|e| Rejection::new(ErrorCode::Unavailable, e.to_string()))?;
         let last = read.messages.last().map(|m| m.offset);
         let count = read.messages.len();
-        let messages = read
-            .messages
-            .into_iter()
-            .filter_map(|m| {
-                let data = protocol::normalize_payload(&m.data);
-                let data = match self.hub.prepare(channel, group, &data) {
-                    Prepared::Skip => return None,
-                    Prepared::Unchanged => data.into_owned(),
-                    Prepared::Rewritten(data) => data,
-                };
-                // Stored data is the publish hook's JSON and a rewrite is checked JSON, so
-                // this cannot fail; a message that did would be skipped, not sent broken.
-                let text = String::from_utf8(data).ok()?;
-                Some((m.offset, RawValue::from_string(text).ok()?))
-            })
-            .collect();
+        let mut messages = Vec::with_capacity(count);
+        for m in read.messages {
+            let data = protocol::normalize_payload(&m.data);
+            let data = match self.hub.prepare(channel, group, &data) {
+                Prepared::Skip => continue,
+                Prepared::Unchanged => data.into_owned(),
+                Prepared::Rewritten(data) => data,
+                // Skipping it would move the reader past a message it may be owed.
+                Prepared::Failed => {
+                    return Err(Rejection::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the deliver plugin of {channel:?} failed on a stored message; try again"
+                        ),
+                    ));
+                }
+            };
+            // Stored data is the publish hook's JSON and a rewrite is checked JSON, so this
+            // cannot fail; a message that did would be skipped, not sent broken.
+            let Ok(text) = String::from_utf8(data) else {
+                continue;
+            };
+            if let Ok(raw) = RawValue::from_string(text) {
+                messages.push((m.offset, raw));
+            }
+        }
         Ok(Page {
             messages,
             position: read.position,

@@ -212,6 +212,96 @@ async fn two_nodes_recover_a_2s_disconnect_at_2000_msgs_20_times() {
     reconnects_lose_nothing([b.url(), a.url()], a.url(), 20, 4000).await;
 }
 
+/// A first subscribe to a channel that already holds messages starts at its end (the read
+/// of the position alone asks Redis for no entries: Redis 7.0 answers that with nil).
+#[tokio::test]
+async fn a_new_subscriber_starts_at_the_end_of_what_history_holds() {
+    let redis = RedisServer::start().await;
+    let redis_gw = TestGateway::start_ready(&redis_config(&redis.url())).await;
+    let embedded = TestGateway::start(HISTORY).await;
+    for gw in [&redis_gw, &embedded] {
+        let mut publisher = gw.client().await;
+        for n in 1..=3 {
+            let reply = publish(&mut publisher, "h:held", json!({"n": n})).await;
+            assert_eq!(reply["type"], "published", "{reply}");
+        }
+        let mut c = gw.client().await;
+        let s = subscribe(&mut c, "h:held", None).await;
+        assert!(s.recovered.is_empty());
+        assert_eq!(s.reply["type"], "subscribed", "{}", s.reply);
+        assert_eq!(s.reply["offset"], 3, "{}", s.reply);
+        let reply = publish(&mut publisher, "h:held", json!({"n": 4})).await;
+        assert_eq!(reply["type"], "published", "{reply}");
+        let m = c.recv().await;
+        assert_eq!(
+            (m["data"]["n"].as_u64(), m["offset"].as_u64()),
+            (Some(4), Some(4)),
+            "{m}"
+        );
+    }
+}
+
+/// A deliver hook that fails on a live message of a channel with history costs its
+/// subscribers nothing: they get it from history (its hook run again), in order, once. One
+/// that keeps failing closes the connection (4001) for the client to recover, and the
+/// recovery is refused while it fails, rather than skipped past.
+#[tokio::test]
+async fn a_failed_deliver_hook_is_caught_up_from_history() {
+    let redis = RedisServer::start().await;
+    let plugins =
+        support::with_plugins("[[plugins.bindings]]\npattern = \"h:*\"\nplugin = \"flaky\"\n");
+    let on_redis =
+        TestGateway::start_ready(&format!("{}{plugins}", redis_config(&redis.url()))).await;
+    let embedded = TestGateway::start(&format!("{HISTORY}{plugins}")).await;
+    for gw in [&on_redis, &embedded] {
+        let mut sub = gw.client().await;
+        let s = subscribe(&mut sub, "h:flaky", None).await;
+        assert_eq!(s.reply["type"], "subscribed", "{}", s.reply);
+        let (start, epoch) = (
+            s.reply["offset"].as_u64().unwrap(),
+            s.reply["epoch"].clone(),
+        );
+        let mut publisher = gw.client().await;
+        // `flaky` refuses to publish multiples of 5, and fails delivering 3 and 7 once.
+        let sent = [1u64, 2, 3, 4, 6, 7, 8, 9];
+        for (i, n) in sent.into_iter().enumerate() {
+            let data = match n {
+                3 | 7 => json!({"n": n, "once": true}),
+                _ => json!({"n": n}),
+            };
+            let reply = publish(&mut publisher, "h:flaky", data).await;
+            assert_eq!(reply["type"], "published", "{reply}");
+            let m = sub.recv().await;
+            assert_eq!(m["data"]["n"], n, "{m}");
+            assert_eq!(m["offset"].as_u64(), Some(start + i as u64 + 1), "{m}");
+        }
+        let reply = publish(&mut publisher, "h:flaky", json!({"n": 11, "always": true})).await;
+        assert_eq!(reply["type"], "published", "{reply}");
+        match sub.ended().await {
+            Ended::Closed(code, reason) => {
+                assert_eq!(
+                    (code, reason.as_str()),
+                    (4001, "fell behind: reconnect and recover")
+                )
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
+        let mut back = gw.client().await;
+        let since = json!({"offset": start + sent.len() as u64, "epoch": epoch});
+        let s = subscribe(&mut back, "h:flaky", Some(since)).await;
+        assert_eq!(s.reply["type"], "error", "{}", s.reply);
+        assert_eq!(s.reply["code"], "unavailable", "{}", s.reply);
+        assert!(
+            s.reply["message"]
+                .as_str()
+                .unwrap()
+                .contains("deliver plugin"),
+            "{}",
+            s.reply
+        );
+    }
+}
+
 async fn publish(c: &mut Client, channel: &str, data: Value) -> Value {
     c.ask(json!({"type": "publish", "channel": channel, "data": data}))
         .await

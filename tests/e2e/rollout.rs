@@ -449,3 +449,70 @@ async fn a_canary_failing_one_call_in_five_is_rolled_back_everywhere_losing_noth
     let unique: BTreeSet<_> = got.iter().collect();
     assert_eq!(unique.len(), got.len());
 }
+
+#[tokio::test]
+async fn a_canary_pushed_by_the_cli_promotes_itself_after_a_clean_window() {
+    let (_keep, dir) = plugin_dir(&[("stamp", "stamp-v1"), ("v2", "stamp-v2")]);
+    let gw = TestGateway::start_ready(&config(&dir, "s:*", "stamp", "")).await;
+    let push = |extra: &[&str]| {
+        let mut args = vec!["plugin", "push", "stamp"];
+        let file = dir.join("v2.wasm").display().to_string();
+        let admin = format!("http://{}", gw.addr);
+        let mut cmd = tokio::process::Command::new(gateway_bin());
+        args.extend_from_slice(extra);
+        cmd.args(&args)
+            .args([file.as_str(), "--admin", admin.as_str()])
+            .env("SWITCHYARD_ADMIN_TOKEN", TOKEN);
+        cmd
+    };
+    // Flags that need a stage are refused before anything is sent.
+    let out = push(&["--promote-after", "1"]).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("go with --shadow, --canary or --tenants")
+    );
+    let out = push(&["--canary", "150%"]).output().await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a percent"),
+        "{out:?}"
+    );
+
+    let out = push(&[
+        "--canary",
+        "50%",
+        "--tenants",
+        "acme",
+        "--promote-after",
+        "1",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"stage\":\"canary\""));
+    let v2 = &hash(&wasm("stamp-v2"))[..12];
+    let s = status(&gw, "stamp").await;
+    assert_eq!(s["rollout"]["plan"]["percent"], 50.0, "{s}");
+    assert_eq!(s["rollout"]["plan"]["tenants"], "acme", "{s}");
+    assert_eq!(stamped_by(&gw, "ann", Some("acme")).await, 2);
+
+    eventually("the canary to promote itself", async || {
+        status(&gw, "stamp").await["version"] == v2
+    })
+    .await;
+    let s = status(&gw, "stamp").await;
+    assert_eq!(s["rollout"], Value::Null, "{s}");
+    assert_eq!(s["last_rollout"]["outcome"], "promoted", "{s}");
+    assert!(
+        s["last_rollout"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("promote_after_ms"),
+        "{s}"
+    );
+    assert_eq!(stamped_by(&gw, "bob", Some("beta")).await, 2);
+}

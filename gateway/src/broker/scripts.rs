@@ -85,7 +85,8 @@ else
 end
 local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 local entries = {}
-if offset ~= '0' then
+-- COUNT 0 answers nil, not an empty list, on Redis 7.0: a read of the position alone reads none.
+if offset ~= '0' and tonumber(ARGV[3]) > 0 then
   if ARGV[1] == 'after' then
     entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', ARGV[3])
   else

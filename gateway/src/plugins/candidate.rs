@@ -89,7 +89,8 @@ pub struct Plan {
     pub max_forward_ratio: f64,
     /// Canary: promote to every user after this long without a breach; never when absent.
     pub promote_after_ms: Option<u64>,
-    /// Shadow: shadow calls queued at most; past it they are shed.
+    /// Shadow: shadow calls queued at most (each holds a copy of its message); past it they
+    /// are shed.
     pub budget: usize,
     /// Shadow: whether recorded disagreements show excerpts of the data (off: only sizes).
     pub excerpts: bool,
@@ -148,8 +149,9 @@ impl Plan {
         if self.window_ms < 100 || self.min_calls == 0 {
             return Err("window_ms must be at least 100 and min_calls at least 1".into());
         }
-        if self.budget == 0 || self.budget > 1 << 20 {
-            return Err("budget must be 1 to 1048576 calls".into());
+        // Each queued call holds a copy of its message.
+        if self.budget == 0 || self.budget > 65_536 {
+            return Err("budget must be 1 to 65536 calls".into());
         }
         Ok(())
     }
@@ -259,6 +261,7 @@ impl Verdict {
         match p {
             Prepared::Unchanged => Self::same("deliver".into()),
             Prepared::Skip => Self::same("skip".into()),
+            Prepared::Failed => Self::same("error".into()),
             Prepared::Rewritten(data) => Self {
                 full: format!("rewrite {}", String::from_utf8_lossy(data)),
                 shown: format!("rewrite ({})", data_shown(data, excerpts)),

@@ -710,14 +710,15 @@ impl crate::hub::GroupHook for LoadedPlugin {
             tenant: group.tenant.as_deref(),
         };
         // A failing deliver hook delivers nothing to that group: the hook may be a filter,
-        // and failing open could leak what it was meant to hide.
+        // and failing open could leak what it was meant to hide (the hub has subscribers of a
+        // channel with history catch up instead).
         match self.on_deliver(ctx, channel, text) {
             Ok(DeliverDecision::Deliver) => Prepared::Unchanged,
             Ok(DeliverDecision::Skip) => {
                 self.outcomes.denied.fetch_add(1, Relaxed);
                 Prepared::Skip
             }
-            Err(_) => Prepared::Skip,
+            Err(_) => Prepared::Failed,
             Ok(DeliverDecision::Rewrite(new)) => Prepared::Rewritten(new.into_bytes()),
         }
     }

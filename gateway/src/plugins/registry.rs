@@ -527,13 +527,16 @@ impl PluginRegistry {
                 self.active.store(Arc::new(plugins));
                 state.unbound = unbound;
                 state.trials = trials;
+                // Everything of `name` loaded: an earlier refusal no longer describes it.
+                if let Some(entry) = state.entries.get_mut(name) {
+                    entry.last_error = None;
+                }
                 if let Some(v) = version {
                     let entry = state.entries.entry(name.to_owned()).or_default();
                     let old = entry.current.replace(v.clone());
                     if old.as_ref().is_some_and(|o| o.code.hash != v.code.hash) {
                         entry.previous = old;
                     }
-                    entry.last_error = None;
                     tracing::info!(plugin = name, version = &v.code.hash[..12], source = ?v.source, "plugin version serving");
                     metrics::counter!("switchyard_plugin_swaps_total", "plugin" => name.to_owned())
                         .increment(1);

@@ -12,13 +12,18 @@
 //! On the wire: the recovered messages (each a normal `message` frame with its position),
 //! then the `subscribed` reply with the position the subscription continues from and, when
 //! the client asked to recover, `recovered`; then live messages.
+//!
+//! The same sink stays the subscription's for its life. When the subscriber's deliver hook
+//! fails on a live message ([`Sink::missed`]), it holds deliveries again and asks its
+//! session to catch up from the message before (a [`Resync`]): the message comes from
+//! history, its hook run again, with nothing sent twice or out of order and no reply.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use crate::history::{HistoryOptions, MAX_READ, Position, Query};
-use crate::hub::{Group, Sink};
+use crate::hub::{Group, GroupKey, Sink};
 use crate::protocol::{self, CloseReason, ErrorCode, Frame, Rejection};
 use crate::replay::Replay;
 
@@ -32,31 +37,81 @@ pub struct CatchUp {
     /// deliveries go straight through without the lock.
     passing: AtomicBool,
     state: Mutex<State>,
+    /// What a catch-up after a failed hook needs.
+    resync: Resync,
+    /// Deliveries held at most (the session's queue's capacity).
+    room: usize,
+    me: Weak<CatchUp>,
+}
+
+/// The subscription a [`CatchUp`] serves, and where it asks its session for a catch-up.
+pub struct Resync {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The subscriber's delivery group.
+    pub group: GroupKey,
+    /// The channel's history.
+    pub options: HistoryOptions,
+    /// The session's list of subscriptions to catch up.
+    pub pending: Arc<Pending>,
+}
+
+/// Subscriptions of one session waiting for a catch-up, oldest first.
+#[derive(Default)]
+pub struct Pending(Mutex<Vec<Arc<CatchUp>>>);
+
+impl Pending {
+    /// Takes the waiting subscriptions.
+    pub fn take(&self) -> Vec<Arc<CatchUp>> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 enum State {
     /// Deliveries held in arrival order, at most `room`; past it they are all dropped (and
-    /// read from history instead).
+    /// read from history instead). `resume`: a catch-up is owed from this position (a hook
+    /// failed on the message after it) and the session has not started it yet.
     Holding {
         held: VecDeque<(Frame, Option<Position>)>,
         room: usize,
         overflowed: bool,
+        resume: Option<Position>,
     },
     /// Released: deliveries at or before `after` in its epoch were already sent from history.
     Filtering { after: Position },
+    /// The hub no longer delivers here.
+    Retired,
 }
 
 impl CatchUp {
-    /// Holds deliveries for `outbox`, up to `room` of them.
-    pub fn new(outbox: Arc<dyn Sink>, room: usize) -> Self {
-        Self {
+    /// Holds deliveries for `outbox`, up to `room` of them, for the subscription `resync`
+    /// describes.
+    pub fn new(outbox: Arc<dyn Sink>, room: usize, resync: Resync) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             outbox,
             passing: AtomicBool::new(false),
             state: Mutex::new(State::Holding {
                 held: VecDeque::new(),
                 room,
                 overflowed: false,
+                resume: None,
             }),
+            resync,
+            room,
+            me: me.clone(),
+        })
+    }
+
+    /// The subscription this serves.
+    pub fn subscription(&self) -> &Resync {
+        &self.resync
+    }
+
+    /// The position a catch-up is owed from, if one is and it was not taken yet.
+    pub fn take_resume(&self) -> Option<Position> {
+        match &mut *self.state() {
+            State::Holding { resume, .. } => resume.take(),
+            _ => None,
         }
     }
 
@@ -75,6 +130,7 @@ impl CatchUp {
             held, overflowed, ..
         } = &mut *state
         else {
+            // Retired meanwhile: the hub delivers elsewhere now.
             return true;
         };
         if std::mem::take(overflowed) {
@@ -122,6 +178,7 @@ impl Sink for CatchUp {
                 held,
                 room,
                 overflowed,
+                ..
             } => {
                 if *overflowed {
                 } else if held.len() < *room {
@@ -133,11 +190,54 @@ impl Sink for CatchUp {
                 true
             }
             State::Filtering { .. } => self.filter(&mut state, frame, position),
+            State::Retired => true,
         }
     }
 
     fn close(&self, reason: CloseReason) {
         self.outbox.close(reason);
+    }
+
+    fn missed(&self, position: &Position) {
+        let mut state = self.state();
+        match &mut *state {
+            // A catch-up is under way or owed: it reads history from before this message
+            // again (what was held is read again with it).
+            State::Holding {
+                held, overflowed, ..
+            } => {
+                held.clear();
+                *overflowed = true;
+            }
+            State::Filtering { .. } => {
+                self.passing.store(false, Ordering::Release);
+                *state = State::Holding {
+                    held: VecDeque::new(),
+                    room: self.room,
+                    overflowed: false,
+                    resume: Some(Position {
+                        offset: position.offset.saturating_sub(1),
+                        epoch: position.epoch.clone(),
+                    }),
+                };
+                drop(state);
+                if let Some(me) = self.me.upgrade() {
+                    self.resync
+                        .pending
+                        .0
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(me);
+                }
+                self.outbox.notify();
+            }
+            State::Retired => {}
+        }
+    }
+
+    fn retired(&self) {
+        self.passing.store(false, Ordering::Release);
+        *self.state() = State::Retired;
     }
 }
 
@@ -151,8 +251,8 @@ pub struct Start {
 
 /// Sends `channel`'s history after `since` (or nothing, without it) for `group` to `outbox`,
 /// paced by what the client reads, then the reply `reply` makes of where the subscription
-/// starts, then releases `catch_up`'s held deliveries after it. The hub must already deliver
-/// the channel to `catch_up`.
+/// starts (none for a catch-up the client did not ask for), then releases `catch_up`'s held
+/// deliveries after it. The hub must already deliver the channel to `catch_up`.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site, every argument distinct"
@@ -165,7 +265,7 @@ pub async fn catch_up(
     group: &Group,
     since: Option<&Position>,
     options: HistoryOptions,
-    reply: impl Fn(&Start) -> Frame,
+    reply: impl Fn(&Start) -> Option<Frame>,
 ) -> Result<Start, Rejection> {
     let mut recovered = since.map(|_| true);
     // The subscription's position so far: the last message the client has (or will not get).
@@ -211,7 +311,9 @@ pub async fn catch_up(
                 recovered,
             };
             let answer = || {
-                outbox.push_reply(reply(&start));
+                if let Some(frame) = reply(&start) {
+                    outbox.push_reply(frame);
+                }
             };
             if catch_up.release(&start.position, answer) {
                 return Ok(start);

@@ -74,6 +74,7 @@ pub fn run(
         bucket,
         outbox,
         subscriptions: Subscriptions::default(),
+        resyncs: None,
         identity,
         grant,
         pending: Owed::default(),
@@ -130,6 +131,9 @@ struct Session {
     /// Replies owed, oldest first: publishes in flight to the broker and the replies to later
     /// requests, which wait their turn so replies keep request order.
     pending: Owed,
+    /// Subscriptions with history waiting to catch up after a deliver hook failed
+    /// (`ws::recovery`); created with the first such subscription.
+    resyncs: Option<Arc<recovery::Pending>>,
     /// The connection's span, entered around requests and log lines.
     span: Span,
     /// The connection's node, id and place in the node's count; last, so it is released last.
@@ -307,6 +311,10 @@ impl Session {
                 Event::Stop(Stop::Failed) => return "write failed",
                 Event::Replied => continue,
                 Event::Mail => {
+                    if let Err(reason) = Box::pin(self.resync()).await {
+                        self.outbox.close(reason);
+                        continue;
+                    }
                     let Some((code, text)) = Box::pin(self.read_mail()).await else {
                         continue;
                     };
@@ -523,6 +531,53 @@ impl Session {
         None
     }
 
+    /// Catches up the subscriptions whose deliver hook failed on a live message: from
+    /// history, after the last message before it, as a recovery does but without a reply.
+    /// When history cannot give it (gone, or the hook fails again), the connection is closed
+    /// for the client to reconnect and recover, which reports what could not be recovered.
+    async fn resync(&mut self) -> Result<(), CloseReason> {
+        let Some(pending) = self.resyncs.clone() else {
+            return Ok(());
+        };
+        let node = self.slot.node.clone();
+        for held in pending.take() {
+            let Some(after) = held.take_resume() else {
+                continue;
+            };
+            let sub = held.subscription();
+            let started = recovery::catch_up(
+                &node.replay,
+                &self.outbox,
+                &held,
+                &sub.channel,
+                &sub.group,
+                Some(&after),
+                sub.options,
+                |_| None,
+            )
+            .await;
+            let channel = &*sub.channel;
+            match started {
+                Ok(start) if start.recovered != Some(false) => {
+                    metrics::counter!("switchyard_resyncs_total", "result" => "caught_up")
+                        .increment(1);
+                }
+                Ok(_) => {
+                    metrics::counter!("switchyard_resyncs_total", "result" => "lost").increment(1);
+                    self.span.in_scope(|| tracing::info!(%channel, "history no longer holds what a failed deliver hook withheld; closing for the client to recover"));
+                    return Err(CloseReason::Behind);
+                }
+                Err(r) => {
+                    metrics::counter!("switchyard_resyncs_total", "result" => "failed")
+                        .increment(1);
+                    self.span.in_scope(|| tracing::info!(%channel, code = %r.code, message = %r.message, "catch-up after a failed deliver hook failed; closing for the client to recover"));
+                    return Err(CloseReason::Behind);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Answers a `refresh` request: a token that passes moves the connection's deadline; a
     /// refused one leaves it where it was.
     fn refresh(&mut self, token: &str, id: Option<&RawValue>) -> Result<(), Rejection> {
@@ -687,7 +742,14 @@ impl Session {
         };
         // Live deliveries go to a sink that holds them while history is read and sent, then
         // releases them without the ones history already covered (ws::recovery).
-        let held = Arc::new(CatchUp::new(self.outbox.sink(), self.outbox.capacity()));
+        let pending = self.resyncs.get_or_insert_with(Default::default).clone();
+        let resync = recovery::Resync {
+            channel: Arc::from(channel),
+            group: group.clone(),
+            options,
+            pending,
+        };
+        let held = CatchUp::new(self.outbox.sink(), self.outbox.capacity(), resync);
         let sink: Arc<dyn Sink> = held.clone();
         let ready = node
             .hub
@@ -703,9 +765,11 @@ impl Session {
             options,
             // Queued by the catch-up before it releases live deliveries; no reply is owed
             // before it (they were settled before the subscribe).
-            |start| match by_server {
-                true => protocol::subscribed_by_server(channel, Some(&start.position)),
-                false => protocol::subscribed_at(channel, id, &start.position, start.recovered),
+            |start| {
+                Some(match by_server {
+                    true => protocol::subscribed_by_server(channel, Some(&start.position)),
+                    false => protocol::subscribed_at(channel, id, &start.position, start.recovered),
+                })
             },
         )
         .await;
