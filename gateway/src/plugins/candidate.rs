@@ -316,13 +316,30 @@ pub struct Disagreement {
 /// Disagreements kept per trial (the most recent).
 const RECENT: usize = 20;
 
-/// Shadow figures of one hook.
-#[derive(Default)]
+/// Shadow figures of one hook, with its `switchyard_plugin_shadow_calls_total` series
+/// (registered once: a label lookup per call would cost as much as the call).
 struct HookShadow {
     calls: AtomicU64,
     agreed: AtomicU64,
     disagreed: AtomicU64,
     shed: AtomicU64,
+    /// agree, disagree, shed.
+    series: [metrics::Counter; 3],
+}
+
+impl HookShadow {
+    fn new(plugin: &str, hook: Hook) -> Self {
+        let series = ["agree", "disagree", "shed"].map(|result| {
+            metrics::counter!("switchyard_plugin_shadow_calls_total", "plugin" => plugin.to_owned(), "hook" => hook.as_str(), "result" => result)
+        });
+        Self {
+            calls: AtomicU64::new(0),
+            agreed: AtomicU64::new(0),
+            disagreed: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            series,
+        }
+    }
 }
 
 /// One hook's shadow figures in the admin list.
@@ -341,10 +358,18 @@ pub struct ShadowFigures {
 }
 
 /// What the shadow found, shared with its thread.
-#[derive(Default)]
 struct Findings {
     hooks: [HookShadow; Hook::ALL.len()],
     recent: Mutex<VecDeque<Disagreement>>,
+}
+
+impl Findings {
+    fn new(plugin: &str) -> Self {
+        Self {
+            hooks: Hook::ALL.map(|h| HookShadow::new(plugin, h)),
+            recent: Mutex::default(),
+        }
+    }
 }
 
 /// Calls, failures, denials and forwards of one version, summed over its instance sets.
@@ -463,7 +488,7 @@ impl Trial {
             0.0
         };
         let share = (plan.percent.unwrap_or(default) * 100.0).round() as u64;
-        let findings = Arc::new(Findings::default());
+        let findings = Arc::new(Findings::new(plugin));
         let queue = (plan.stage == Role::Shadow).then(|| {
             let (tx, rx) = std::sync::mpsc::sync_channel(plan.budget);
             let findings = findings.clone();
@@ -519,10 +544,9 @@ impl Trial {
         match queue.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.findings.hooks[hook as usize]
-                    .shed
-                    .fetch_add(1, Relaxed);
-                metrics::counter!("switchyard_plugin_shadow_calls_total", "plugin" => self.plugin.clone(), "hook" => hook.as_str(), "result" => "shed").increment(1);
+                let figures = &self.findings.hooks[hook as usize];
+                figures.shed.fetch_add(1, Relaxed);
+                figures.series[2].increment(1);
             }
         }
     }
@@ -682,14 +706,13 @@ fn shadow_thread(rx: Receiver<Job>, findings: &Findings, excerpts: bool) {
         };
         let figures = &findings.hooks[hook as usize];
         figures.calls.fetch_add(1, Relaxed);
-        let plugin = job.candidate.name.to_string();
         if shadow.full == job.live.full {
             figures.agreed.fetch_add(1, Relaxed);
-            metrics::counter!("switchyard_plugin_shadow_calls_total", "plugin" => plugin, "hook" => hook.as_str(), "result" => "agree").increment(1);
+            figures.series[0].increment(1);
             continue;
         }
         figures.disagreed.fetch_add(1, Relaxed);
-        metrics::counter!("switchyard_plugin_shadow_calls_total", "plugin" => plugin, "hook" => hook.as_str(), "result" => "disagree").increment(1);
+        figures.series[1].increment(1);
         let tenant = match &job.call {
             Call::Deliver(group, ..) => group.tenant.as_deref().map(str::to_owned),
             _ => who.and_then(|w| w.tenant.clone()),
