@@ -16,6 +16,9 @@
 #               the same with the pass-through plugin in JavaScript or Python (plugins/js/allow-all,
 #               plugins/python/allow-all; built with `switchyard plugin build`, which needs npm, and
 #               the Python SDK with componentize-py in target/venv or SWITCHYARD_PYTHON)
+#   allow-all-shadow
+#               allow-all with a shadow on every call (`deny-closed`, which agrees with it on
+#               every bench channel), started by bench/with-rollout.sh once each node is ready
 #   history     switchyard, 2 nodes + Redis, history on every channel  bench/configs/history.toml
 #   embedded-history
 #               switchyard, 1 node, embedded broker, history on every channel
@@ -84,11 +87,11 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 for s in $SERVERS; do
   case $s in
-    embedded | redis | allow-all | allow-all-js | allow-all-py | history | embedded-history | cluster | floor | seed-ws) ;;
+    embedded | redis | allow-all | allow-all-shadow | allow-all-js | allow-all-py | history | embedded-history | cluster | floor | seed-ws) ;;
     base-embedded | base-redis | base-allow-all)
       [ -x "${BASE_BIN:-}" ] || die "server '$s' needs BASE_BIN, an executable switchyard binary"
       ;;
-    *) die "unknown server '$s' (embedded redis allow-all allow-all-js allow-all-py history embedded-history cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
+    *) die "unknown server '$s' (embedded redis allow-all allow-all-shadow allow-all-js allow-all-py history embedded-history cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
   esac
 done
 for s in $SCENARIOS; do
@@ -116,7 +119,7 @@ log "building switchyard and the loadgen (gateway: dist profile; loadgen: releas
 # is measured as shipped: the `dist` profile (whole-program optimisation).
 cargo build -j"$JOBS" --profile dist -p switchyard >&2
 cargo build -j"$JOBS" --release -p switchyard-loadgen >&2
-if wants allow-all || wants base-allow-all; then
+if wants allow-all || wants base-allow-all || wants allow-all-shadow; then
   log "building the plugins"
   scripts/build-plugins.sh -j"$JOBS" >&2
   [ -f "$ROOT/target/plugins/allow-all.wasm" ] || die "target/plugins/allow-all.wasm missing"
@@ -190,6 +193,8 @@ SY=$(printf '%q' "$ROOT/target/dist/switchyard")
 BASE=$(printf '%q' "${BASE_BIN:-}")
 PLAIN=$(printf '%q' "$ROOT/bench/configs/plain.toml")
 ALLOW=$(printf '%q' "$ROOT/bench/configs/allow-all.toml")
+SHADOW="$(printf '%q' "$ROOT/bench/with-rollout.sh") allow-all $(printf '%q' "$ROOT/target/plugins/deny-closed.wasm") stage=shadow bench-admin-token-0123456789 --"
+SHADOW_CONFIG=$(printf '%q' "$ROOT/bench/configs/allow-all-shadow.toml")
 HISTORY=$(printf '%q' "$ROOT/bench/configs/history.toml")
 # server name -> "nodes|peer"; run.sh replaces {PORT} and {REDIS_URL} per node.
 server_spec() {
@@ -197,6 +202,7 @@ server_spec() {
     embedded) echo "1|cmd:exec $SY --listen 127.0.0.1:{PORT} --config $PLAIN" ;;
     redis) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $PLAIN" ;;
     allow-all) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
+    allow-all-shadow) echo "2|cmd:exec $SHADOW $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $SHADOW_CONFIG" ;;
     allow-all-js | allow-all-py)
       echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $(printf '%q' "$ROOT/bench/configs/$1.toml")" ;;
     history) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $HISTORY" ;;
