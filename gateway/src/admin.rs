@@ -18,8 +18,9 @@ use crate::api::read_body;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::plugins::Code;
-use crate::plugins::candidate::Plan;
+use crate::plugins::candidate::{Plan, Role};
 use crate::plugins::registry::{Origin, Outcome, SwapError, is_component};
+use crate::rollout::Deployed;
 
 /// Routes under `/admin`: the API (token required) and the console page (no data, no token).
 pub fn router(node: Arc<Node>) -> Router {
@@ -97,33 +98,44 @@ async fn list(State(node): State<Arc<Node>>) -> Response {
     Json(json!({"node": node.id, "plugins": plugins})).into_response()
 }
 
+/// The component in an upload's body, or the refusal to answer with: a bad name, a body over
+/// `admin.max_upload_bytes`, bytes that are not a component.
+async fn component(node: &Node, name: &str, body: Body) -> Result<Code, Response> {
+    check_name(name).map_err(IntoResponse::into_response)?;
+    let limit = node.config.admin.max_upload_bytes;
+    let body = read_body(body, limit, "admin.max_upload_bytes", "too_large")
+        .await
+        .map_err(IntoResponse::into_response)?;
+    if !is_component(&body) {
+        return Err(swap_failed(SwapError::NotWasm));
+    }
+    Ok(Code::new(body.to_vec()))
+}
+
+/// What an upload or a rollout did, as the API answers it (`stage` for a rollout).
+fn deployed(name: &str, d: &Deployed, stage: Option<Role>) -> Response {
+    let mut answer = json!({
+        "plugin": name,
+        "version": &d.code.hash[..12],
+        "hash": d.code.hash,
+        "changed": d.changed,
+        "cluster": d.cluster,
+    });
+    if let Some(stage) = stage {
+        answer["stage"] = json!(stage);
+    }
+    Json(answer).into_response()
+}
+
 /// `PUT /admin/plugins/{name}` with the component as the body: installs it on this node and,
 /// with Redis, on every node.
 async fn upload(State(node): State<Arc<Node>>, Path(name): Path<String>, body: Body) -> Response {
-    if let Err(refused) = check_name(&name) {
-        return refused.into_response();
-    }
-    let limit = node.config.admin.max_upload_bytes;
-    let body = match read_body(body, limit, "admin.max_upload_bytes", "too_large").await {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
+    let code = match component(&node, &name, body).await {
+        Ok(code) => code,
+        Err(refused) => return refused,
     };
-    if !is_component(&body) {
-        return swap_failed(SwapError::NotWasm);
-    }
-    match node
-        .rollout
-        .deploy(&name, Code::new(body.to_vec()), Origin::Api)
-        .await
-    {
-        Ok(d) => Json(json!({
-            "plugin": name,
-            "version": &d.code.hash[..12],
-            "hash": d.code.hash,
-            "changed": d.changed,
-            "cluster": d.cluster,
-        }))
-        .into_response(),
+    match node.rollout.deploy(&name, code, Origin::Api).await {
+        Ok(d) => deployed(&name, &d, None),
         Err(e) => swap_failed(e),
     }
 }
@@ -162,36 +174,17 @@ async fn start_rollout(
     plan: Result<axum::extract::Query<Plan>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Response {
-    if let Err(refused) = check_name(&name) {
-        return refused.into_response();
-    }
     let plan = match plan {
         Ok(axum::extract::Query(plan)) => plan,
         Err(e) => return swap_failed(SwapError::BadPlan(e.body_text())),
     };
-    let limit = node.config.admin.max_upload_bytes;
-    let body = match read_body(body, limit, "admin.max_upload_bytes", "too_large").await {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
+    let code = match component(&node, &name, body).await {
+        Ok(code) => code,
+        Err(refused) => return refused,
     };
-    if !is_component(&body) {
-        return swap_failed(SwapError::NotWasm);
-    }
     let stage = plan.stage;
-    match node
-        .rollout
-        .start_trial(&name, Code::new(body.to_vec()), plan)
-        .await
-    {
-        Ok(d) => Json(json!({
-            "plugin": name,
-            "stage": stage,
-            "version": &d.code.hash[..12],
-            "hash": d.code.hash,
-            "changed": d.changed,
-            "cluster": d.cluster,
-        }))
-        .into_response(),
+    match node.rollout.start_trial(&name, code, plan).await {
+        Ok(d) => deployed(&name, &d, Some(stage)),
         Err(e) => swap_failed(e),
     }
 }

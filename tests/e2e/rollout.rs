@@ -76,44 +76,48 @@ async fn a_shadow_shows_exactly_its_disagreements_and_changes_no_delivery() {
     let gw = TestGateway::start_ready(&config(&dir, "r:*", "rule", "")).await;
 
     // Bad input first: a plan that says nothing, an unknown plugin, a broken component.
-    let (code, body) = rollout(&gw, "rule", "stage=canary", wasm("deny-closed")).await;
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (400, Some("bad_plan")),
-        "{body}"
-    );
-    let (code, body) = rollout(&gw, "rule", "stage=shadow&percent=abc", wasm("deny-closed")).await;
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (400, Some("bad_plan")),
-        "{body}"
-    );
-    let (code, body) = rollout(&gw, "nope", "stage=shadow", wasm("deny-closed")).await;
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (404, Some("unknown_plugin")),
-        "{body}"
-    );
-    let (code, body) = rollout(&gw, "rule", "stage=shadow", b"not wasm".to_vec()).await;
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (415, Some("not_wasm")),
-        "{body}"
-    );
     let mut broken = b"\0asm\x0d\x00\x01\x00".to_vec();
     broken.extend_from_slice(&[0xff; 64]);
-    let (code, body) = rollout(&gw, "rule", "stage=shadow", broken).await;
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (422, Some("refused")),
-        "{body}"
-    );
-    let (code, body) = rollout(&gw, "rule", "stage=shadow", wasm("allow-all")).await;
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (409, Some("rollout_conflict")),
-        "{body}"
-    );
+    let refusals: [(&str, &str, Vec<u8>, u16, &str); 6] = [
+        ("rule", "stage=canary", wasm("deny-closed"), 400, "bad_plan"),
+        (
+            "rule",
+            "stage=shadow&percent=abc",
+            wasm("deny-closed"),
+            400,
+            "bad_plan",
+        ),
+        (
+            "nope",
+            "stage=shadow",
+            wasm("deny-closed"),
+            404,
+            "unknown_plugin",
+        ),
+        (
+            "rule",
+            "stage=shadow",
+            b"not wasm".to_vec(),
+            415,
+            "not_wasm",
+        ),
+        ("rule", "stage=shadow", broken, 422, "refused"),
+        (
+            "rule",
+            "stage=shadow",
+            wasm("allow-all"),
+            409,
+            "rollout_conflict",
+        ),
+    ];
+    for (plugin, plan, bytes, status, why) in refusals {
+        let (code, body) = rollout(&gw, plugin, plan, bytes).await;
+        assert_eq!(
+            (code, body["code"].as_str()),
+            (status, Some(why)),
+            "{plan}: {body}"
+        );
+    }
 
     let (code, body) = rollout(
         &gw,
@@ -227,22 +231,32 @@ fn hash(bytes: &[u8]) -> String {
     switchyard::plugins::Code::new(bytes.to_vec()).hash
 }
 
-/// Two nodes `a` and `b` on one Redis, binding `s:*` to `stamp` (stamp-v1).
-async fn stamp_cluster(redis: &RedisServer, dir: &Path) -> (TestGateway, TestGateway) {
+/// Two nodes `a` and `b` on one Redis, binding `pattern` to `plugin`, each reporting its
+/// version (and so listening for announcements).
+async fn two_nodes(
+    redis: &RedisServer,
+    dir: &Path,
+    pattern: &str,
+    plugin: &str,
+) -> (TestGateway, TestGateway) {
     let broker = format!(
         "[broker]\nredis_url = \"{}\"\nprefix = \"ro:\"\n",
         redis.url()
     );
-    let cfg = config(dir, "s:*", "stamp", &broker);
+    let cfg = config(dir, pattern, plugin, &broker);
     let a = TestGateway::start_ready(&format!("{cfg}[server]\nnode_id = \"a\"\n")).await;
     let b = TestGateway::start_ready(&format!("{cfg}[server]\nnode_id = \"b\"\n")).await;
-    // Both nodes listen for announcements once they have reported their version.
     eventually("both nodes to report their version", async || {
-        let s = status(&a, "stamp").await;
+        let s = status(&a, plugin).await;
         s["nodes"]["a"].is_string() && s["nodes"]["b"].is_string()
     })
     .await;
     (a, b)
+}
+
+/// Two nodes binding `s:*` to `stamp` (stamp-v1).
+async fn stamp_cluster(redis: &RedisServer, dir: &Path) -> (TestGateway, TestGateway) {
+    two_nodes(redis, dir, "s:*", "stamp").await
 }
 
 /// The version (`v`) of stamp that handled a publish by `user` of `tenant` through `gw`.
@@ -359,18 +373,7 @@ async fn a_share_canary_serves_about_its_share_of_users_the_same_on_every_node()
 async fn a_canary_failing_one_call_in_five_is_rolled_back_everywhere_losing_nothing() {
     let redis = RedisServer::start().await;
     let (_keep, dir) = plugin_dir(&[("rule", "allow-all")]);
-    let broker = format!(
-        "[broker]\nredis_url = \"{}\"\nprefix = \"rb:\"\n",
-        redis.url()
-    );
-    let cfg = config(&dir, "r:*", "rule", &broker);
-    let a = TestGateway::start_ready(&format!("{cfg}[server]\nnode_id = \"a\"\n")).await;
-    let b = TestGateway::start_ready(&format!("{cfg}[server]\nnode_id = \"b\"\n")).await;
-    eventually("both nodes to report their version", async || {
-        let s = status(&a, "rule").await;
-        s["nodes"]["a"].is_string() && s["nodes"]["b"].is_string()
-    })
-    .await;
+    let (a, b) = two_nodes(&redis, &dir, "r:*", "rule").await;
 
     // A subscriber on node b, a publisher of tenant acme on node a.
     let mut sub = b.client_as("sam", Some("beta")).await;

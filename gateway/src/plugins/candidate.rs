@@ -615,31 +615,26 @@ impl Trial {
         let pct = |v: f64| format!("{:.1} %", v * 100.0);
         let secs = plan.window_ms as f64 / 1000.0;
         if c.calls >= plan.min_calls {
-            if cr.error_rate > lr.error_rate + plan.max_error_rate {
-                return (
-                    Judgement::Breach(format!(
-                        "error rate {} over {} calls in {secs} s (live {}, allowed +{})",
-                        pct(cr.error_rate),
+            let rates = [
+                ("error", cr.error_rate, lr.error_rate, plan.max_error_rate),
+                (
+                    "denial",
+                    cr.denial_rate,
+                    lr.denial_rate,
+                    plan.max_denial_rate,
+                ),
+            ];
+            for (what, candidate, live, allowed) in rates {
+                if candidate > live + allowed {
+                    let why = format!(
+                        "{what} rate {} over {} calls in {secs} s (live {}, allowed +{})",
+                        pct(candidate),
                         c.calls,
-                        pct(lr.error_rate),
-                        pct(plan.max_error_rate)
-                    )),
-                    lr,
-                    cr,
-                );
-            }
-            if cr.denial_rate > lr.denial_rate + plan.max_denial_rate {
-                return (
-                    Judgement::Breach(format!(
-                        "denial rate {} over {} calls in {secs} s (live {}, allowed +{})",
-                        pct(cr.denial_rate),
-                        c.calls,
-                        pct(lr.denial_rate),
-                        pct(plan.max_denial_rate)
-                    )),
-                    lr,
-                    cr,
-                );
+                        pct(live),
+                        pct(allowed)
+                    );
+                    return (Judgement::Breach(why), lr, cr);
+                }
             }
             let allowed = (lr.forwards_per_publish * plan.max_forward_ratio).max(0.1);
             if c.publishes > 0 && cr.forwards_per_publish > allowed {

@@ -46,19 +46,7 @@ impl ClusterStore {
 
     /// Makes `code` plugin `name`'s current version cluster-wide (the caller announces it).
     pub async fn put(&self, name: &str, code: &Code) -> Result<(), ClusterError> {
-        let mut con = self.con.clone();
-        redis::pipe()
-            .atomic()
-            .set(
-                self.key(&format!("blob:{}", code.hash)),
-                code.bytes.as_ref(),
-            )
-            .ignore()
-            .hset(self.key("current"), name, &code.hash)
-            .ignore()
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(err)
+        self.put_with(code, "current", name, &code.hash).await
     }
 
     /// Records `trial` (JSON) as plugin `name`'s shadow or canary, with its candidate's bytes.
@@ -68,6 +56,18 @@ impl ClusterStore {
         code: &Code,
         trial: &str,
     ) -> Result<(), ClusterError> {
+        self.put_with(code, "trials", name, trial).await
+    }
+
+    /// Stores `code`'s bytes and sets `field` of hash `key` to `value`, atomically: no node can
+    /// read a version (or trial) whose bytes are not there yet.
+    async fn put_with(
+        &self,
+        code: &Code,
+        key: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<(), ClusterError> {
         let mut con = self.con.clone();
         redis::pipe()
             .atomic()
@@ -76,7 +76,7 @@ impl ClusterStore {
                 code.bytes.as_ref(),
             )
             .ignore()
-            .hset(self.key("trials"), name, trial)
+            .hset(self.key(key), field, value)
             .ignore()
             .query_async::<()>(&mut con)
             .await
