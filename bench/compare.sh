@@ -16,6 +16,8 @@
 #               the same with the pass-through plugin in JavaScript or Python (plugins/js/allow-all,
 #               plugins/python/allow-all; built with `switchyard plugin build`, which needs npm, and
 #               the Python SDK with componentize-py in target/venv or SWITCHYARD_PYTHON)
+#   redact      switchyard, 2 nodes + Redis, the `redact` example on "*": a real plugin on the
+#               publish path (parses, walks and checks every payload)   bench/configs/redact.toml
 #   allow-all-shadow
 #               allow-all with a shadow on every call (`deny-closed`, which agrees with it on
 #               every bench channel), started by bench/with-rollout.sh once each node is ready
@@ -87,11 +89,11 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 for s in $SERVERS; do
   case $s in
-    embedded | redis | allow-all | allow-all-shadow | allow-all-js | allow-all-py | history | embedded-history | cluster | floor | seed-ws) ;;
+    embedded | redis | allow-all | allow-all-shadow | redact | allow-all-js | allow-all-py | history | embedded-history | cluster | floor | seed-ws) ;;
     base-embedded | base-redis | base-allow-all)
       [ -x "${BASE_BIN:-}" ] || die "server '$s' needs BASE_BIN, an executable switchyard binary"
       ;;
-    *) die "unknown server '$s' (embedded redis allow-all allow-all-shadow allow-all-js allow-all-py history embedded-history cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
+    *) die "unknown server '$s' (embedded redis allow-all allow-all-shadow redact allow-all-js allow-all-py history embedded-history cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
   esac
 done
 for s in $SCENARIOS; do
@@ -119,7 +121,7 @@ log "building switchyard and the loadgen (gateway: dist profile; loadgen: releas
 # is measured as shipped: the `dist` profile (whole-program optimisation).
 cargo build -j"$JOBS" --profile dist -p switchyard >&2
 cargo build -j"$JOBS" --release -p switchyard-loadgen >&2
-if wants allow-all || wants base-allow-all || wants allow-all-shadow; then
+if wants allow-all || wants base-allow-all || wants allow-all-shadow || wants redact; then
   log "building the plugins"
   scripts/build-plugins.sh -j"$JOBS" >&2
   [ -f "$ROOT/target/plugins/allow-all.wasm" ] || die "target/plugins/allow-all.wasm missing"
@@ -202,6 +204,7 @@ server_spec() {
     embedded) echo "1|cmd:exec $SY --listen 127.0.0.1:{PORT} --config $PLAIN" ;;
     redis) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $PLAIN" ;;
     allow-all) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
+    redact) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $(printf '%q' "$ROOT/bench/configs/redact.toml")" ;;
     allow-all-shadow) echo "2|cmd:exec $SHADOW $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $SHADOW_CONFIG" ;;
     allow-all-js | allow-all-py)
       echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $(printf '%q' "$ROOT/bench/configs/$1.toml")" ;;
