@@ -268,20 +268,34 @@ async fn stamped_by(gw: &TestGateway, user: &str, tenant: Option<&str>) -> u64 {
     m["data"]["v"].as_u64().unwrap()
 }
 
+/// Starts a canary of `file` as `plugin` on node `a` with `plan` and waits until node `b` runs
+/// it too; the candidate's version.
+async fn canary_on_both(
+    a: &TestGateway,
+    b: &TestGateway,
+    plugin: &str,
+    plan: &str,
+    file: &str,
+) -> String {
+    let (code, body) = rollout(a, plugin, plan, wasm(file)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["cluster"], true, "{body}");
+    let version = hash(&wasm(file))[..12].to_owned();
+    eventually("node b to run the canary", async || {
+        status(b, plugin).await["rollout"]["version"] == version.as_str()
+    })
+    .await;
+    version
+}
+
 #[tokio::test]
 async fn a_tenant_canary_serves_only_that_tenant_on_every_node_until_promoted() {
     let redis = RedisServer::start().await;
     let (_keep, dir) = plugin_dir(&[("stamp", "stamp-v1")]);
     let (a, b) = stamp_cluster(&redis, &dir).await;
 
-    let (code, body) = rollout(&a, "stamp", "stage=canary&tenants=acme", wasm("stamp-v2")).await;
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(body["cluster"], true, "{body}");
-    let v2 = &hash(&wasm("stamp-v2"))[..12];
-    eventually("node b to run the canary", async || {
-        status(&b, "stamp").await["rollout"]["version"] == v2
-    })
-    .await;
+    let v2 = canary_on_both(&a, &b, "stamp", "stage=canary&tenants=acme", "stamp-v2").await;
+    let v2 = v2.as_str();
     for gw in [&a, &b] {
         assert_eq!(stamped_by(gw, "ann", Some("acme")).await, 2);
         assert_eq!(stamped_by(gw, "bob", Some("beta")).await, 1);
@@ -338,13 +352,7 @@ async fn a_share_canary_serves_about_its_share_of_users_the_same_on_every_node()
     let redis = RedisServer::start().await;
     let (_keep, dir) = plugin_dir(&[("stamp", "stamp-v1")]);
     let (a, b) = stamp_cluster(&redis, &dir).await;
-    let (code, body) = rollout(&a, "stamp", "stage=canary&percent=30", wasm("stamp-v2")).await;
-    assert_eq!(code, 200, "{body}");
-    let v2 = &hash(&wasm("stamp-v2"))[..12];
-    eventually("node b to run the canary", async || {
-        status(&b, "stamp").await["rollout"]["version"] == v2
-    })
-    .await;
+    canary_on_both(&a, &b, "stamp", "stage=canary&percent=30", "stamp-v2").await;
 
     let users: Vec<String> = (0..100).map(|i| format!("user-{i}")).collect();
     let mut first = Vec::new();
@@ -379,14 +387,8 @@ async fn a_canary_failing_one_call_in_five_is_rolled_back_everywhere_losing_noth
     let mut sub = b.client_as("sam", Some("beta")).await;
     sub.subscribe("r:1").await;
     let mut publisher = a.client_as("ann", Some("acme")).await;
-    let flaky = &hash(&wasm("flaky"))[..12];
     let plan = "stage=canary&tenants=acme&window_ms=2000&min_calls=10";
-    let (code, body) = rollout(&a, "rule", plan, wasm("flaky")).await;
-    assert_eq!(code, 200, "{body}");
-    eventually("node b to run the canary", async || {
-        status(&b, "rule").await["rollout"]["version"] == flaky
-    })
-    .await;
+    canary_on_both(&a, &b, "rule", plan, "flaky").await;
 
     // Steady publishing through the rollout and the rollback, then 20 more after it.
     let started = Instant::now();
