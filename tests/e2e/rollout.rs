@@ -195,18 +195,7 @@ async fn a_shadow_shows_exactly_its_disagreements_and_changes_no_delivery() {
     assert_eq!(shadow_calls, 2.0, "{metrics}");
 
     // The CLI aborts it: the live version alone serves, the outcome is recorded.
-    let out = tokio::process::Command::new(gateway_bin())
-        .args([
-            "plugin",
-            "abort",
-            "rule",
-            "--admin",
-            &format!("http://{}", gw.addr),
-        ])
-        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
-        .output()
-        .await
-        .unwrap();
+    let out = plugin_cli(&gw, &["abort", "rule"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -225,6 +214,18 @@ async fn a_shadow_shows_exactly_its_disagreements_and_changes_no_delivery() {
     )
     .await;
     assert_eq!(code, 404, "nothing left to abort: {body}");
+}
+
+/// `switchyard plugin <args> --admin <gw>` with the admin token in the environment.
+async fn plugin_cli(gw: &TestGateway, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(gateway_bin())
+        .arg("plugin")
+        .args(args)
+        .args(["--admin", &format!("http://{}", gw.addr)])
+        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap()
 }
 
 fn hash(bytes: &[u8]) -> String {
@@ -459,24 +460,19 @@ async fn a_canary_failing_one_call_in_five_is_rolled_back_everywhere_losing_noth
 async fn a_canary_pushed_by_the_cli_promotes_itself_after_a_clean_window() {
     let (_keep, dir) = plugin_dir(&[("stamp", "stamp-v1"), ("v2", "stamp-v2")]);
     let gw = TestGateway::start_ready(&config(&dir, "s:*", "stamp", "")).await;
-    let push = |extra: &[&str]| {
-        let mut args = vec!["plugin", "push", "stamp"];
-        let file = dir.join("v2.wasm").display().to_string();
-        let admin = format!("http://{}", gw.addr);
-        let mut cmd = tokio::process::Command::new(gateway_bin());
+    let file = dir.join("v2.wasm").display().to_string();
+    let push = async |extra: &[&str]| {
+        let mut args = vec!["push", "stamp", file.as_str()];
         args.extend_from_slice(extra);
-        cmd.args(&args)
-            .args([file.as_str(), "--admin", admin.as_str()])
-            .env("SWITCHYARD_ADMIN_TOKEN", TOKEN);
-        cmd
+        plugin_cli(&gw, &args).await
     };
     // Flags that need a stage are refused before anything is sent.
-    let out = push(&["--promote-after", "1"]).output().await.unwrap();
+    let out = push(&["--promote-after", "1"]).await;
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("go with --shadow, --canary or --tenants")
     );
-    let out = push(&["--canary", "150%"]).output().await.unwrap();
+    let out = push(&["--canary", "150%"]).await;
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a percent"),
         "{out:?}"
@@ -490,9 +486,7 @@ async fn a_canary_pushed_by_the_cli_promotes_itself_after_a_clean_window() {
         "--promote-after",
         "1",
     ])
-    .output()
-    .await
-    .unwrap();
+    .await;
     assert!(
         out.status.success(),
         "{}",
