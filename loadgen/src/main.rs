@@ -61,7 +61,8 @@ pub struct Args {
     /// Channel name prefix.
     #[arg(long, default_value = "bench:")]
     pub channel_prefix: String,
-    /// Channels per subscriber connection (only 1; accepted for run.sh compatibility).
+    /// Channels per subscriber connection: connection i subscribes `(i * K + j) % channels`
+    /// for j < K (pub/sub mode; idle connections subscribe one).
     #[arg(long, default_value_t = 1)]
     pub subs_per_conn: usize,
     /// Publisher connections.
@@ -91,6 +92,10 @@ pub struct Args {
     /// Idle mode: open N connections, each subscribed to one channel, and hold them.
     #[arg(long, visible_alias = "connect-only", value_name = "N")]
     pub idle: Option<usize>,
+    /// Churn mode: N connections subscribe to a fresh channel, unsubscribe, and again, for
+    /// --duration s after --warmup s; reports cycles per second and subscribe latency.
+    #[arg(long, value_name = "N", conflicts_with = "idle")]
+    pub churn: Option<usize>,
     /// Idle mode: how long to hold the connections, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub hold: f64,
@@ -113,6 +118,21 @@ pub struct Args {
     /// Wire protocol.
     #[arg(long, value_enum, default_value = "seed")]
     pub proto: Proto,
+    /// Pub/sub mode: extra connections held open beside the subscribers and publishers, each
+    /// subscribed to one of 100 channels nobody publishes to (`<prefix>held-{i % 100}`).
+    #[arg(long, default_value_t = 0)]
+    pub hold_extra: usize,
+    /// Tenants of the subscriber connections: connection i carries an HS256 token
+    /// (`?token=`) of tenant `t{i % N}`, so a channel has up to N delivery groups; 0 = anonymous.
+    #[arg(long, env = "LOADGEN_TENANTS", default_value_t = 0)]
+    pub tenants: usize,
+    /// Secret that signs the `--tenants` tokens (the server's `auth.hs256_secret`).
+    #[arg(long, env = "LOADGEN_HS256_SECRET")]
+    pub hs256_secret: Option<String>,
+    /// Loopback source addresses: connection i binds 127.0.0.{1 + i % N}, for more
+    /// connections to one server than one address has ephemeral ports.
+    #[arg(long, env = "LOADGEN_SOURCES", default_value_t = 1)]
+    pub sources: u8,
 }
 
 /// One server node to connect to.
@@ -155,8 +175,16 @@ fn validate(args: &Args) -> Result<(), String> {
     if args.channels == 0 {
         return Err("--channels must be at least 1".into());
     }
-    if args.subs_per_conn != 1 {
-        return Err("--subs-per-conn: only 1 channel per connection is supported".into());
+    if args.subs_per_conn == 0 || args.subs_per_conn > args.channels {
+        return Err(
+            "--subs-per-conn must be 1..=--channels (a connection's channels are distinct)".into(),
+        );
+    }
+    if args.tenants > 0 && args.hs256_secret.is_none() {
+        return Err("--tenants needs --hs256-secret (the server's auth.hs256_secret)".into());
+    }
+    if args.sources == 0 || args.sources > 254 {
+        return Err("--sources must be 1..=254 (127.0.0.1 to 127.0.0.254)".into());
     }
     if args.connect_concurrency == 0 {
         return Err("--connect-concurrency must be at least 1".into());
@@ -173,7 +201,7 @@ fn validate(args: &Args) -> Result<(), String> {
             return Err(format!("{name} must be a non-negative number of seconds"));
         }
     }
-    if args.idle.is_none() {
+    if args.idle.is_none() && args.churn.is_none() {
         if args.publishers == 0 {
             return Err("--publishers must be at least 1".into());
         }
@@ -232,6 +260,8 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         if let Some(n) = args.idle {
             run::idle(&args, targets, n, threads).await
+        } else if let Some(n) = args.churn {
+            run::churn(&args, targets, n, threads).await
         } else {
             run::pubsub(&args, targets, threads).await
         }
@@ -320,8 +350,21 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.idle, Some(10000));
+        let mut several = a.clone();
+        several.subs_per_conn = 100;
+        assert!(validate(&several).is_ok());
         let mut bad = a.clone();
-        bad.subs_per_conn = 2;
+        bad.subs_per_conn = 101;
+        assert!(
+            validate(&bad).is_err(),
+            "more channels per connection than channels"
+        );
+        bad.subs_per_conn = 0;
         assert!(validate(&bad).is_err());
+        let mut tenants = a.clone();
+        tenants.tenants = 10;
+        assert!(validate(&tenants).is_err(), "--tenants without a secret");
+        tenants.hs256_secret = Some("bench-secret-0123456789".into());
+        assert!(validate(&tenants).is_ok());
     }
 }

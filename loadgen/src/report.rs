@@ -489,6 +489,75 @@ fn cpu_human(threads: usize, window: Option<f64>, window_s: f64) -> String {
     }
 }
 
+/// What a churn run measured.
+pub struct ChurnFigures {
+    /// `--label`.
+    pub label: Option<String>,
+    /// Connections asked for.
+    pub connections: usize,
+    /// Measured window, seconds.
+    pub duration_s: f64,
+    /// Subscribe + unsubscribe cycles started and finished inside the window.
+    pub cycles: u64,
+    /// Time from sending `subscribe` to its `subscribed`, µs.
+    pub subscribe_us: Percentiles,
+    /// Connection set-up.
+    pub connect: ConnectFigures,
+    /// Error counters.
+    pub errors: ErrorFigures,
+    /// Runtime threads.
+    pub threads: usize,
+    /// The load generator's CPU over the whole run, seconds.
+    pub cpu_total_s: Option<f64>,
+    /// The load generator's CPU inside the window, seconds.
+    pub cpu_window_s: Option<f64>,
+}
+
+/// Builds the report of a churn run.
+pub fn churn(f: &ChurnFigures) -> Report {
+    let per_s = if f.duration_s > 0.0 {
+        f.cycles as f64 / f.duration_s
+    } else {
+        0.0
+    };
+    let json = json!({
+        "tool": "switchyard-loadgen",
+        "mode": "churn",
+        "label": f.label,
+        "connections": f.connections,
+        "duration_s": f.duration_s,
+        "cycles": f.cycles,
+        "subscribes_per_s": r3(per_s),
+        "subscribe_ms": {
+            "p50": ms(f.subscribe_us.p50),
+            "p99": ms(f.subscribe_us.p99),
+            "max": ms(f.subscribe_us.max),
+        },
+        "connect": f.connect.json(),
+        "errors": f.errors.json(),
+        "loadgen": loadgen_json(f.threads, f.cpu_total_s, f.cpu_window_s, f.duration_s),
+    });
+    let mut h = String::new();
+    let _ = writeln!(
+        h,
+        "\nloadgen churn: {} connections, {} subscribe+unsubscribe cycles in {:.1} s ({per_s:.0}/s)",
+        f.connections, f.cycles, f.duration_s
+    );
+    let _ = writeln!(
+        h,
+        "  {:<14} p50 {:.3}  p99 {:.3}  max {:.3}",
+        "subscribe ms",
+        f.subscribe_us.p50 as f64 / 1000.0,
+        f.subscribe_us.p99 as f64 / 1000.0,
+        f.subscribe_us.max as f64 / 1000.0
+    );
+    let _ = writeln!(h, "  {:<14} {}", "errors", f.errors.human());
+    Report {
+        json: json.to_string(),
+        human: h,
+    }
+}
+
 /// Builds the report of an idle run.
 pub fn idle(f: &IdleFigures) -> Report {
     let per_target: Vec<Value> = f

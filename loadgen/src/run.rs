@@ -1,6 +1,8 @@
-//! The two modes: pub/sub (subscribers, publishers, measured window, drain) and idle.
+//! The three modes: pub/sub (subscribers, publishers, measured window, drain), idle, and
+//! churn (subscribe / unsubscribe cycles).
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -107,29 +109,109 @@ fn client_config(read_buffer: usize) -> WebSocketConfig {
         .write_buffer_size(16 * 1024)
 }
 
+/// How one connection presents itself: its source address and token.
+#[derive(Clone, Default)]
+struct Identity {
+    /// Loopback source address to bind; `None` lets the kernel choose.
+    source: Option<Ipv4Addr>,
+    /// Query string (`?token=...`) appended to the target's URL.
+    query: Option<Arc<str>>,
+}
+
+/// Hands each connection its source address and tenant token (`--sources`, `--tenants`).
+struct Identities {
+    sources: u8,
+    /// One token query per tenant; empty when connections are anonymous.
+    tokens: Vec<Arc<str>>,
+}
+
+impl Identities {
+    fn new(args: &Args) -> Result<Self, String> {
+        let mut tokens = Vec::with_capacity(args.tenants);
+        if args.tenants > 0 {
+            let secret = args.hs256_secret.as_deref().unwrap_or_default();
+            let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                + 86_400;
+            for t in 0..args.tenants {
+                let claims = serde_json::json!({"sub": format!("t{t}-user"), "tenant": format!("t{t}"), "exp": exp});
+                let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+                    .map_err(|e| format!("cannot sign a --tenants token: {e}"))?;
+                tokens.push(Arc::from(format!("?token={token}")));
+            }
+        }
+        Ok(Self {
+            sources: args.sources,
+            tokens,
+        })
+    }
+
+    /// Connection `index`'s identity; publishers (`subscriber == false`) stay anonymous.
+    fn of(&self, index: usize, subscriber: bool) -> Identity {
+        let source = (self.sources > 1)
+            .then(|| Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(self.sources)) as u8));
+        let query = (subscriber && !self.tokens.is_empty())
+            .then(|| self.tokens[index % self.tokens.len()].clone());
+        Identity { source, query }
+    }
+}
+
 /// Opens a WebSocket to `target`; returns it and the TCP + upgrade time.
-async fn connect(target: &Target, cfg: WebSocketConfig) -> Result<(Ws, Duration), String> {
+async fn connect(
+    target: &Target,
+    cfg: WebSocketConfig,
+    who: &Identity,
+) -> Result<(Ws, Duration), String> {
     let t0 = Instant::now();
-    let tcp = TcpStream::connect(target.addr)
-        .await
-        .map_err(|e| format!("connect {}: {e}", target.url))?;
+    let tcp = match who.source {
+        None => TcpStream::connect(target.addr).await,
+        Some(ip) => {
+            async {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::from((ip, 0)))?;
+                socket.connect(target.addr).await
+            }
+            .await
+        }
+    }
+    .map_err(|e| format!("connect {}: {e}", target.url))?;
     let _ = tcp.set_nodelay(true);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(target.url.as_str(), tcp, Some(cfg))
+    let url = match &who.query {
+        None => target.url.clone(),
+        Some(q) => format!("{}{q}", target.url),
+    };
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(cfg))
         .await
         .map_err(|e| format!("upgrade {}: {e}", target.url))?;
     Ok((ws, t0.elapsed()))
 }
 
-/// Sends `subscribe` and waits for the matching `subscribed`.
-async fn subscribe(ws: &mut Ws, channel: &str, channel_json: &str) -> Result<(), String> {
-    ws.send(Message::text(wire::subscribe_frame(channel_json)))
+/// Sends a `subscribe` per channel (name, JSON name) and waits for every `subscribed`.
+async fn subscribe(ws: &mut Ws, channels: &[&(String, String)]) -> Result<(), String> {
+    if channels.is_empty() {
+        return Ok(());
+    }
+    for (_, json) in channels {
+        ws.feed(Message::text(wire::subscribe_frame(json)))
+            .await
+            .map_err(|e| format!("send subscribe: {e}"))?;
+    }
+    ws.flush()
         .await
         .map_err(|e| format!("send subscribe: {e}"))?;
+    let mut pending = channels.len();
     while let Some(msg) = ws.next().await {
         match msg.map_err(|e| format!("waiting for subscribed: {e}"))? {
             Message::Text(t) => match wire::parse_frame(t.as_str()) {
-                Frame::Subscribed { channel: c } if c == channel => return Ok(()),
-                Frame::Error { code, .. } => return Err(format!("subscribe {channel}: {code}")),
+                Frame::Subscribed { channel: c } if channels.iter().any(|(n, _)| *n == c) => {
+                    pending -= 1;
+                    if pending == 0 {
+                        return Ok(());
+                    }
+                }
+                Frame::Error { code, .. } => return Err(format!("subscribe: {code}")),
                 _ => {}
             },
             Message::Close(c) => return Err(format!("closed while subscribing: {c:?}")),
@@ -143,14 +225,15 @@ async fn subscribe(ws: &mut Ws, channel: &str, channel_json: &str) -> Result<(),
 struct Plan {
     index: usize,
     target: usize,
-    channel: Option<usize>,
+    /// Channels to subscribe (indexes into the channel list); empty for publishers.
+    channels: Vec<usize>,
 }
 
 /// An opened connection.
 struct Opened {
     index: usize,
     target: usize,
-    channel: Option<usize>,
+    channels: Vec<usize>,
     ws: Ws,
 }
 
@@ -168,6 +251,7 @@ async fn open_all(
     targets: &Arc<Vec<Target>>,
     channels: &Arc<Vec<(String, String)>>,
     args: &Args,
+    identities: &Identities,
     read_buffer: usize,
     errors: &Arc<Errors>,
 ) -> Connected {
@@ -180,17 +264,15 @@ async fn open_all(
         let sem = sem.clone();
         let targets = targets.clone();
         let channels = channels.clone();
+        let who = identities.of(plan.index, !plan.channels.is_empty());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let target = &targets[plan.target];
             let attempt = async {
-                let (mut ws, took) = connect(target, cfg).await.map_err(|e| (false, e))?;
-                if let Some(c) = plan.channel {
-                    let (name, json) = &channels[c];
-                    subscribe(&mut ws, name, json)
-                        .await
-                        .map_err(|e| (true, e))?;
-                }
+                let (mut ws, took) = connect(target, cfg, &who).await.map_err(|e| (false, e))?;
+                let names: Vec<&(String, String)> =
+                    plan.channels.iter().map(|&c| &channels[c]).collect();
+                subscribe(&mut ws, &names).await.map_err(|e| (true, e))?;
                 Ok::<_, (bool, String)>((ws, took))
             };
             let result = match tokio::time::timeout(timeout, attempt).await {
@@ -217,7 +299,7 @@ async fn open_all(
                 out.opened.push(Opened {
                     index: plan.index,
                     target: plan.target,
-                    channel: plan.channel,
+                    channels: plan.channels,
                     ws,
                 });
             }
@@ -235,6 +317,35 @@ async fn open_all(
     out.opened.sort_by_key(|o| o.index);
     out.wall = t0.elapsed();
     out
+}
+
+/// Channels the `--hold-extra` connections subscribe to (never published to).
+const HELD_CHANNELS: usize = 100;
+
+/// Reads an idle connection (so pings are answered) until `stop` fires or the server ends it;
+/// returns the socket so that closing it happens after the caller's measurement.
+async fn hold(
+    mut ws: Ws,
+    mut stop: oneshot::Receiver<()>,
+    dropped: &AtomicU64,
+    errors: &Errors,
+) -> Ws {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = &mut stop => return ws,
+            msg = ws.next() => msg,
+        };
+        let why = match msg {
+            Some(Ok(Message::Close(c))) => format!("idle connection closed: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => format!("idle connection: {e}"),
+            None => "idle connection ended".into(),
+        };
+        dropped.fetch_add(1, Ordering::Relaxed);
+        errors.closed(why);
+        return ws;
+    }
 }
 
 fn channel_names(args: &Args) -> Arc<Vec<(String, String)>> {
@@ -364,7 +475,8 @@ struct SubResult {
 struct SubTask {
     shared: Arc<Shared>,
     target: usize,
-    channel: String,
+    /// The channels this connection subscribed.
+    channels: Vec<String>,
     window_deliveries: bool,
 }
 
@@ -409,7 +521,7 @@ impl SubTask {
                     payload: Some(p),
                 } => {
                     let now = now_ns();
-                    if channel != self.channel.as_str() {
+                    if !self.channels.iter().any(|c| *c == channel) {
                         shared.errors.wrong_channel.fetch_add(1, Ordering::Relaxed);
                     }
                     let Some(arrival) = ledger.observe(p.publisher, p.seq) else {
@@ -709,7 +821,9 @@ pub async fn pubsub(args: &Args, targets: Vec<Target>, threads: usize) -> Result
     let channels = channel_names(args);
     let errors = Arc::new(Errors::default());
     let nt = targets.len();
+    let identities = Identities::new(args)?;
     let m = args.channels;
+    let k = args.subs_per_conn;
 
     eprintln!(
         "[loadgen] connecting {} subscribers ({} channels) and {} publishers to {} target(s)",
@@ -719,18 +833,27 @@ pub async fn pubsub(args: &Args, targets: Vec<Target>, threads: usize) -> Result
         .map(|i| Plan {
             index: i,
             target: i % nt,
-            channel: Some(i % m),
+            channels: (0..k).map(|j| (i * k + j) % m).collect(),
         })
         .collect();
-    let subs = open_all(plans, &targets, &channels, args, 4096, &errors).await;
+    let subs = open_all(plans, &targets, &channels, args, &identities, 4096, &errors).await;
     let plans = (0..args.publishers)
         .map(|p| Plan {
             index: p,
             target: p % nt,
-            channel: None,
+            channels: Vec::new(),
         })
         .collect();
-    let mut pubs = open_all(plans, &targets, &channels, args, 16 * 1024, &errors).await;
+    let mut pubs = open_all(
+        plans,
+        &targets,
+        &channels,
+        args,
+        &identities,
+        16 * 1024,
+        &errors,
+    )
+    .await;
     let mut connect_us = subs.connect_us.clone();
     connect_us.extend(&pubs.connect_us);
     let connect_wall = subs.wall + pubs.wall;
@@ -740,15 +863,60 @@ pub async fn pubsub(args: &Args, targets: Vec<Target>, threads: usize) -> Result
     if pubs.opened.is_empty() {
         return Err("no publisher could connect".into());
     }
+    // Held connections: subscribed to channels nobody publishes to, read (pings) until the end.
+    let held_dropped = Arc::new(AtomicU64::new(0));
+    let mut held = JoinSet::new();
+    if args.hold_extra > 0 {
+        let held_channels = Arc::new(
+            (0..HELD_CHANNELS)
+                .map(|c| {
+                    let name = format!("{}held-{c}", args.channel_prefix);
+                    let json = serde_json::to_string(&name).expect("a string serialises");
+                    (name, json)
+                })
+                .collect::<Vec<_>>(),
+        );
+        let plans = (0..args.hold_extra)
+            .map(|i| Plan {
+                index: args.subs + i,
+                target: i % nt,
+                channels: vec![i % HELD_CHANNELS],
+            })
+            .collect();
+        let opened = open_all(
+            plans,
+            &targets,
+            &held_channels,
+            args,
+            &identities,
+            1024,
+            &errors,
+        )
+        .await;
+        eprintln!(
+            "[loadgen] holding {} extra connections ({} failed)",
+            opened.opened.len(),
+            opened.failed
+        );
+        for o in opened.opened {
+            let (dropped, errors) = (held_dropped.clone(), errors.clone());
+            held.spawn(async move {
+                // Never told to stop: aborted (and its socket closed) when `held` is dropped.
+                let (_never, stop) = oneshot::channel::<()>();
+                hold(o.ws, stop, &dropped, &errors).await
+            });
+        }
+    }
 
     // Fan-out per channel, overall and per target, from the subscribers that made it.
     let mut fanout = vec![0u64; m];
     let mut fanout_t = vec![vec![0u64; m]; nt];
     let mut subs_t = vec![0u64; nt];
     for o in &subs.opened {
-        let c = o.channel.expect("subscribers have a channel");
-        fanout[c] += 1;
-        fanout_t[o.target][c] += 1;
+        for &c in &o.channels {
+            fanout[c] += 1;
+            fanout_t[o.target][c] += 1;
+        }
         subs_t[o.target] += 1;
     }
     let fanout = Arc::new(fanout);
@@ -815,7 +983,7 @@ pub async fn pubsub(args: &Args, targets: Vec<Target>, threads: usize) -> Result
         let task = SubTask {
             shared: shared.clone(),
             target: o.target,
-            channel: channels[o.channel.expect("subscriber channel")].0.clone(),
+            channels: o.channels.iter().map(|&c| channels[c].0.clone()).collect(),
             window_deliveries: matches!(pace, Pace::Deliveries),
         };
         sub_tasks.spawn(task.run(o.ws, rx));
@@ -983,6 +1151,7 @@ pub async fn idle(
     let channels = channel_names(args);
     let errors = Arc::new(Errors::default());
     let nt = targets.len();
+    let identities = Identities::new(args)?;
     eprintln!(
         "[loadgen] opening {n} idle connections ({} channels) to {nt} target(s)",
         args.channels
@@ -991,10 +1160,10 @@ pub async fn idle(
         .map(|i| Plan {
             index: i,
             target: i % nt,
-            channel: Some(i % args.channels),
+            channels: vec![i % args.channels],
         })
         .collect();
-    let conns = open_all(plans, &targets, &channels, args, 4096, &errors).await;
+    let conns = open_all(plans, &targets, &channels, args, &identities, 4096, &errors).await;
     let mut connected_t = vec![0u64; nt];
     for o in &conns.opened {
         connected_t[o.target] += 1;
@@ -1010,38 +1179,11 @@ pub async fn idle(
     let mut stops = Vec::with_capacity(connected);
     let mut tasks = JoinSet::new();
     for o in conns.opened {
-        let (tx, mut rx) = oneshot::channel::<()>();
+        let (tx, rx) = oneshot::channel::<()>();
         stops.push(tx);
         let dropped = dropped.clone();
         let errors = errors.clone();
-        let mut ws = o.ws;
-        tasks.spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    biased;
-                    _ = &mut rx => return ws,
-                    msg = ws.next() => msg,
-                };
-                match msg {
-                    Some(Ok(Message::Close(c))) => {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                        errors.closed(format!("idle connection closed: {c:?}"));
-                        return ws;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                        errors.closed(format!("idle connection: {e}"));
-                        return ws;
-                    }
-                    None => {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                        errors.closed("idle connection ended".into());
-                        return ws;
-                    }
-                }
-            }
-        });
+        tasks.spawn(async move { hold(o.ws, rx, &dropped, &errors).await });
     }
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     phase_hook(args, "hold_end").await;
@@ -1077,4 +1219,121 @@ pub async fn idle(
         cpu_window_s: cpu_h0.zip(cpu_h1).map(|(a, b)| b - a),
     };
     Ok(report::idle(&figures))
+}
+
+/// Churn mode: `n` connections each subscribe to a channel no one else uses, wait for
+/// `subscribed`, unsubscribe, wait for `unsubscribed`, and start again with the next channel,
+/// for `--duration` s after `--warmup` s; every cycle is a first local subscriber, so it costs
+/// the server a broker SUBSCRIBE (and UNSUBSCRIBE where the server sends one).
+pub async fn churn(
+    args: &Args,
+    targets: Vec<Target>,
+    n: usize,
+    threads: usize,
+) -> Result<Report, String> {
+    let cpu_start = cpu_seconds();
+    let targets = Arc::new(targets);
+    let errors = Arc::new(Errors::default());
+    let nt = targets.len();
+    let identities = Identities::new(args)?;
+    eprintln!("[loadgen] opening {n} churning connections to {nt} target(s)");
+    let plans = (0..n)
+        .map(|i| Plan {
+            index: i,
+            target: i % nt,
+            channels: Vec::new(),
+        })
+        .collect();
+    let none = Arc::new(Vec::new());
+    let conns = open_all(plans, &targets, &none, args, &identities, 4096, &errors).await;
+    if conns.opened.is_empty() {
+        return Err("no connection could be opened".into());
+    }
+    phase_hook(args, "ready").await;
+    let t0 = now_ns();
+    let window = Window {
+        start: t0 + secs_ns(args.warmup),
+        end: t0 + secs_ns(args.warmup) + secs_ns(args.duration),
+    };
+    let cycles = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(Mutex::new(histogram()));
+    let mut tasks = JoinSet::new();
+    for o in conns.opened {
+        let (cycles, latency, errors) = (cycles.clone(), latency.clone(), errors.clone());
+        let prefix = args.channel_prefix.clone();
+        tasks.spawn(async move {
+            let mut ws = o.ws;
+            let mut k = 0u64;
+            let mut lat = Vec::with_capacity(64);
+            while now_ns() < window.end {
+                let name = format!("{prefix}churn-{}-{k}", o.index);
+                let json = serde_json::to_string(&name).expect("a string serialises");
+                let started = now_ns();
+                if let Err(e) = subscribe(&mut ws, &[&(name.clone(), json.clone())]).await {
+                    errors.subscribe.fetch_add(1, Ordering::Relaxed);
+                    errors.sample(e);
+                    break;
+                }
+                let subscribed = now_ns();
+                if let Err(e) = unsubscribe(&mut ws, &name, &json).await {
+                    errors.subscribe.fetch_add(1, Ordering::Relaxed);
+                    errors.sample(e);
+                    break;
+                }
+                if window.contains(started) && window.contains(now_ns()) {
+                    cycles.fetch_add(1, Ordering::Relaxed);
+                    lat.push((subscribed - started) / 1_000);
+                }
+                k += 1;
+            }
+            let mut h = latency.lock().unwrap_or_else(|e| e.into_inner());
+            for us in lat {
+                h.saturating_record(us.max(1));
+            }
+        });
+    }
+    tokio::time::sleep_until(instant_at(window.start)).await;
+    phase_hook(args, "measure_start").await;
+    let cpu_w0 = cpu_seconds();
+    tokio::time::sleep_until(instant_at(window.end)).await;
+    phase_hook(args, "measure_end").await;
+    let cpu_w1 = cpu_seconds();
+    while tasks.join_next().await.is_some() {}
+    phase_hook(args, "done").await;
+    let cycles = cycles.load(Ordering::Relaxed);
+    let h = latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let figures = report::ChurnFigures {
+        label: args.label.clone(),
+        connections: n,
+        duration_s: args.duration,
+        cycles,
+        subscribe_us: report::Percentiles::of(&h),
+        connect: report::ConnectFigures::of(&conns.connect_us, conns.failed, conns.wall),
+        errors: report::ErrorFigures::of(&errors),
+        threads,
+        cpu_total_s: cpu_start.zip(cpu_seconds()).map(|(a, b)| b - a),
+        cpu_window_s: cpu_w0.zip(cpu_w1).map(|(a, b)| b - a),
+    };
+    Ok(report::churn(&figures))
+}
+
+/// Sends `unsubscribe` and waits for the matching `unsubscribed`.
+async fn unsubscribe(ws: &mut Ws, channel: &str, channel_json: &str) -> Result<(), String> {
+    ws.send(Message::text(format!(
+        "{{\"type\":\"unsubscribe\",\"channel\":{channel_json}}}"
+    )))
+    .await
+    .map_err(|e| format!("send unsubscribe: {e}"))?;
+    while let Some(msg) = ws.next().await {
+        match msg.map_err(|e| format!("waiting for unsubscribed: {e}"))? {
+            Message::Text(t) => match wire::parse_frame(t.as_str()) {
+                Frame::Unsubscribed { channel: c } if c == channel => return Ok(()),
+                Frame::Error { code, .. } => return Err(format!("unsubscribe {channel}: {code}")),
+                _ => {}
+            },
+            Message::Close(c) => return Err(format!("closed while unsubscribing: {c:?}")),
+            _ => {}
+        }
+    }
+    Err("connection ended while unsubscribing".into())
 }

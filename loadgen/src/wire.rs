@@ -97,6 +97,11 @@ pub enum Frame<'a> {
         /// The channel.
         channel: Cow<'a, str>,
     },
+    /// `{"type":"unsubscribed","channel":C}`.
+    Unsubscribed {
+        /// The channel.
+        channel: Cow<'a, str>,
+    },
     /// `{"type":"published","id":N}`.
     Published {
         /// The echoed id, when numeric.
@@ -132,6 +137,10 @@ pub fn parse_frame(text: &str) -> Frame<'_> {
         },
         Some("subscribed") => match raw.channel {
             Some(channel) => Frame::Subscribed { channel },
+            None => Frame::Other,
+        },
+        Some("unsubscribed") => match raw.channel {
+            Some(channel) => Frame::Unsubscribed { channel },
             None => Frame::Other,
         },
         Some("published") => Frame::Published {
@@ -255,7 +264,9 @@ mod tests {
         );
         assert_eq!(
             parse_frame(r#"{"type":"unsubscribed","channel":"x"}"#),
-            Frame::Other
+            Frame::Unsubscribed {
+                channel: "x".into()
+            }
         );
         assert_eq!(parse_frame("not json"), Frame::Other);
         assert_eq!(parse_frame(r#"{"channel":"x"}"#), Frame::Other);
