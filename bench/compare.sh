@@ -31,6 +31,11 @@
 #               its latency with `redis`, not its CPU.
 #   floor       ../shared/bench/floor, 2 nodes + Redis
 #   seed-ws     ../shared/bench/peers/seed-ws (Node ws), 2 nodes + Redis
+#   nchan       ../shared/bench/peers/nchan (nginx + the nchan module, C), 2 nodes + Redis in
+#               nchan's default "distributed" storage mode; driven by the shared loadgen (ours
+#               speaks only the JSON protocol), built into target/bench-shared-loadgen
+#   nchan:nostore
+#               the same with Redis for pub/sub only (one PUBLISH per message)
 #   base-embedded, base-redis, base-allow-all
 #               the same as embedded, redis and allow-all with another switchyard binary,
 #               $BASE_BIN (say, a release build of the commit before a change): a before/after
@@ -52,6 +57,8 @@
 #   JOBS          cargo -j for the builds (default 1: the machine is shared)
 #   SHARED_BENCH  the shared bench directory (default <workspace>/../shared/bench)
 #   BASE_BIN      the switchyard binary of the base-* servers
+#   PREPARE_ONLY=1  build and lay out the harness, then stop (bench/curves.py and bench/conns.py
+#                 use this before driving run.sh themselves)
 #   WINDOW_MODE   what the throughput scenario's window counts (loadgen --window-mode; default
 #                 deliveries: W messages' worth of undelivered deliveries per publisher, the
 #                 only bound that works for servers that do not acknowledge publishes)
@@ -89,11 +96,11 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 for s in $SERVERS; do
   case $s in
-    embedded | redis | allow-all | allow-all-shadow | redact | allow-all-js | allow-all-py | history | embedded-history | cluster | floor | seed-ws) ;;
+    embedded | redis | allow-all | allow-all-shadow | redact | allow-all-js | allow-all-py | history | embedded-history | cluster | floor | seed-ws | nchan | nchan:nostore) ;;
     base-embedded | base-redis | base-allow-all)
       [ -x "${BASE_BIN:-}" ] || die "server '$s' needs BASE_BIN, an executable switchyard binary"
       ;;
-    *) die "unknown server '$s' (embedded redis allow-all allow-all-shadow redact allow-all-js allow-all-py history embedded-history cluster floor seed-ws base-embedded base-redis base-allow-all)" ;;
+    *) die "unknown server '$s' (embedded redis allow-all allow-all-shadow redact allow-all-js allow-all-py history embedded-history cluster floor seed-ws nchan nchan:nostore base-embedded base-redis base-allow-all)" ;;
   esac
 done
 for s in $SCENARIOS; do
@@ -159,6 +166,20 @@ if wants seed-ws; then
   export NODE_PATH=$HARNESS/peers/seed-ws/node_modules
 fi
 
+# nchan speaks its own protocol (a connection per channel), which only the shared loadgen
+# drives: a second harness, the same run.sh with the shared loadgen in its place.
+NCHAN_HARNESS=$RESULTS/harness-nchan
+if wants nchan || wants nchan:nostore; then
+  log "building the shared loadgen (for nchan) into target/bench-shared-loadgen"
+  cargo build -j"$JOBS" --release --manifest-path "$SHARED/loadgen/Cargo.toml" \
+    --target-dir "$ROOT/target/bench-shared-loadgen" >&2
+  mkdir -p "$NCHAN_HARNESS/results" "$NCHAN_HARNESS/loadgen/target/release" "$NCHAN_HARNESS/peers"
+  ln -sfn "$SHARED/run.sh" "$NCHAN_HARNESS/run.sh"
+  ln -sfn "$SHARED/lib" "$NCHAN_HARNESS/lib"
+  ln -sfn "$SHARED/peers/nchan" "$NCHAN_HARNESS/peers/nchan"
+  ln -sfn "$ROOT/target/bench-shared-loadgen/release/loadgen" "$NCHAN_HARNESS/loadgen/target/release/loadgen"
+fi
+
 # ------------------------------------------------------------------ redis cluster (server "cluster")
 CLUSTER_SEEDS=""
 CLUSTER_PIDS=()
@@ -213,6 +234,7 @@ server_spec() {
     cluster) echo "2|cmd:exec $SY --listen 127.0.0.1:{PORT} --redis-cluster $CLUSTER_SEEDS --config $PLAIN" ;;
     floor) echo "2|floor" ;;
     seed-ws) echo "2|seed-ws" ;;
+    nchan | nchan:nostore) echo "2|$1" ;;
     base-embedded) echo "1|cmd:exec $BASE --listen 127.0.0.1:{PORT} --config $PLAIN" ;;
     base-redis) echo "2|cmd:exec $BASE --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $PLAIN" ;;
     base-allow-all) echo "2|cmd:exec $BASE --listen 127.0.0.1:{PORT} --redis-url {REDIS_URL} --config $ALLOW" ;;
@@ -233,6 +255,11 @@ for cfg in "$ROOT/bench/configs/plain.toml" "$ROOT/bench/configs/allow-all.toml"
   "$ROOT/target/dist/switchyard" --check --config "$cfg" >/dev/null 2>&1 ||
     die "switchyard --check --config $cfg failed"
 done
+
+if [ "${PREPARE_ONLY:-0}" = 1 ]; then
+  log "prepared (PREPARE_ONLY=1): binaries built, harness in $HARNESS"
+  exit 0
+fi
 
 # ------------------------------------------------------------------ runs
 mkdir -p "$RESULTS"
@@ -256,7 +283,9 @@ for scen in $SCENARIOS; do
       [ "$KEEP_LOGS" = 1 ] && opts+=(--keep-logs)
       for ((t = 1; t <= TRIES; t++)); do
         log "$scen / $server ($nodes node(s)), round $round/$ROUNDS, try $t"
-        line=$("$HARNESS/run.sh" "${opts[@]}" "$peer" "$scen" | tail -n 1) || line=""
+        harness=$HARNESS
+        [[ $server == nchan* ]] && harness=$NCHAN_HARNESS
+        line=$("$harness/run.sh" "${opts[@]}" "$peer" "$scen" | tail -n 1) || line=""
         if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
           log "run failed: $scen / $server"
           failed=$((failed + 1))
