@@ -18,7 +18,9 @@ churn   Two nodes + Redis; 200 connections each subscribe to a fresh channel (a 
         for `unsubscribed`, and again (`loadgen --churn`), 2 s warm-up, 8 s measured: cycles
         per second, subscribe p50/p99, and the nodes' and Redis's CPU per cycle.
 
-With none of --memory, --storm, --churn, all three run. Rounds alternate the servers (Switchyard, floor) so a slow stretch hits both. Results go to
+With none of --memory, --storm, --churn, all three run. Rounds alternate the servers
+(Switchyard, floor, and with BASE_BIN=<binary> that binary as server "base") so a slow
+stretch hits them all. Results go to
 target/bench-results/conns-<stamp>.jsonl; the tables are printed at the end and the memory
 curve is drawn to docs/curves/memory.png.
 """
@@ -42,7 +44,10 @@ FLOOR = ROOT / "target" / "bench-floor" / "release" / "floor"
 LOADGEN = ROOT / "target" / "release" / "loadgen"
 SY = ROOT / "target" / "dist" / "switchyard"
 PLAIN = ROOT / "bench" / "configs" / "plain.toml"
-MEMORY_POINTS = [1000, 5000, 10000, 19000]
+MEMORY_POINTS = [1000, 10000, 19000]
+# BASE_BIN: another switchyard binary, run as server "base" beside the current one (a
+# before/after pair measured in the same rounds).
+BASE_BIN = os.environ.get("BASE_BIN")
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,8 +55,16 @@ def log(msg):
     print(f"[conns] {msg}", file=sys.stderr, flush=True)
 
 
+def sy_peer(server):
+    """run.sh's peer for a server name."""
+    if server == "floor":
+        return "floor"
+    peer = curves.sy("plain.toml")
+    return peer.replace(str(SY), BASE_BIN) if server == "base" else peer
+
+
 def memory_run(server, n, rnd, out):
-    peer = "floor" if server == "floor" else curves.sy("plain.toml")
+    peer = sy_peer(server)
     cmd = [str(curves.HARNESS / "run.sh"), "--nodes", "1", "--settle", "5",
            "--quiet-wait", os.environ.get("QUIET_WAIT", "30"), "--label", f"memory/{n}/{server}",
            peer, "custom", "--", "--connect-only", str(n), "--channels", "100", "--hold", "5",
@@ -70,7 +83,7 @@ def memory_run(server, n, rnd, out):
 
 
 def churn_run(server, rnd, out):
-    peer = "floor" if server == "floor" else curves.sy("plain.toml")
+    peer = sy_peer(server)
     cmd = [str(curves.HARNESS / "run.sh"), "--nodes", "2",
            "--quiet-wait", os.environ.get("QUIET_WAIT", "30"), "--label", f"churn/{server}",
            peer, "custom", "--", "--churn", "200", "--warmup", "2", "--duration", "8"]
@@ -157,7 +170,7 @@ def storm_run(server, clients, rnd, out, work):
                 p = subprocess.Popen([str(FLOOR)], env=dict(os.environ, PORT=str(port), REDIS_URL=url),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             else:
-                p = subprocess.Popen([str(SY), "--listen", f"127.0.0.1:{port}", "--redis-url", url,
+                p = subprocess.Popen([BASE_BIN if server == "base" else str(SY), "--listen", f"127.0.0.1:{port}", "--redis-url", url,
                                       "--config", str(PLAIN)],
                                      stdout=subprocess.DEVNULL, stderr=open(work / f"node{i}.log", "w"))
             procs.append(p)
@@ -256,6 +269,7 @@ def report(path):
                 row.append(curves.fmt(med[s][n], 3))
             sw, fl = med.get("switchyard", {}).get(n), med.get("floor", {}).get(n)
             print(f"| {n:,} | " + " | ".join(row) + f" | {curves.fmt(sw / fl if sw and fl else None)} |")
+        print("\nratio: switchyard / floor.")
     if storm:
         print("\n## Storm: two nodes, all clients connecting at once (medians of rounds)\n")
         print("| server | connected | seconds to all subscribed | CPU µs/conn (× floor) | "
@@ -320,8 +334,9 @@ def main():
         path = curves.RESULTS / f"conns-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl"
         log(f"results: {path}")
         with tempfile.TemporaryDirectory(prefix="conns-", dir=curves.RESULTS) as tmp:
+            servers = ["switchyard", "floor"] + (["base"] if BASE_BIN else [])
             for rnd in range(1, a.rounds + 1):
-                for server in ("switchyard", "floor"):
+                for server in servers:
                     if a.memory:
                         for n in MEMORY_POINTS:
                             memory_run(server, n, rnd, path)
