@@ -28,14 +28,46 @@ use crate::redis_link::{RedisConn, RedisTarget};
 const CONCURRENCY: usize = 64;
 
 enum Update {
-    Add { key: String, member: String },
-    Remove { key: String, member: String },
+    Add { key: String, member: Member },
+    Remove { key: String, member: Member },
     Shutdown(oneshot::Sender<()>),
+}
+
+/// One of this node's sorted-set members, without its text: the writer keeps every local
+/// member for the node's lifetime (one per connection and one per subscription), so it keeps
+/// 24 bytes and writes the JSON text only when it sends the member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Member {
+    /// In `presence:user:<user>`.
+    Connection { conn: ConnId, connected_at: u64 },
+    /// In `presence:channel:<channel>`.
+    Subscriber {
+        conn: ConnId,
+        user: Option<Box<str>>,
+    },
+}
+
+impl Member {
+    /// The member's text in Redis (a [`ConnectionEntry`] or [`SubscriberEntry`]).
+    fn text(&self, node: &str) -> String {
+        match self {
+            Self::Connection { conn, connected_at } => serde_json::to_string(&ConnectionEntry {
+                node: node.to_owned(),
+                conn: *conn,
+                connected_at: *connected_at,
+            }),
+            Self::Subscriber { conn, user } => serde_json::to_string(&SubscriberEntry {
+                node: node.to_owned(),
+                conn: *conn,
+                user: user.as_deref().map(str::to_owned),
+            }),
+        }
+        .expect("entry serialises")
+    }
 }
 
 /// Presence shared by every node on one Redis.
 pub struct RedisPresence {
-    node: String,
     prefix: String,
     ttl: Duration,
     con: RedisConn,
@@ -54,9 +86,8 @@ impl RedisPresence {
             .connect(Duration::from_secs(2))
             .map_err(|e| PresenceError(e.to_string()))?;
         let (updates, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(con.clone(), rx, ttl));
+        tokio::spawn(writer(con.clone(), rx, ttl, node.to_owned()));
         Ok(Self {
-            node: node.to_owned(),
             prefix: prefix.to_owned(),
             ttl,
             con,
@@ -72,20 +103,15 @@ impl RedisPresence {
         format!("{}presence:channel:{channel}", self.prefix)
     }
 
-    fn user_member(&self, conn: ConnId, connected_at: u64) -> String {
-        member(&ConnectionEntry {
-            node: self.node.clone(),
-            conn,
-            connected_at,
-        })
+    fn user_member(conn: ConnId, connected_at: u64) -> Member {
+        Member::Connection { conn, connected_at }
     }
 
-    fn channel_member(&self, conn: ConnId, user: Option<&str>) -> String {
-        member(&SubscriberEntry {
-            node: self.node.clone(),
+    fn channel_member(conn: ConnId, user: Option<&str>) -> Member {
+        Member::Subscriber {
             conn,
-            user: user.map(str::to_owned),
-        })
+            user: user.map(Box::from),
+        }
     }
 
     fn send(&self, u: Update) {
@@ -126,28 +152,28 @@ impl Presence for RedisPresence {
     fn connected(&self, conn: ConnId, user: &str, since_ms: u64) {
         self.send(Update::Add {
             key: self.user_key(user),
-            member: self.user_member(conn, since_ms),
+            member: Self::user_member(conn, since_ms),
         });
     }
 
     fn disconnected(&self, conn: ConnId, user: &str, since_ms: u64) {
         self.send(Update::Remove {
             key: self.user_key(user),
-            member: self.user_member(conn, since_ms),
+            member: Self::user_member(conn, since_ms),
         });
     }
 
     fn joined(&self, conn: ConnId, channel: &str, user: Option<&str>) {
         self.send(Update::Add {
             key: self.channel_key(channel),
-            member: self.channel_member(conn, user),
+            member: Self::channel_member(conn, user),
         });
     }
 
     fn left(&self, conn: ConnId, channel: &str, user: Option<&str>) {
         self.send(Update::Remove {
             key: self.channel_key(channel),
-            member: self.channel_member(conn, user),
+            member: Self::channel_member(conn, user),
         });
     }
 
@@ -173,55 +199,141 @@ impl Presence for RedisPresence {
     }
 }
 
+/// Updates applied in one round of pipelines at most.
+const MAX_UPDATES_BATCH: usize = 1024;
+
 /// Applies updates in order and refreshes this node's entries every third of the TTL.
-async fn writer(mut con: RedisConn, mut rx: mpsc::UnboundedReceiver<Update>, ttl: Duration) {
+async fn writer(
+    con: RedisConn,
+    mut rx: mpsc::UnboundedReceiver<Update>,
+    ttl: Duration,
+    node: String,
+) {
     // This node's live members per key, re-added by every heartbeat. Sets, so that a member
     // leaves a channel thousands share without a scan of them all.
-    let mut own: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut own: HashMap<String, HashSet<Member>> = HashMap::new();
     let mut heartbeat = tokio::time::interval(ttl / 3);
     heartbeat.reset();
     let ttl_ms = ttl.as_millis() as u64;
     loop {
         tokio::select! {
-            update = rx.recv() => match update {
-                None => return,
-                Some(Update::Add { key, member }) => {
-                    let _ = add(&key, std::slice::from_ref(&member), ttl_ms).query_async::<()>(&mut con).await;
-                    own.entry(key).or_default().insert(member);
-                }
-                Some(Update::Remove { key, member }) => {
-                    if let Some(members) = own.get_mut(&key) {
-                        members.remove(&member);
-                        if members.is_empty() {
-                            own.remove(&key);
+            update = rx.recv() => {
+                let Some(first) = update else { return };
+                // Everything queued meanwhile goes in the same round: a connect storm or
+                // subscribe churn queues updates faster than one round trip each drains them.
+                let mut batch = Batch::default();
+                let mut next = Some(first);
+                let mut shutdown = None;
+                while let Some(update) = next.take() {
+                    match update {
+                        Update::Add { key, member } => {
+                            own.entry(key.clone()).or_default().insert(member.clone());
+                            batch.push(key, Op::Add(member));
+                        }
+                        Update::Remove { key, member } => {
+                            if let Some(members) = own.get_mut(&key) {
+                                members.remove(&member);
+                                if members.is_empty() {
+                                    own.remove(&key);
+                                }
+                            }
+                            batch.push(key, Op::Remove(member));
+                        }
+                        Update::Shutdown(done) => {
+                            shutdown = Some(done);
+                            break;
                         }
                     }
-                    let _ = redis::cmd("ZREM").arg(&key).arg(&member).query_async::<i64>(&mut con).await;
+                    if batch.len < MAX_UPDATES_BATCH {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                Some(Update::Shutdown(done)) => {
+                send_each(&con, batch.pipelines(&node, ttl_ms)).await;
+                if let Some(done) = shutdown {
                     let pipes = own.drain().map(|(key, members)| {
                         let mut pipe = redis::pipe();
-                        pipe.cmd("ZREM").arg(key).arg(members).ignore();
+                        let texts: Vec<String> = members.iter().map(|m| m.text(&node)).collect();
+                        pipe.cmd("ZREM").arg(key).arg(texts).ignore();
                         pipe
                     });
                     send_each(&con, pipes.collect()).await;
                     let _ = done.send(());
                 }
-            },
+            }
             _ = heartbeat.tick() => {
-                let pipes = own.iter().map(|(key, members)| add(key, members, ttl_ms));
+                let pipes = own.iter().map(|(key, members)| {
+                    let texts: Vec<String> = members.iter().map(|m| m.text(&node)).collect();
+                    add(key, &texts, ttl_ms)
+                });
                 send_each(&con, pipes.collect()).await;
             }
         }
     }
 }
 
-/// A sorted-set member's text. The writer keeps every local member for the node's lifetime,
-/// so it is trimmed to its length: serde_json starts at 128 bytes, twice a typical entry.
-fn member(entry: &impl serde::Serialize) -> String {
-    let mut text = serde_json::to_string(entry).expect("entry serialises");
-    text.shrink_to_fit();
-    text
+/// One change to a key's members.
+enum Op {
+    Add(Member),
+    Remove(Member),
+}
+
+/// Updates drained together, per key in their order (keys are independent of each other).
+#[derive(Default)]
+struct Batch {
+    keys: HashMap<String, Vec<Op>>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, key: String, op: Op) {
+        self.len += 1;
+        let ops = self.keys.entry(key).or_default();
+        // A member that joins and leaves within one batch never needs to reach Redis.
+        if let Op::Remove(m) = &op
+            && let Some(i) = ops
+                .iter()
+                .rposition(|o| matches!(o, Op::Add(a) | Op::Remove(a) if a == m))
+            && matches!(ops[i], Op::Add(_))
+        {
+            ops.remove(i);
+            return;
+        }
+        ops.push(op);
+    }
+
+    /// One single-key pipeline per key: its adds and removes in order, consecutive ones of a
+    /// kind as one command, and the key's TTL refreshed when anything was added.
+    fn pipelines(self, node: &str, ttl_ms: u64) -> Vec<redis::Pipeline> {
+        let expires = now_ms() + ttl_ms;
+        let mut out = Vec::with_capacity(self.keys.len());
+        for (key, ops) in self.keys {
+            if ops.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            let mut added = false;
+            let mut i = 0;
+            while i < ops.len() {
+                let adding = matches!(ops[i], Op::Add(_));
+                pipe.cmd(if adding { "ZADD" } else { "ZREM" }).arg(&key);
+                while let Some(op) = ops.get(i) {
+                    match (op, adding) {
+                        (Op::Add(m), true) => pipe.arg(expires).arg(m.text(node)),
+                        (Op::Remove(m), false) => pipe.arg(m.text(node)),
+                        _ => break,
+                    };
+                    i += 1;
+                }
+                pipe.ignore();
+                added |= adding;
+            }
+            if added {
+                pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms * 2).ignore();
+            }
+            out.push(pipe);
+        }
+        out
+    }
 }
 
 /// Sends one single-key pipeline each, [`CONCURRENCY`] at a time (on a cluster each goes to
@@ -257,4 +369,67 @@ fn add<'a>(
         .arg(ttl_ms * 2)
         .ignore();
     pipe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(conn: ConnId) -> Member {
+        Member::Subscriber { conn, user: None }
+    }
+
+    /// Each pipeline's commands as words: `ZADD key`, `ZREM key`, with their member count.
+    fn words(batch: Batch) -> Vec<Vec<String>> {
+        let mut pipes: Vec<Vec<String>> = batch
+            .pipelines("n1", 30_000)
+            .iter()
+            .map(|p| {
+                p.cmd_iter()
+                    .map(|c| {
+                        let args: Vec<String> = c
+                            .args_iter()
+                            .map(|a| match a {
+                                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                                _ => "?".into(),
+                            })
+                            .collect();
+                        format!("{} {} ({} args)", args[0], args[1], args.len() - 2)
+                    })
+                    .collect()
+            })
+            .collect();
+        pipes.sort();
+        pipes
+    }
+
+    #[test]
+    fn a_member_that_joins_and_leaves_within_a_batch_never_reaches_redis() {
+        let mut b = Batch::default();
+        b.push("k".into(), Op::Add(sub(1)));
+        b.push("k".into(), Op::Remove(sub(1)));
+        assert!(words(b).is_empty());
+    }
+
+    #[test]
+    fn a_batch_keeps_each_keys_order_and_joins_runs_of_a_kind() {
+        let mut b = Batch::default();
+        // conn 1 was added by an earlier batch: its removal must still be sent, before the
+        // re-add that follows it.
+        b.push("a".into(), Op::Remove(sub(1)));
+        b.push("a".into(), Op::Add(sub(1)));
+        b.push("a".into(), Op::Add(sub(2)));
+        b.push("b".into(), Op::Remove(sub(3)));
+        assert_eq!(
+            words(b),
+            vec![
+                vec![
+                    "ZREM a (1 args)".to_owned(),
+                    "ZADD a (4 args)".to_owned(),
+                    "PEXPIRE a (1 args)".to_owned()
+                ],
+                vec!["ZREM b (1 args)".to_owned()],
+            ]
+        );
+    }
 }
