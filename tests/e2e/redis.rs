@@ -431,3 +431,57 @@ async fn publishes_sent_just_before_a_close_are_not_lost() {
         assert_eq!(sub.recv().await["data"]["i"], i);
     }
 }
+
+#[tokio::test]
+async fn subscribe_churn_leaves_exactly_the_subscriptions_and_presence_still_needed() {
+    // Clients subscribing and unsubscribing the same few channels at once, plus a fresh channel
+    // per cycle: the node applies queued SUBSCRIBE/UNSUBSCRIBE requests (and presence updates)
+    // in batches, which must keep each channel's own order.
+    let redis = RedisServer::start().await;
+    let gw = TestGateway::start_ready(&api_config(&redis, "a")).await;
+    let mut clients = Vec::new();
+    for _ in 0..24 {
+        clients.push(gw.client().await);
+    }
+    let churn = clients.iter_mut().enumerate().map(|(i, c)| async move {
+        for k in 0..15u64 {
+            for channel in [format!("shared{}", (i as u64 + k) % 3), format!("fresh{i}-{k}")] {
+                c.subscribe(&channel).await;
+                c.send(json!({"type": "unsubscribe", "channel": channel, "id": k + 1}))
+                    .await;
+                assert_eq!(c.recv().await["type"], "unsubscribed");
+            }
+        }
+        c.subscribe(&format!("shared{}", i % 3)).await;
+    });
+    futures_util::future::join_all(churn).await;
+
+    for n in 0..3 {
+        assert_eq!(redis.numsub(&format!("sy:shared{n}")).await, 1, "shared{n}");
+    }
+    eventually("the fresh channels' redis subscriptions to go", async || {
+        let left: Vec<String> = redis
+            .cmd(redis::cmd("PUBSUB").arg("CHANNELS").arg("sy:fresh*"))
+            .await;
+        left.is_empty()
+    })
+    .await;
+    eventually("presence to match the subscriptions left", async || {
+        let mut counts = Vec::new();
+        for n in 0..3 {
+            counts.push(presence_of(&gw, &format!("/api/presence/channels/shared{n}")).await["count"].clone());
+        }
+        counts == [json!(8), json!(8), json!(8)]
+            && presence_of(&gw, "/api/presence/channels/fresh0-0").await["count"] == 0
+    })
+    .await;
+    // And each one still receives its channel.
+    for n in 0..3 {
+        let _: i64 = redis
+            .cmd(redis::cmd("PUBLISH").arg(format!("sy:shared{n}")).arg(n.to_string()))
+            .await;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.recv().await["data"], json!(i % 3), "client {i}");
+    }
+}

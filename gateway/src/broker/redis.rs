@@ -23,7 +23,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use futures_util::future::BoxFuture;
 
@@ -190,6 +190,17 @@ struct Subscriber {
     connected: Arc<AtomicBool>,
 }
 
+/// Subscription requests applied in one round trip at most.
+const MAX_REQUESTS_BATCH: usize = 1024;
+
+/// Requests for distinct channels waiting to go out together.
+#[derive(Default)]
+struct Run {
+    channels: HashSet<String>,
+    subscribe: Vec<(String, oneshot::Sender<Result<(), BrokerError>>)>,
+    unsubscribe: Vec<String>,
+}
+
 /// Why a connected session with Redis ended.
 enum Ended {
     /// The connection failed; reconnect.
@@ -308,31 +319,21 @@ impl Subscriber {
         ping.reset();
         loop {
             tokio::select! {
-                cmd = self.requests.recv() => match cmd {
-                    None => return Ended::Stopped,
-                    Some(Request::Subscribe(channel, ack)) => {
-                        if self.desired.contains(&channel) {
-                            let _ = ack.send(Ok(()));
-                            continue;
-                        }
-                        match bounded(con.subscribe(format!("{}{channel}", self.prefix))).await {
-                            Ok(()) => {
-                                self.desired.insert(channel);
-                                let _ = ack.send(Ok(()));
-                            }
-                            Err(e) => {
-                                let _ = ack.send(Err(unavailable(&e)));
-                                return Ended::Lost(e);
-                            }
+                cmd = self.requests.recv() => {
+                    let Some(first) = cmd else { return Ended::Stopped };
+                    // Everything queued meanwhile goes with it: under subscribe churn a round
+                    // trip per request would cap a node at one SUBSCRIBE per Redis round trip.
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_REQUESTS_BATCH {
+                        match self.requests.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
                         }
                     }
-                    Some(Request::Unsubscribe(channel)) => {
-                        self.desired.remove(&channel);
-                        if let Err(e) = bounded(con.unsubscribe(format!("{}{channel}", self.prefix))).await {
-                            return Ended::Lost(e);
-                        }
+                    if let Err(e) = self.apply(con, batch).await {
+                        return Ended::Lost(e);
                     }
-                },
+                }
                 () = watch.lost.notified() => return Ended::Lost("connection closed".into()),
                 _ = ping.tick() => {
                     if let Err(e) = bounded(redis::cmd("PING").query_async::<Value>(con)).await {
@@ -341,6 +342,80 @@ impl Subscriber {
                 }
             }
         }
+    }
+
+    /// Applies queued requests in as few round trips as their order allows: requests for
+    /// different channels commute, so a run of them goes out as one SUBSCRIBE and one
+    /// UNSUBSCRIBE; a second request for a channel already in the run sends the run first.
+    async fn apply(
+        &mut self,
+        con: &mut MultiplexedConnection,
+        batch: Vec<Request>,
+    ) -> Result<(), String> {
+        let mut run = Run::default();
+        for request in batch {
+            let channel = match &request {
+                Request::Subscribe(c, _) | Request::Unsubscribe(c) => c,
+            };
+            if run.channels.contains(channel) {
+                self.flush(con, &mut run).await?;
+            }
+            match request {
+                Request::Subscribe(channel, ack) => {
+                    if self.desired.contains(&channel) {
+                        let _ = ack.send(Ok(()));
+                        continue;
+                    }
+                    run.channels.insert(channel.clone());
+                    run.subscribe.push((channel, ack));
+                }
+                Request::Unsubscribe(channel) => {
+                    self.desired.remove(&channel);
+                    run.channels.insert(channel.clone());
+                    run.unsubscribe.push(channel);
+                }
+            }
+        }
+        self.flush(con, &mut run).await
+    }
+
+    /// Sends a run: its subscribes (answered once Redis confirms them), then its unsubscribes.
+    async fn flush(
+        &mut self,
+        con: &mut MultiplexedConnection,
+        run: &mut Run,
+    ) -> Result<(), String> {
+        run.channels.clear();
+        if !run.subscribe.is_empty() {
+            let names: Vec<String> = run
+                .subscribe
+                .iter()
+                .map(|(c, _)| format!("{}{c}", self.prefix))
+                .collect();
+            match bounded(con.subscribe(names)).await {
+                Ok(()) => {
+                    for (channel, ack) in run.subscribe.drain(..) {
+                        self.desired.insert(channel);
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    for (_, ack) in run.subscribe.drain(..) {
+                        let _ = ack.send(Err(unavailable(&e)));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if !run.unsubscribe.is_empty() {
+            let names: Vec<String> = run
+                .unsubscribe
+                .drain(..)
+                .map(|c| format!("{}{c}", self.prefix))
+                .collect();
+            bounded(con.unsubscribe(names)).await?;
+        }
+        Ok(())
     }
 
     /// Waits out one backoff period while disconnected, still answering commands: subscribes
