@@ -199,6 +199,9 @@ impl Presence for RedisPresence {
     }
 }
 
+/// Keys whose heartbeat pipelines are built and sent together.
+const HEARTBEAT_CHUNK: usize = 4 * CONCURRENCY;
+
 /// Updates applied in one round of pipelines at most.
 const MAX_UPDATES_BATCH: usize = 1024;
 
@@ -256,16 +259,30 @@ async fn writer(
                         pipe.cmd("ZREM").arg(key).arg(texts).ignore();
                         pipe
                     });
-                    send_each(&con, pipes.collect()).await;
+                    send_each(&con, pipes.collect::<Vec<_>>()).await;
                     let _ = done.send(());
                 }
             }
             _ = heartbeat.tick() => {
-                let pipes = own.iter().map(|(key, members)| {
-                    let texts: Vec<String> = members.iter().map(|m| m.text(&node)).collect();
-                    add(key, &texts, ttl_ms)
-                });
-                send_each(&con, pipes.collect()).await;
+                // In chunks, each built just before it is sent: with 100,000 channels,
+                // writing every member's text up front held the node's one thread for
+                // ~100 ms, and deliveries waited behind it.
+                let mut keys = own.iter();
+                loop {
+                    let chunk: Vec<redis::Pipeline> = keys
+                        .by_ref()
+                        .take(HEARTBEAT_CHUNK)
+                        .map(|(key, members)| {
+                            let texts: Vec<String> =
+                                members.iter().map(|m| m.text(&node)).collect();
+                            add(key, &texts, ttl_ms)
+                        })
+                        .collect();
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    send_each(&con, chunk).await;
+                }
             }
         }
     }
@@ -338,7 +355,7 @@ impl Batch {
 
 /// Sends one single-key pipeline each, [`CONCURRENCY`] at a time (on a cluster each goes to
 /// its key's shard). Failures are dropped: the next heartbeat writes every entry again.
-async fn send_each(con: &RedisConn, pipes: Vec<redis::Pipeline>) {
+async fn send_each(con: &RedisConn, pipes: impl IntoIterator<Item = redis::Pipeline>) {
     futures_util::stream::iter(pipes)
         .map(|pipe| {
             let mut con = con.clone();
