@@ -445,7 +445,10 @@ async fn subscribe_churn_leaves_exactly_the_subscriptions_and_presence_still_nee
     }
     let churn = clients.iter_mut().enumerate().map(|(i, c)| async move {
         for k in 0..15u64 {
-            for channel in [format!("shared{}", (i as u64 + k) % 3), format!("fresh{i}-{k}")] {
+            for channel in [
+                format!("shared{}", (i as u64 + k) % 3),
+                format!("fresh{i}-{k}"),
+            ] {
                 c.subscribe(&channel).await;
                 c.send(json!({"type": "unsubscribe", "channel": channel, "id": k + 1}))
                     .await;
@@ -459,17 +462,23 @@ async fn subscribe_churn_leaves_exactly_the_subscriptions_and_presence_still_nee
     for n in 0..3 {
         assert_eq!(redis.numsub(&format!("sy:shared{n}")).await, 1, "shared{n}");
     }
-    eventually("the fresh channels' redis subscriptions to go", async || {
-        let left: Vec<String> = redis
-            .cmd(redis::cmd("PUBSUB").arg("CHANNELS").arg("sy:fresh*"))
-            .await;
-        left.is_empty()
-    })
+    eventually(
+        "the fresh channels' redis subscriptions to go",
+        async || {
+            let left: Vec<String> = redis
+                .cmd(redis::cmd("PUBSUB").arg("CHANNELS").arg("sy:fresh*"))
+                .await;
+            left.is_empty()
+        },
+    )
     .await;
     eventually("presence to match the subscriptions left", async || {
         let mut counts = Vec::new();
         for n in 0..3 {
-            counts.push(presence_of(&gw, &format!("/api/presence/channels/shared{n}")).await["count"].clone());
+            counts.push(
+                presence_of(&gw, &format!("/api/presence/channels/shared{n}")).await["count"]
+                    .clone(),
+            );
         }
         counts == [json!(8), json!(8), json!(8)]
             && presence_of(&gw, "/api/presence/channels/fresh0-0").await["count"] == 0
@@ -478,7 +487,11 @@ async fn subscribe_churn_leaves_exactly_the_subscriptions_and_presence_still_nee
     // And each one still receives its channel.
     for n in 0..3 {
         let _: i64 = redis
-            .cmd(redis::cmd("PUBLISH").arg(format!("sy:shared{n}")).arg(n.to_string()))
+            .cmd(
+                redis::cmd("PUBLISH")
+                    .arg(format!("sy:shared{n}"))
+                    .arg(n.to_string()),
+            )
             .await;
     }
     for (i, c) in clients.iter_mut().enumerate() {
