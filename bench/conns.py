@@ -63,41 +63,33 @@ def sy_peer(server):
     return peer.replace(str(SY), BASE_BIN) if server == "base" else peer
 
 
-def memory_run(server, n, rnd, out):
-    peer = sy_peer(server)
-    cmd = [str(curves.HARNESS / "run.sh"), "--nodes", "1", "--settle", "5",
-           "--quiet-wait", os.environ.get("QUIET_WAIT", "30"), "--label", f"memory/{n}/{server}",
-           peer, "custom", "--", "--connect-only", str(n), "--channels", "100", "--hold", "5",
-           "--connect-concurrency", "256"]
-    log(f"memory {server} {n} round {rnd}")
+def run_recorded(kind, server, n, rnd, out, run_opts, loadgen_args):
+    """One run.sh `custom` run against `server`, its JSON line tagged and appended to `out`."""
+    cmd = [str(curves.HARNESS / "run.sh"), *run_opts,
+           "--quiet-wait", os.environ.get("QUIET_WAIT", "30"), "--label", f"{kind}/{n}/{server}",
+           sy_peer(server), "custom", "--", *loadgen_args]
+    log(f"{kind} {server} {n} round {rnd}")
     p = subprocess.run(cmd, env=dict(os.environ, LOADGEN_PATH="/ws"), stdout=subprocess.PIPE,
                        text=True)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
-        log(f"run failed: memory {server} {n}")
+        log(f"run failed: {kind} {server} {n}")
         return
     r = json.loads(lines[-1])
-    r["conns"] = {"kind": "memory", "server": server, "n": n, "round": rnd}
+    r["conns"] = {"kind": kind, "server": server, "n": n, "round": rnd}
     with open(out, "a") as f:
         f.write(json.dumps(r, separators=(",", ":")) + "\n")
+
+
+def memory_run(server, n, rnd, out):
+    run_recorded("memory", server, n, rnd, out, ["--nodes", "1", "--settle", "5"],
+                 ["--connect-only", str(n), "--channels", "100", "--hold", "5",
+                  "--connect-concurrency", "256"])
 
 
 def churn_run(server, rnd, out):
-    peer = sy_peer(server)
-    cmd = [str(curves.HARNESS / "run.sh"), "--nodes", "2",
-           "--quiet-wait", os.environ.get("QUIET_WAIT", "30"), "--label", f"churn/{server}",
-           peer, "custom", "--", "--churn", "200", "--warmup", "2", "--duration", "8"]
-    log(f"churn {server} round {rnd}")
-    p = subprocess.run(cmd, env=dict(os.environ, LOADGEN_PATH="/ws"), stdout=subprocess.PIPE,
-                       text=True)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        log(f"run failed: churn {server}")
-        return
-    r = json.loads(lines[-1])
-    r["conns"] = {"kind": "churn", "server": server, "n": 200, "round": rnd}
-    with open(out, "a") as f:
-        f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    run_recorded("churn", server, 200, rnd, out, ["--nodes", "2"],
+                 ["--churn", "200", "--warmup", "2", "--duration", "8"])
 
 
 def free_port():
