@@ -64,21 +64,9 @@ def sy_peer(server):
 
 
 def run_recorded(kind, server, n, rnd, out, run_opts, loadgen_args):
-    """One run.sh `custom` run against `server`, its JSON line tagged and appended to `out`."""
-    cmd = [str(curves.HARNESS / "run.sh"), *run_opts,
-           "--quiet-wait", os.environ.get("QUIET_WAIT", "30"), "--label", f"{kind}/{n}/{server}",
-           sy_peer(server), "custom", "--", *loadgen_args]
-    log(f"{kind} {server} {n} round {rnd}")
-    p = subprocess.run(cmd, env=dict(os.environ, LOADGEN_PATH="/ws"), stdout=subprocess.PIPE,
-                       text=True)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        log(f"run failed: {kind} {server} {n}")
-        return
-    r = json.loads(lines[-1])
-    r["conns"] = {"kind": kind, "server": server, "n": n, "round": rnd}
-    with open(out, "a") as f:
-        f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    """One run.sh `custom` run against `server`, tagged with what it measured."""
+    curves.run_custom(run_opts, sy_peer(server), f"{kind}/{n}/{server}", loadgen_args,
+                      ("conns", {"kind": kind, "server": server, "n": n, "round": rnd}), out)
 
 
 def memory_run(server, n, rnd, out):

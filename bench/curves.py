@@ -112,22 +112,27 @@ def prepare():
     subprocess.run([str(ROOT / "bench" / "compare.sh")], env=env, check=True)
 
 
-def run_point(dim, x, server, rnd, quick, out):
-    nodes, lg = point_args(dim, x, quick)
-    cmd = [str(HARNESS / "run.sh"), "--nodes", str(nodes),
-           "--quiet-wait", os.environ.get("QUIET_WAIT", "30"),
-           "--label", f"curves/{dim}/{x}/{server}", SERVERS[server], "custom", "--"] + lg
+def run_custom(run_opts, peer, label, loadgen_args, tag, out):
+    """One run.sh `custom` run; its JSON line, with `tag` added, is appended to `out`."""
+    cmd = [str(HARNESS / "run.sh"), *run_opts, "--quiet-wait", os.environ.get("QUIET_WAIT", "30"),
+           "--label", label, peer, "custom", "--", *loadgen_args]
     env = dict(os.environ, LOADGEN_PATH="/ws", LOADGEN_WINDOW_MODE="deliveries")
-    log(f"{dim}={x} {server} round {rnd}")
+    log(f"{label}, round {tag[1]['round']}")
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
-        log(f"run failed: {dim}={x} {server} (rc {p.returncode})")
+        log(f"run failed: {label} (rc {p.returncode})")
         return
     r = json.loads(lines[-1])
-    r["curve"] = {"dim": dim, "x": x, "server": server, "round": rnd}
+    r[tag[0]] = tag[1]
     with open(out, "a") as f:
         f.write(json.dumps(r, separators=(",", ":")) + "\n")
+
+
+def run_point(dim, x, server, rnd, quick, out):
+    nodes, lg = point_args(dim, x, quick)
+    run_custom(["--nodes", str(nodes)], SERVERS[server], f"curves/{dim}/{x}/{server}", lg,
+               ("curve", {"dim": dim, "x": x, "server": server, "round": rnd}), out)
 
 
 def figures(r):
