@@ -353,12 +353,27 @@ impl Subscriber {
         batch: Vec<Request>,
     ) -> Result<(), String> {
         let mut run = Run::default();
-        for request in batch {
+        let mut requests = batch.into_iter();
+        while let Some(request) = requests.next() {
             let channel = match &request {
                 Request::Subscribe(c, _) | Request::Unsubscribe(c) => c,
             };
-            if run.channels.contains(channel) {
-                self.flush(con, &mut run).await?;
+            if run.channels.contains(channel)
+                && let Err(e) = self.flush(con, &mut run).await
+            {
+                // The connection is lost: what was not sent is answered as while Redis is
+                // down (subscribes fail, unsubscribes are remembered).
+                for rest in std::iter::once(request).chain(requests) {
+                    match rest {
+                        Request::Subscribe(_, ack) => {
+                            let _ = ack.send(Err(unavailable(&e)));
+                        }
+                        Request::Unsubscribe(channel) => {
+                            self.desired.remove(&channel);
+                        }
+                    }
+                }
+                return Err(e);
             }
             match request {
                 Request::Subscribe(channel, ack) => {
