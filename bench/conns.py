@@ -2,6 +2,7 @@
 """Connections: idle memory up to the fd limit, a reconnect storm, subscribe churn.
 
 usage: bench/conns.py [--rounds 3] [--memory] [--storm] [--churn] [--storm-clients 18000]
+       bench/conns.py --profile DIR [--storm-clients 18000]
 
 memory  One node (with Redis, as deployed; and floor) holding N idle subscribed connections
         (100 channels), N = 1,000 .. 19,000 (a process may hold 20,000 file descriptors
@@ -17,6 +18,9 @@ churn   Two nodes + Redis; 200 connections each subscribe to a fresh channel (a 
         subscriber: the node SUBSCRIBEs it in Redis), wait for `subscribed`, unsubscribe, wait
         for `unsubscribed`, and again (`loadgen --churn`), 2 s warm-up, 8 s measured: cycles
         per second, subscribe p50/p99, and the nodes' and Redis's CPU per cycle.
+
+--profile DIR runs one storm per server with node 0 sampled by `perf record` (cpu-clock, with
+stacks) and writes perf's report to DIR/storm-<server>.txt instead of measuring.
 
 With none of --memory, --storm, --churn, all three run. Rounds alternate the servers
 (Switchyard, floor, and with BASE_BIN=<binary> that binary as server "base") so a slow
@@ -133,7 +137,10 @@ def nstat():
     return vals
 
 
-def storm_run(server, clients, rnd, out, work):
+def storm_run(server, clients, rnd, out, work, profile=None):
+    """One storm round, written to `out`; with `profile` (a path), instead samples node 0's
+    stacks with `perf record` over the storm and writes perf's report there (the figures
+    of a profiled round are not recorded: sampling costs CPU)."""
     procs = []
     try:
         rport = free_port()
@@ -163,6 +170,15 @@ def storm_run(server, clients, rnd, out, work):
         r0 = ticks(redis.pid)
         k0 = nstat()
         s0 = slab_kib()
+        perf = None
+        if profile:
+            # cpu-clock: this machine's virtual CPUs have no hardware cycle counter. dwarf: the
+            # release builds keep no frame pointers.
+            perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "--call-graph", "dwarf,16384",
+                                     "-o", str(work / "perf.data"), "-p", str(nodes[0].pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(perf)
+            time.sleep(1)
         # Each load generator touches a file when all its connections are subscribed.
         gens = []
         for i, port in enumerate(ports):
@@ -181,6 +197,10 @@ def storm_run(server, clients, rnd, out, work):
             time.sleep(0.01)
         wall = time.monotonic() - start
         t1 = [ticks(p.pid) for p in nodes]
+        if perf:
+            # Only the storm: the hold and the disconnects after it are not its cost.
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
         r1 = ticks(redis.pid)
         k1 = nstat()
         s1 = slab_kib()
@@ -191,6 +211,13 @@ def storm_run(server, clients, rnd, out, work):
             lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
             reports.append(json.loads(lines[-1]) if lines else {})
         connected = sum(r.get("connected", 0) for r in reports)
+        if perf:
+            node0 = (t1[0] - t0[0]) / CLK
+            write_profile(work / "perf.data", Path(profile), f"storm, {server}, node 0 of 2, "
+                          f"{connected}/{2 * clients} connected in {wall:.2f} s; node 0 "
+                          f"{node0:.2f} s CPU ({node0 * 2e6 / max(connected, 1):.0f} µs per "
+                          f"connection, sampled)")
+            return
         cpu_s = sum(b - a for a, b in zip(t0, t1)) / CLK
         kern = {k: k1.get(k, 0) - k0.get(k, 0) for k in
                 ("TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPSynRetrans",
@@ -220,6 +247,22 @@ def storm_run(server, clients, rnd, out, work):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def write_profile(data, dest, title):
+    """perf's report of `data` to `dest`: self time by module and symbol, then by symbol
+    with callers, for a reader to find where a storm's CPU goes."""
+    def perf_report(*args):
+        return subprocess.run(["perf", "report", "-i", str(data), "--stdio", *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    flat = perf_report("--no-children", "--sort", "dso,sym", "-g", "none", "--percent-limit", "0.3")
+    by_dso = perf_report("--no-children", "--sort", "dso", "-g", "none")
+    tree = perf_report("--children", "--sort", "sym", "-g", "caller,0.5,callee,function,percent",
+                       "--percent-limit", "3")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(f"# {title}\n\n## self time by module\n{by_dso}\n## self time by symbol\n"
+                    f"{flat}\n## inclusive time, with callees\n{tree}")
+    log(f"profile: {dest}")
 
 
 def report(path):
@@ -304,6 +347,9 @@ def main():
     ap.add_argument("--churn", action="store_true")
     ap.add_argument("--storm-clients", type=int, default=18000)
     ap.add_argument("--report", help="only print the tables of this results file")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="instead of measuring: one storm per server with node 0 under perf "
+                         "record; reports to DIR/storm-<server>.txt")
     a = ap.parse_args()
     if a.report:
         path = Path(a.report)
@@ -311,6 +357,12 @@ def main():
         if not a.memory and not a.storm and not a.churn:
             a.memory = a.storm = a.churn = True
         curves.prepare()
+        if a.profile:
+            with tempfile.TemporaryDirectory(prefix="conns-", dir=curves.RESULTS) as tmp:
+                for server in ["switchyard", "floor"] + (["base"] if BASE_BIN else []):
+                    storm_run(server, a.storm_clients, 0, None, Path(tmp),
+                              profile=Path(a.profile) / f"storm-{server}.txt")
+            return
         path = curves.RESULTS / f"conns-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl"
         log(f"results: {path}")
         with tempfile.TemporaryDirectory(prefix="conns-", dir=curves.RESULTS) as tmp:
