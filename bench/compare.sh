@@ -57,6 +57,10 @@
 #   JOBS          cargo -j for the builds (default 1: the machine is shared)
 #   SHARED_BENCH  the shared bench directory (default <workspace>/../shared/bench)
 #   BASE_BIN      the switchyard binary of the base-* servers
+#   PROFILE=DIR   sample the whole machine with `perf record -a` (cpu-clock, kernel stacks) over
+#                 each run and write DIR/<scenario>-<server>-r<round>.txt: time by process
+#                 and module, then each process's hottest symbols (self time). Sampling costs
+#                 CPU: judge a profiled run's shares, not its figures.
 #   PREPARE_ONLY=1  build and lay out the harness, then stop (bench/curves.py and bench/conns.py
 #                 use this before driving run.sh themselves)
 #   WINDOW_MODE   what the throughput scenario's window counts (loadgen --window-mode; default
@@ -80,6 +84,7 @@ TRIES=${TRIES:-2}
 MAX_FOREIGN=${MAX_FOREIGN:-10}
 PIN=${PIN:-0}
 KEEP_LOGS=${KEEP_LOGS:-0}
+PROFILE=${PROFILE:-}
 JOBS=${JOBS:-1}
 
 RESULTS=$ROOT/target/bench-results
@@ -271,6 +276,21 @@ r["server"] = sys.argv[2]
 r["compare"] = {"stamp": sys.argv[6], "scenario": sys.argv[3], "round": int(sys.argv[4]), "try": int(sys.argv[5]), "accepted": sys.argv[7] == "1"}
 print(json.dumps(r, separators=(",", ":")))' "$1" "$2" "$3" "$4" "$5" "$STAMP" "$6"
 }
+# profile_report DATA -> DATA's report next to it (.txt): time by process and module, then
+# self time by symbol for each process a run involves.
+profile_report() {
+  local data=$1 txt=${1%.data}.txt comm
+  perf report -i "$data" --stdio --no-children --sort comm,dso -g none --percent-limit 0.5 \
+    >"$txt" 2>/dev/null
+  for comm in switchyard floor nginx node redis-server loadgen; do
+    grep -q " $comm " "$txt" || continue
+    printf '\n## %s: self time by symbol (%% of all samples)\n' "$comm" >>"$txt"
+    perf report -i "$data" --stdio --no-children --comms "$comm" --sort dso,sym -g none \
+      --percent-limit 0.2 2>/dev/null | grep -v '^#' | grep . >>"$txt"
+  done
+  rm -f "$data"
+  log "profile: $txt"
+}
 failed=0
 for scen in $SCENARIOS; do
   # Rounds outermost: the servers of one round run minutes apart, not the same server's runs,
@@ -285,7 +305,15 @@ for scen in $SCENARIOS; do
         log "$scen / $server ($nodes node(s)), round $round/$ROUNDS, try $t"
         harness=$HARNESS
         [[ $server == nchan* ]] && harness=$NCHAN_HARNESS
-        line=$("$harness/run.sh" "${opts[@]}" "$peer" "$scen" | tail -n 1) || line=""
+        sample=()
+        if [ -n "$PROFILE" ]; then
+          mkdir -p "$PROFILE"
+          data="$PROFILE/$scen-$server-r$round.data"
+          # cpu-clock: this machine's virtual CPUs have no hardware cycle counter.
+          sample=(perf record -q -a -e cpu-clock -F 999 -g -o "$data" --)
+        fi
+        line=$("${sample[@]}" "$harness/run.sh" "${opts[@]}" "$peer" "$scen" | tail -n 1) || line=""
+        [ -n "$PROFILE" ] && profile_report "$data"
         if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
           log "run failed: $scen / $server"
           failed=$((failed + 1))
